@@ -1,0 +1,91 @@
+"""Per-request sampling settings: the typed contract between a request and the engine."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import InvalidRequestError
+
+TokenIds = tuple[int, ...]
+
+
+def _word_lists(name: str, words) -> tuple[TokenIds, ...]:
+    """Normalise stop/bad words given as token-id lists into a tuple of tuples."""
+    out = []
+    for word in words or ():
+        ids = tuple(int(t) for t in word)
+        if not ids:
+            raise InvalidRequestError(name, "a word must hold at least one token id")
+        out.append(ids)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded.
+
+    temperature == 0 (or top_k == 1) is greedy decoding. top_k == 0 and
+    top_p == 1.0 switch those filters off. Penalties follow transformers for
+    `repetition_penalty` (over prompt and output) and OpenAI for
+    `presence_penalty` / `frequency_penalty` (over the output only).
+    Generation ends at any of `end_ids` (not part of the output), after a
+    token sequence in `stop_token_ids` (kept in the output), or at
+    `max_tokens`. `min_tokens` suppresses both kinds of ending until that
+    many tokens exist. `bad_token_ids` are sequences that are never completed.
+    A request without `seed` gets one drawn at admission, so every request's
+    randomness depends only on its own seed and step, never on its batch.
+    """
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    end_ids: TokenIds = ()
+    stop_token_ids: tuple[TokenIds, ...] = ()
+    bad_token_ids: tuple[TokenIds, ...] = ()
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen dataclass: normalise in place once
+        set_(self, "end_ids", tuple(int(t) for t in self.end_ids))
+        set_(self, "stop_token_ids", _word_lists("stop_words", self.stop_token_ids))
+        set_(self, "bad_token_ids", _word_lists("bad_words", self.bad_token_ids))
+        self._check()
+
+    def _check(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise InvalidRequestError("max_tokens", f"must be a positive integer, got {self.max_tokens!r}")
+        if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
+            raise InvalidRequestError(
+                "min_tokens", f"must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InvalidRequestError("top_k", f"must be >= 0 (0 disables it), got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if not math.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise InvalidRequestError(
+                "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or abs(value) > 2.0:
+                raise InvalidRequestError(name, f"must be in [-2, 2], got {value}")
+        if self.seed is not None and not (0 <= self.seed < 2**63):
+            raise InvalidRequestError("seed", f"must be in [0, 2**63), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def all_token_ids(self) -> set[int]:
+        """Every token id this request names, for checking against the vocabulary."""
+        ids = set(self.end_ids)
+        for word in self.stop_token_ids + self.bad_token_ids:
+            ids.update(word)
+        return ids
