@@ -1,0 +1,84 @@
+"""Paged attention in plain torch: the CPU backend and the reference that
+faster (GPU) backends are tested against.
+
+It favours being obviously correct over being fast: one sequence at a time,
+its context gathered from the paged cache through its block table, attention
+computed densely in float32 with an explicit causal mask.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import AttentionMetadata
+
+
+def write_kv_cache(
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+    k: torch.Tensor,  # [T, Hkv, D]
+    v: torch.Tensor,  # [T, Hkv, D]
+    slot_mapping: torch.Tensor,  # int64 [T], block * block_size + offset
+) -> None:
+    """Store this step's keys and values at their slots (in place)."""
+    flat = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [2, num_blocks * block_size, Hkv, D]
+    flat[0].index_copy_(0, slot_mapping, k.to(flat.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(flat.dtype))
+
+
+def context_slots(block_table: torch.Tensor, seq_len: int, block_size: int) -> torch.Tensor:
+    """Flat cache slots of positions 0..seq_len-1 of one sequence: int64 [seq_len]."""
+    num_blocks = -(-seq_len // block_size)
+    blocks = block_table[:num_blocks].long()  # [num_blocks]
+    offsets = torch.arange(block_size, device=blocks.device)
+    return (blocks[:, None] * block_size + offsets[None, :]).flatten()[:seq_len]
+
+
+def causal_attention(
+    q: torch.Tensor,  # [Q, H, D], the last Q positions of the context
+    k: torch.Tensor,  # [S, Hkv, D], the whole context (S >= Q)
+    v: torch.Tensor,  # [S, Hkv, D]
+    scale: float,
+) -> torch.Tensor:  # [Q, H, D], float32
+    """Dense causal attention of one sequence; query i sits at position S - Q + i."""
+    num_q, num_heads, _ = q.shape
+    seq_len, num_kv_heads, _ = k.shape
+    # GQA: query head h reads kv head h // group (transformers' repeat_kv layout).
+    group = num_heads // num_kv_heads
+    k = k.float().repeat_interleave(group, dim=1)  # [S, H, D]
+    v = v.float().repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale  # [H, Q, S]
+    q_pos = torch.arange(seq_len - num_q, seq_len, device=q.device)[:, None]  # [Q, 1]
+    k_pos = torch.arange(seq_len, device=q.device)[None, :]  # [1, S]
+    scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.einsum("hqk,khd->qhd", probs, v)
+
+
+class TorchAttentionBackend:
+    """AttentionBackend in plain torch; works on any device, built for the CPU."""
+
+    name = "torch"
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, H, D]
+        k: torch.Tensor,  # [T, Hkv, D]
+        v: torch.Tensor,  # [T, Hkv, D]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H, D]
+        """Write k/v of all T tokens into the cache, then let each sequence's
+        query tokens attend causally over its whole cached context."""
+        write_kv_cache(kv_cache, k, v, meta.slot_mapping)
+        k_cache, v_cache = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [slots, Hkv, D] each
+        out = torch.empty_like(q)
+        start = 0
+        for i, (num_q, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            if num_q == 0:
+                continue
+            slots = context_slots(meta.block_tables[i], seq_len, meta.block_size)
+            out[start:start + num_q] = causal_attention(
+                q[start:start + num_q], k_cache[slots], v_cache[slots], scale
+            ).to(q.dtype)
+            start += num_q
+        return out

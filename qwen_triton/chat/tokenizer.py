@@ -1,0 +1,464 @@
+"""Tokenizers for the CPU pre/postprocessing models: the original Qwen one and HF tokenizer.json ones.
+
+Everything here is plain Python (tiktoken / tokenizers, no torch). A tokenizer is immutable once
+built, so one instance can serve every request of a Triton model instance.
+
+Two implementations share the `Tokenizer` base:
+
+* `QwenTiktokenTokenizer`: the original Qwen (Qwen-7B/14B/72B-Chat) tokenizer, rebuilt offline with
+  tiktoken from a `qwen.tiktoken` file exactly as the checkpoint's `tokenization_qwen.py` builds it
+  (same split pattern, NFC normalisation, special tokens from id 151643 on).
+* `HFTokenizer`: any checkpoint with a `tokenizer.json` (Qwen1.5/2/2.5, LLaMA), through `tokenizers`.
+
+Text is always rebuilt from the raw bytes of each token (`token_bytes`), so that `decode` and the
+streaming `IncrementalDetokenizer` agree byte for byte.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..errors import CheckpointError
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+QWEN_EXTRA_TOKENS = tuple(f"<|extra_{i}|>" for i in range(205))
+QWEN_SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END) + QWEN_EXTRA_TOKENS
+
+# The original Qwen pre-tokenisation pattern (tokenization_qwen.py, PAT_STR).
+QWEN_PAT_STR = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+QWEN_TIKTOKEN_FILE = "qwen.tiktoken"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+GENERATION_CONFIG = "generation_config.json"
+
+# Control tokens that end a chat reply whenever the vocabulary has them.
+_CHAT_END_TOKENS = (IM_END, ENDOFTEXT, "<|eot_id|>")
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The control tokens of a vocabulary.
+
+    `by_text` maps each special token's surface form to its id; these are the tokens that user text
+    can never produce and that `decode(..., skip_special=True)` leaves out. `eos_ids` are the ids
+    that end generation (for Qwen chat both `<|im_end|>` and `<|endoftext|>`), most important first.
+    """
+
+    by_text: Mapping[str, int]
+    eos_ids: tuple[int, ...]
+    bos_id: int | None = None
+    by_id: Mapping[int, str] = field(init=False)
+    ids: frozenset[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen dataclass: normalise once
+        set_(self, "by_text", MappingProxyType(dict(self.by_text)))
+        set_(self, "by_id", MappingProxyType({i: text for text, i in self.by_text.items()}))
+        set_(self, "ids", frozenset(self.by_id))
+        set_(self, "eos_ids", tuple(dict.fromkeys(int(i) for i in self.eos_ids)))
+
+
+class Tokenizer(ABC):
+    """What the chat layer needs from a tokenizer.
+
+    Subclasses provide `encode`, `vocab_size` and `_raw_token_bytes`; decoding is shared and works
+    on raw token bytes, so that it matches the incremental detokenizer exactly.
+    `strips_leading_space` (SentencePiece-style vocabularies) removes one leading space from
+    decoded text, as their HF decoders do.
+    """
+
+    def __init__(self, specials: SpecialTokens, chat_template: str | None = None,
+                 template_vars: Mapping[str, str] | None = None, strips_leading_space: bool = False):
+        self._specials = specials
+        self._chat_template = chat_template
+        self._template_vars = MappingProxyType(dict(template_vars or {}))
+        self._strips_leading_space = strips_leading_space
+
+    @abstractmethod
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids of `text`.
+
+        With `allow_special=False` (the default, for anything a user typed) the surface form of a
+        special token, e.g. a literal "<|im_end|>", is encoded as ordinary text and never becomes
+        the control token: this is the prompt-injection guard. No BOS is ever added here.
+        """
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer knows (regular plus special); model vocabularies may be larger."""
+
+    @abstractmethod
+    def _raw_token_bytes(self, token_id: int) -> bytes | None:
+        """Bytes of a regular token, or None when the id is special or unknown."""
+
+    # -- special tokens ------------------------------------------------------------------------
+    @property
+    def special_tokens(self) -> Mapping[str, int]:
+        """Surface form -> id of every special (control) token."""
+        return self._specials.by_text
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return self._specials.ids
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Ids that end generation, most important first."""
+        return self._specials.eos_ids
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._specials.bos_id
+
+    @property
+    def im_start_id(self) -> int | None:
+        return self._specials.by_text.get(IM_START)
+
+    @property
+    def im_end_id(self) -> int | None:
+        return self._specials.by_text.get(IM_END)
+
+    @property
+    def strips_leading_space(self) -> bool:
+        return self._strips_leading_space
+
+    @property
+    def chat_template(self) -> str | None:
+        """The checkpoint's jinja chat template, if it ships one."""
+        return self._chat_template
+
+    @property
+    def template_vars(self) -> Mapping[str, str]:
+        """Extra variables for the chat template (bos_token, eos_token, ...)."""
+        return self._template_vars
+
+    # -- decoding ------------------------------------------------------------------------------
+    def token_bytes(self, token_id: int, skip_special: bool = True) -> bytes:
+        """Raw UTF-8 bytes of one token (possibly part of a character).
+
+        Special tokens give b"" when `skip_special`, else their surface form. Ids the tokenizer does
+        not know (e.g. the padding rows of a model's embedding) always give b"".
+        """
+        raw = self._raw_token_bytes(token_id)
+        if raw is not None:
+            return raw
+        text = self._specials.by_id.get(token_id)
+        if text is None or skip_special:
+            return b""
+        return text.encode("utf-8")
+
+    def token_bytes_table(self, skip_special: bool = True) -> tuple[bytes, ...]:
+        """`token_bytes` of every id, in id order: what an engine model needs to release tokens in
+        groups that end on a whole character (see `complete_prefix_len`)."""
+        return tuple(self.token_bytes(i, skip_special) for i in range(self.vocab_size))
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        """Text of `ids`; invalid UTF-8 becomes U+FFFD."""
+        data = b"".join(self.token_bytes(int(i), skip_special) for i in ids)
+        text = data.decode("utf-8", errors="replace")
+        if self.strips_leading_space and text.startswith(" "):
+            text = text[1:]
+        return text
+
+
+# ----------------------------------------------------------------------------------------------
+# The original Qwen tokenizer (qwen.tiktoken)
+# ----------------------------------------------------------------------------------------------
+def parse_tiktoken_ranks(data: bytes) -> dict[bytes, int]:
+    """Parse a `.tiktoken` file: one "base64(token) rank" pair per line."""
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise CheckpointError(f"qwen.tiktoken line {lineno}: expected 'token rank', got {line[:60]!r}")
+        ranks[base64.b64decode(parts[0])] = int(parts[1])
+    return ranks
+
+
+def default_qwen_vocab() -> bytes:
+    """The real Qwen vocabulary that the `dashscope` package ships (read offline)."""
+    try:
+        return (resources.files("dashscope") / "resources" / QWEN_TIKTOKEN_FILE).read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise CheckpointError(
+            "no qwen.tiktoken given and the dashscope package (which ships one) is not installed") from exc
+
+
+def _ranks_by_id(ranks: Mapping[bytes, int]) -> tuple[bytes, ...]:
+    by_id = sorted((rank, token) for token, rank in ranks.items())
+    if [rank for rank, _ in by_id] != list(range(len(by_id))):
+        raise CheckpointError("qwen.tiktoken ranks must be 0..n-1 without gaps or repeats")
+    return tuple(token for _, token in by_id)
+
+
+class QwenTiktokenTokenizer(Tokenizer):
+    """The original Qwen tokenizer, built offline with tiktoken exactly like `tokenization_qwen.py`.
+
+    `path` is a `qwen.tiktoken` file; None uses the copy that the dashscope package ships.
+    Text is NFC-normalised before encoding, as the original does.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        import tiktoken
+
+        data = Path(path).read_bytes() if path is not None else default_qwen_vocab()
+        ranks = parse_tiktoken_ranks(data)
+        self._bytes_by_id = _ranks_by_id(ranks)
+        specials = {text: i for i, text in enumerate(QWEN_SPECIAL_TOKENS, start=len(ranks))}
+        self._enc = tiktoken.Encoding("Qwen", pat_str=QWEN_PAT_STR, mergeable_ranks=ranks,
+                                      special_tokens=specials)
+        if self._enc.n_vocab != len(ranks) + len(specials):
+            raise CheckpointError(f"qwen.tiktoken: {self._enc.n_vocab} ids != "
+                                  f"{len(ranks)} ranks + {len(specials)} special tokens")
+        eos = (specials[IM_END], specials[ENDOFTEXT])
+        super().__init__(SpecialTokens(specials, eos_ids=eos),
+                         template_vars={"eos_token": ENDOFTEXT, "pad_token": ENDOFTEXT})
+
+    @property
+    def vocab_size(self) -> int:
+        return self._enc.n_vocab
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        text = unicodedata.normalize("NFC", text)
+        if allow_special:
+            return self._enc.encode(text, allowed_special="all")
+        return self._enc.encode_ordinary(text)
+
+    def _raw_token_bytes(self, token_id: int) -> bytes | None:
+        if 0 <= token_id < len(self._bytes_by_id):
+            return self._bytes_by_id[token_id]
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# HF tokenizer.json
+# ----------------------------------------------------------------------------------------------
+def byte_level_alphabet() -> dict[str, int]:
+    """Inverse of the GPT-2 byte-level mapping: printable character -> the byte it stands for."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+@dataclass(frozen=True)
+class DecoderKind:
+    """How token strings of a tokenizer.json map to bytes (read from its "decoder" section)."""
+
+    byte_level: bool = False      # GPT-2 style byte alphabet (Qwen2, LLaMA 3)
+    metaspace: bool = False       # "▁" stands for a space (SentencePiece, LLaMA 1/2)
+    byte_fallback: bool = False   # "<0xAB>" tokens are single bytes
+    strips_leading_space: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None) -> DecoderKind:
+        parts = _decoder_parts(spec)
+        types = {p.get("type") for p in parts}
+        metaspace = "Metaspace" in types or any(
+            p.get("type") == "Replace" and _replace_pattern(p) == "▁" for p in parts)
+        strips = any(p.get("type") == "Strip" and p.get("content") == " " and p.get("start", 0) >= 1
+                     for p in parts) or any(_metaspace_strips(p) for p in parts)
+        return cls(byte_level="ByteLevel" in types, metaspace=metaspace,
+                   byte_fallback="ByteFallback" in types, strips_leading_space=strips)
+
+
+def _decoder_parts(spec: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    if not spec:
+        return []
+    if spec.get("type") == "Sequence":
+        return [p for sub in spec.get("decoders", []) for p in _decoder_parts(sub)]
+    return [spec]
+
+
+def _replace_pattern(part: Mapping[str, Any]) -> str | None:
+    pattern = part.get("pattern", {})
+    return pattern.get("String") if isinstance(pattern, Mapping) else None
+
+
+def _metaspace_strips(part: Mapping[str, Any]) -> bool:
+    if part.get("type") != "Metaspace":
+        return False
+    return part.get("prepend_scheme", "always") != "never" and part.get("add_prefix_space", True)
+
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _token_string_bytes(token: str, kind: DecoderKind, alphabet: Mapping[str, int]) -> bytes:
+    if kind.byte_level:
+        return b"".join(bytes([alphabet[c]]) if c in alphabet else c.encode("utf-8") for c in token)
+    if kind.byte_fallback and (m := _BYTE_TOKEN.fullmatch(token)):
+        return bytes([int(m.group(1), 16)])
+    if kind.metaspace:
+        token = token.replace("▁", " ")
+    return token.encode("utf-8")
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token entry of tokenizer_config.json: a string or {"content": ...}."""
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _pick_chat_template(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # [{"name": ..., "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, Mapping)}
+        return named.get("default") or next(iter(named.values()), None)
+    return None
+
+
+def _as_id_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+@dataclass(frozen=True)
+class HFTokenizerFiles:
+    """The contents of a checkpoint's tokenizer files, already read."""
+
+    tokenizer_json: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None          # chat_template.jinja, which wins over the config's
+    generation_eos_ids: tuple[int, ...] = ()  # generation_config.json eos_token_id
+
+    @classmethod
+    def read(cls, checkpoint_dir: str | Path) -> HFTokenizerFiles:
+        root = Path(checkpoint_dir)
+        config = _read_json(root / TOKENIZER_CONFIG) or {}
+        generation = _read_json(root / GENERATION_CONFIG) or {}
+        template_file = root / CHAT_TEMPLATE_FILE
+        return cls(
+            tokenizer_json=(root / TOKENIZER_JSON).read_text(encoding="utf-8"),
+            config=config,
+            chat_template=template_file.read_text(encoding="utf-8") if template_file.is_file() else None,
+            generation_eos_ids=tuple(_as_id_list(generation.get("eos_token_id"))),
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON: {exc}") from exc
+
+
+class HFTokenizer(Tokenizer):
+    """A checkpoint's `tokenizer.json` (plus tokenizer_config.json) through the `tokenizers` library.
+
+    Special tokens are the added tokens marked `special`. Encoding with `allow_special=False` uses a
+    second copy of the tokenizer with `encode_special_tokens` set, so literal special-token text in
+    user input stays text. Supported decoders: byte-level BPE (Qwen1.5/2/2.5, LLaMA 3) and
+    SentencePiece-style "▁"/byte-fallback vocabularies (LLaMA 1/2).
+    """
+
+    def __init__(self, files: HFTokenizerFiles):
+        from tokenizers import Tokenizer as RustTokenizer
+
+        spec = json.loads(files.tokenizer_json)
+        self._tok = RustTokenizer.from_str(files.tokenizer_json)
+        self._tok_plain = RustTokenizer.from_str(files.tokenizer_json)
+        self._tok_plain.encode_special_tokens = True
+        kind = DecoderKind.from_spec(spec.get("decoder"))
+        added = {int(t["id"]): t for t in spec.get("added_tokens", [])}
+        specials = {t["content"]: i for i, t in added.items() if t.get("special")}
+        self._bytes_by_id = self._build_byte_table(kind, added, set(specials.values()))
+        super().__init__(self._special_tokens(specials, files),
+                         chat_template=files.chat_template or _pick_chat_template(
+                             files.config.get("chat_template")),
+                         template_vars=self._template_vars_of(files.config),
+                         strips_leading_space=kind.strips_leading_space)
+
+    @classmethod
+    def from_dir(cls, checkpoint_dir: str | Path) -> HFTokenizer:
+        """Load tokenizer.json, tokenizer_config.json, chat_template.jinja, generation_config.json."""
+        return cls(HFTokenizerFiles.read(checkpoint_dir))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        tok = self._tok if allow_special else self._tok_plain
+        return tok.encode(text, add_special_tokens=False).ids
+
+    def _raw_token_bytes(self, token_id: int) -> bytes | None:
+        if 0 <= token_id < len(self._bytes_by_id):
+            return self._bytes_by_id[token_id]
+        return None
+
+    def _build_byte_table(self, kind: DecoderKind, added: Mapping[int, Mapping[str, Any]],
+                          special_ids: set[int]) -> tuple[bytes | None, ...]:
+        alphabet = byte_level_alphabet()
+        table: list[bytes | None] = []
+        for i in range(self._tok.get_vocab_size(with_added_tokens=True)):
+            token = self._tok.id_to_token(i)
+            if i in special_ids or token is None:
+                table.append(None)
+            elif i in added:
+                table.append(added[i]["content"].encode("utf-8"))
+            else:
+                table.append(_token_string_bytes(token, kind, alphabet))
+        return tuple(table)
+
+    def _special_tokens(self, specials: Mapping[str, int], files: HFTokenizerFiles) -> SpecialTokens:
+        def known(text: str | None) -> int | None:
+            return None if text is None else self._tok.token_to_id(text)
+
+        eos = [known(_token_text(files.config.get("eos_token"))), *files.generation_eos_ids,
+               *(specials.get(t) for t in _CHAT_END_TOKENS)]
+        return SpecialTokens(specials, eos_ids=tuple(i for i in eos if i is not None),
+                             bos_id=known(_token_text(files.config.get("bos_token"))))
+
+    @staticmethod
+    def _template_vars_of(config: Mapping[str, Any]) -> dict[str, str]:
+        names = ("bos_token", "eos_token", "unk_token", "pad_token")
+        values = {name: _token_text(config.get(name)) for name in names}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+def load_tokenizer(checkpoint_dir: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint folder: `qwen.tiktoken` when present, else `tokenizer.json`."""
+    root = Path(checkpoint_dir)
+    if (root / QWEN_TIKTOKEN_FILE).is_file():
+        return QwenTiktokenTokenizer(root / QWEN_TIKTOKEN_FILE)
+    if (root / TOKENIZER_JSON).is_file():
+        return HFTokenizer.from_dir(root)
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint folder {root} does not exist")
+    raise CheckpointError(
+        f"{root} holds no tokenizer: expected {QWEN_TIKTOKEN_FILE} (original Qwen) or {TOKENIZER_JSON} "
+        "(HF fast tokenizer); convert a SentencePiece tokenizer.model to tokenizer.json first")
+
+
+def special_surface_forms(tokenizer: Tokenizer) -> Sequence[str]:
+    """Special token texts, longest first (so that regex alternation prefers the longest match)."""
+    return sorted(tokenizer.special_tokens, key=len, reverse=True)

@@ -1,0 +1,159 @@
+"""The engine: requests in, tokens out, one step at a time.
+
+request -> validation -> Scheduler (which tokens run) -> ModelRunner (model +
+sampler on the device) -> Scheduler.update (append, stop, free) -> RequestOutput.
+Single-threaded; `BackgroundEngine` (async_engine.py) runs it on a thread.
+"""
+from __future__ import annotations
+
+import itertools
+import operator
+import logging
+import random
+from collections.abc import Sequence as Seq
+
+from .block_manager import BlockManager
+from .config import EngineConfig, ModelConfig
+from .errors import DuplicateRequestError, InvalidRequestError
+from .model_runner import ModelRunner
+from .models import load_model_config
+from .outputs import EngineStats, RequestOutput
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import FinishReason, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    """Inflight-batching engine over one model.
+
+    >>> engine = LLMEngine("path/to/checkpoint")
+    >>> engine.add_request("r1", [1, 2, 3], SamplingParams(max_tokens=8, temperature=0))
+    >>> while engine.has_unfinished_requests():
+    ...     for out in engine.step():
+    ...         print(out.request_id, out.new_token_ids, out.finished)
+    """
+
+    def __init__(self, model_path: str, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.model_config: ModelConfig = load_model_config(model_path)
+        self.max_model_len = self._max_model_len()
+        self.runner = ModelRunner(model_path, self.model_config, self.config, self.max_model_len)
+        blocks = BlockManager(self.runner.num_blocks, self.config.block_size)
+        self.scheduler = Scheduler(blocks, self.config.max_num_seqs,
+                                   self.config.max_num_batched_tokens, self.max_model_len)
+        self._arrivals = itertools.count()
+        self._seeds = random.Random()
+        self._pending: list[RequestOutput] = []  # abort reports for the next step()
+        self._num_steps = 0
+        self._num_generated = 0
+
+    def _max_model_len(self) -> int:
+        limit = self.config.max_model_len
+        native = self.model_config.max_position
+        if limit is None:
+            return native
+        if limit > native and not self.model_config.dynamic_ntk:
+            raise ValueError(f"max_model_len {limit} exceeds the model's context {native}")
+        return limit
+
+    # -- requests ------------------------------------------------------------
+
+    def validate(self, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
+        """Raise InvalidRequestError if this request can never run. Read-only."""
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise InvalidRequestError("prompt", "is empty")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in _as_token_ids(prompt_token_ids) if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError("prompt", f"token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
+        bad = [t for t in params.all_token_ids() if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError("sampling", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if n >= self.max_model_len:
+            raise InvalidRequestError(
+                "prompt", f"{n} tokens leave no room to generate in the context of {self.max_model_len}")
+        if n + params.max_tokens > self.max_model_len:
+            raise InvalidRequestError(
+                "max_tokens", f"{params.max_tokens} after a {n}-token prompt exceeds the context of "
+                f"{self.max_model_len} (at most {self.max_model_len - n})")
+        blocks = self.scheduler.blocks
+        need = blocks.blocks_for(n + params.max_tokens)
+        if need > blocks.num_blocks:
+            raise InvalidRequestError(
+                "max_tokens", f"the request needs {need} KV blocks, the pool has {blocks.num_blocks}")
+
+    def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
+        """Queue a request; it joins the running batch at the next step."""
+        if request_id in self.scheduler.requests:
+            raise DuplicateRequestError(request_id)
+        prompt = _as_token_ids(prompt_token_ids)
+        self.validate(prompt, params)
+        seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
+        self.scheduler.add(Sequence(request_id, prompt, params, seed, next(self._arrivals)))
+
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; its final output comes
+        from the next step(). Returns False if the id is not live."""
+        out = self.scheduler.abort(request_id)
+        if out is not None:
+            self._pending.append(out)
+        return out is not None
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished or bool(self._pending)
+
+    # -- stepping ------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; return each touched request's new tokens."""
+        outputs, self._pending = self._pending, []
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return outputs
+        try:
+            sampled = self.runner.execute(sched)
+        except Exception as exc:  # a failed step ends its requests, never the engine
+            log.exception("engine step failed; ending the %d requests in it", len(sched.scheduled))
+            return outputs + self._fail(sched, exc)
+        self._num_steps += 1
+        new = self.scheduler.update(sched, sampled)
+        self._num_generated += sum(len(o.new_token_ids) for o in new)
+        return outputs + new
+
+    def _fail(self, sched, exc: Exception) -> list[RequestOutput]:
+        message = f"{type(exc).__name__}: {exc}"
+        return [self.scheduler.finish(self.scheduler.requests[s.request_id], FinishReason.ERROR, message)
+                for s in sched.scheduled if s.request_id in self.scheduler.requests]
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+                 ) -> list[list[int]]:
+        """Run prompts to completion; return each one's output token ids."""
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"generate-{next(self._arrivals)}" for _ in prompts]
+        for rid, prompt, p in zip(ids, prompts, params_list):
+            self.add_request(rid, prompt, p)
+        tokens: dict[str, list[int]] = {rid: [] for rid in ids}
+        while self.has_unfinished_requests():
+            for out in self.step():
+                if out.request_id in tokens:
+                    tokens[out.request_id].extend(out.new_token_ids)
+        return [tokens[rid] for rid in ids]
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(
+            num_running=len(s.running), num_waiting=len(s.waiting),
+            num_free_blocks=s.blocks.num_free_blocks, num_total_blocks=s.blocks.num_blocks,
+            num_steps=self._num_steps, num_preemptions=s.num_preemptions,
+            max_running_seen=s.max_running_seen, num_generated_tokens=self._num_generated)
+
+
+def _as_token_ids(tokens: Seq[int]) -> list[int]:
+    """Token ids as Python ints (numpy and torch integers accepted)."""
+    try:
+        return [operator.index(t) for t in tokens]
+    except TypeError:
+        raise InvalidRequestError("prompt", "token ids must be integers") from None

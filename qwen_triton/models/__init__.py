@@ -1,0 +1,19 @@
+"""Decoder models: one generic decoder and the loader that fills it from a
+Hugging Face checkpoint folder.
+
+Supported architectures (config.json `model_type`): llama, qwen2, qwen3 and the
+original qwen. `ARCHS` maps each to how its config and tensor names are read.
+"""
+from .batch import ForwardBatch
+from .decoder import DecoderForCausalLM
+from .loader import ARCHS, SUPPORTED_ARCHS, ArchSpec, load_model, load_model_config
+
+__all__ = [
+    "ARCHS",
+    "ArchSpec",
+    "DecoderForCausalLM",
+    "ForwardBatch",
+    "SUPPORTED_ARCHS",
+    "load_model",
+    "load_model_config",
+]

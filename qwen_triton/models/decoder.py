@@ -1,0 +1,190 @@
+"""One decoder-only transformer for every supported architecture.
+
+llama, qwen2 and qwen3 differ only in flags of ModelConfig (qkv bias, q/k norm,
+rope scaling); the original Qwen ("qwen") adds two position tricks that only
+switch on past its training context `seq_length`:
+  - logn attention: queries at 1-based position i > seq_length are scaled by
+    log(i) / log(seq_length);
+  - dynamic NTK: each sequence's RoPE base is theta * alpha ** (d / (d - 2)),
+    alpha chosen from its prompt length and kept for its whole generation.
+
+Weights are fused the usual serving way: one qkv_proj (q, k, v stacked on the
+output dim) and one gate_up_proj (gate then up) per layer.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import AttentionBackend, AttentionMetadata
+from ..config import ModelConfig
+from .batch import ForwardBatch
+from .layers import RMSNorm, RotaryEmbedding, apply_rotary, silu_and_mul
+
+# -- the original Qwen's position tricks ----------------------------------------
+
+
+def qwen_ntk_alpha(prompt_lens: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """alpha = max(2 ** ceil(log2(L / seq_length) + 1) - 1, 1) per token: float64 [T].
+
+    prompt_lens: int [T], the prompt length L of each token's sequence.
+    1 up to seq_length, 3 up to twice it, 7 up to four times, ...
+    """
+    ratio = prompt_lens.double().clamp_min(1) / seq_length
+    alpha = torch.exp2(torch.ceil(torch.log2(ratio) + 1)) - 1
+    return alpha.clamp_min(1)
+
+
+def qwen_logn_scale(positions: torch.Tensor, seq_length: int) -> torch.Tensor:
+    """log(i) / log(seq_length) for 1-based positions i > seq_length, else 1: float32 [T]."""
+    i = positions.double() + 1
+    scale = torch.where(i > seq_length, torch.log(i) / math.log(seq_length), torch.ones_like(i))
+    return scale.float()
+
+
+# -- layers --------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """qkv projection, optional per-head q/k RMSNorm, rotary, paged attention, output projection."""
+
+    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.split_sizes = [config.q_size, config.kv_size, config.kv_size]
+        self.scale = config.head_dim ** -0.5
+        self.attn_backend = attn_backend
+        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.split_sizes), bias=config.qkv_bias, dtype=dtype)
+        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.o_bias, dtype=dtype)
+        if config.qk_norm:  # qwen3: RMSNorm over each head's vector, before rotary
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, hidden]
+        cos: torch.Tensor,  # float32 [T, head_dim]
+        sin: torch.Tensor,  # float32 [T, head_dim]
+        q_scale: torch.Tensor | None,  # float32 [T] (logn attention) or None
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden]
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if q_scale is not None:
+            q = q * q_scale.to(q.dtype)[:, None, None]
+        out = self.attn_backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, H, D]
+        return self.o_proj(out.reshape(num_tokens, -1))
+
+
+class MLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
+
+    def __init__(self, config: ModelConfig, dtype=None):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(
+            config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias, dtype=dtype
+        )
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: h = x + attn(norm(x)); out = h + mlp(norm(h)).
+
+    The residual stream travels beside the hidden state so that each residual
+    add is fused into the following RMSNorm.
+    """
+
+    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, attn_backend, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, hidden], the previous layer's output (or embeddings)
+        residual: torch.Tensor | None,  # [T, hidden], the stream x still has to be added to
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        q_scale: torch.Tensor | None,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, cos, sin, q_scale, kv_cache, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+# -- the model -----------------------------------------------------------------
+
+
+class DecoderForCausalLM(nn.Module):
+    """Embeddings, decoder layers, final norm and LM head of any supported arch.
+
+    Parameter names (what the loader fills): embed_tokens.weight,
+    layers.{i}.input_layernorm.weight, layers.{i}.self_attn.qkv_proj.{weight,bias},
+    layers.{i}.self_attn.{q_norm,k_norm}.weight, layers.{i}.self_attn.o_proj.weight,
+    layers.{i}.post_attention_layernorm.weight, layers.{i}.mlp.gate_up_proj.weight,
+    layers.{i}.mlp.down_proj.weight, norm.weight, lm_head.weight (absent when
+    tie_word_embeddings: the logits then reuse embed_tokens.weight).
+    """
+
+    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(DecoderLayer(config, attn_backend, dtype) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+
+    def forward(self, batch: ForwardBatch, kv_caches: list[torch.Tensor]) -> torch.Tensor:
+        """Run the T packed tokens of one step; returns final-normed hidden states [T, hidden].
+
+        kv_caches: one [2, num_blocks, block_size, Hkv, D] tensor per layer,
+        written at batch.attn.slot_mapping and read through the block tables.
+        """
+        cos, sin = self.rotary(batch.positions, self._rope_base_scale(batch))  # [T, D] each
+        q_scale = qwen_logn_scale(batch.positions, self.config.seq_length) if self.config.logn_attn else None
+        x, residual = self.embed_tokens(batch.input_ids), None  # [T, hidden]
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x, residual = layer(x, residual, cos, sin, q_scale, kv_cache, batch.attn)
+        x, _ = self.norm(x, residual)
+        return x
+
+    def _rope_base_scale(self, batch: ForwardBatch) -> torch.Tensor | None:
+        """Per-token RoPE base multiplier alpha ** (d / (d - 2)) under dynamic NTK, else None."""
+        if not self.config.dynamic_ntk:
+            return None
+        d = self.config.head_dim
+        return qwen_ntk_alpha(batch.prompt_lens, self.config.seq_length) ** (d / (d - 2))
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> float32 logits [N, vocab]."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()

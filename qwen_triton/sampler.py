@@ -1,0 +1,282 @@
+"""Turns one step's logits into tokens, each row under its own SamplingParams.
+
+Pipeline, in the order transformers applies its processors:
+
+    penalties   repetition (prompt + output), presence / frequency (output),
+                min_tokens (end ids -> -inf), bad words (completions -> -inf)
+    greedy rows argmax of the penalised logits
+    other rows  temperature -> top-k -> top-p -> seeded draw
+
+Every random draw uses a generator seeded from (request seed, step index)
+only, so a request's tokens do not depend on which other rows share its batch,
+on their order, or on whether it was preempted and recomputed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .outputs import SampledToken
+from .sampling_params import SamplingParams
+
+_MASK64 = (1 << 64) - 1
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class SamplingRow:
+    """One row of the logits: one sequence that samples a token this step."""
+
+    params: SamplingParams
+    seed: int                          # resolved seed (drawn by the engine if params.seed is None)
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]    # generated so far; the step index is its length
+
+    @property
+    def step(self) -> int:
+        return len(self.output_token_ids)
+
+
+class Sampler:
+    """Samples one token per row of a float32 [N, vocab] logits tensor.
+
+    `logprob` is the chosen token's log_softmax over the logits *after*
+    penalties and temperature but *before* top-k / top-p filtering (for greedy
+    rows: over the penalised logits, no temperature). That is the model's
+    scaled distribution, so it stays comparable across different top-k / top-p
+    settings and is never -inf for a token that could be chosen.
+
+    The caller's logits tensor is never modified.
+    """
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
+        if logits.dim() != 2 or logits.shape[0] != len(rows):
+            raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], got {tuple(logits.shape)}")
+        if not rows:
+            return []
+        logits = apply_penalties(logits.float(), rows)               # [N, V]
+        device = logits.device
+        tokens = torch.empty(len(rows), dtype=torch.long, device=device)       # [N]
+        logprobs = torch.zeros(len(rows), dtype=torch.float32, device=device)  # [N]
+
+        greedy = [i for i, r in enumerate(rows) if r.params.greedy]
+        if greedy:
+            idx = torch.tensor(greedy, device=device)
+            basis = logits[idx]                                      # [G, V]
+            tokens[idx] = chosen = basis.argmax(dim=-1)              # ties -> lowest id
+            if any(rows[i].params.logprobs for i in greedy):
+                logprobs[idx] = _logprob_at(basis, chosen)
+
+        sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
+        if sampled:
+            idx = torch.tensor(sampled, device=device)
+            sub_rows = [rows[i] for i in sampled]
+            basis = apply_temperature_(logits[idx], [r.params.temperature for r in sub_rows])  # [S, V]
+            filtered = basis.clone() if any(r.params.logprobs for r in sub_rows) else basis
+            apply_top_k_(filtered, [r.params.top_k for r in sub_rows])
+            apply_top_p_(filtered, [r.params.top_p for r in sub_rows])
+            tokens[idx] = chosen = draw(filtered, [(r.seed, r.step) for r in sub_rows])
+            if filtered is not basis:
+                logprobs[idx] = _logprob_at(basis, chosen)
+
+        ids = tokens.tolist()                                        # one device sync
+        lps = logprobs.tolist() if any(r.params.logprobs for r in rows) else [None] * len(rows)
+        return [SampledToken(t, lp if r.params.logprobs else None) for t, lp, r in zip(ids, lps, rows)]
+
+
+# --------------------------------------------------------------------- penalties
+
+def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """Repetition, presence/frequency, min_tokens and bad-word penalties.
+
+    logits: float32 [N, V]. Returns `logits` itself when no row has a penalty
+    (the all-defaults fast path), else a penalised copy.
+    """
+    rep = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0]
+    pf = [i for i, r in enumerate(rows)
+          if r.params.presence_penalty != 0.0 or r.params.frequency_penalty != 0.0]
+    ban_rows, ban_tokens = _banned(rows, logits.shape[-1])
+    if not (rep or pf or ban_rows):
+        return logits
+    logits = logits.clone()
+    if rep:
+        _repetition_penalty_(logits, rows, rep)
+    if pf:
+        _presence_frequency_(logits, rows, pf)
+    if ban_rows:
+        device = logits.device
+        logits[torch.tensor(ban_rows, device=device), torch.tensor(ban_tokens, device=device)] = _NEG_INF
+    return logits
+
+
+def _token_index(logits: torch.Tensor, token_lists: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten per-row token lists into (row, token) index tensors.
+
+    Ids >= vocab are clamped onto a spare column V (dropped later), as
+    transformers does for embeddings larger than the lm_head.
+    """
+    vocab = logits.shape[-1]
+    row_of = [j for j, toks in enumerate(token_lists) for _ in range(len(toks))]
+    flat = [t for toks in token_lists for t in toks]
+    device = logits.device
+    row_t = torch.tensor(row_of, dtype=torch.long, device=device)               # [T]
+    tok_t = torch.tensor(flat, dtype=torch.long, device=device).clamp_(max=vocab)  # [T]
+    return row_t, tok_t
+
+
+def _repetition_penalty_(logits: torch.Tensor, rows: Sequence[SamplingRow], which: list[int]) -> None:
+    """transformers' RepetitionPenaltyLogitsProcessor, per row, in place.
+
+    Every token seen in prompt + output (counted once) has a positive logit
+    divided by the penalty and a negative one multiplied by it.
+    """
+    idx = torch.tensor(which, device=logits.device)
+    sub = logits[idx]                                                            # [R, V]
+    row_t, tok_t = _token_index(logits, [list(rows[i].prompt_token_ids) + list(rows[i].output_token_ids)
+                                         for i in which])
+    seen = torch.zeros(len(which), sub.shape[-1] + 1, dtype=torch.bool, device=sub.device)  # [R, V+1]
+    seen[row_t, tok_t] = True
+    penalty = torch.tensor([rows[i].params.repetition_penalty for i in which],
+                           dtype=torch.float32, device=sub.device)[:, None]     # [R, 1]
+    penalised = torch.where(sub < 0, sub * penalty, sub / penalty)
+    logits[idx] = torch.where(seen[:, :-1], penalised, sub)
+
+
+def _presence_frequency_(logits: torch.Tensor, rows: Sequence[SamplingRow], which: list[int]) -> None:
+    """OpenAI presence / frequency penalties over the output tokens, in place:
+    logit -= presence * (count > 0) + frequency * count."""
+    idx = torch.tensor(which, device=logits.device)
+    row_t, tok_t = _token_index(logits, [rows[i].output_token_ids for i in which])
+    counts = torch.zeros(len(which), logits.shape[-1] + 1, dtype=torch.float32, device=logits.device)  # [R, V+1]
+    counts.index_put_((row_t, tok_t), torch.ones_like(tok_t, dtype=torch.float32), accumulate=True)
+    counts = counts[:, :-1]                                                      # [R, V]
+    presence = torch.tensor([rows[i].params.presence_penalty for i in which],
+                            dtype=torch.float32, device=logits.device)[:, None]  # [R, 1]
+    frequency = torch.tensor([rows[i].params.frequency_penalty for i in which],
+                             dtype=torch.float32, device=logits.device)[:, None]
+    logits[idx] = logits[idx] - (presence * (counts > 0) + frequency * counts)
+
+
+def _banned(rows: Sequence[SamplingRow], vocab: int) -> tuple[list[int], list[int]]:
+    """(row, token) pairs that must get -inf this step.
+
+    End ids while fewer than min_tokens tokens exist; the last token of each
+    bad word whose other tokens end the sequence (a one-token word: always).
+    """
+    ban_rows: list[int] = []
+    ban_tokens: list[int] = []
+    for i, row in enumerate(rows):
+        params = row.params
+        banned = list(params.end_ids) if row.step < params.min_tokens else []
+        banned += [word[-1] for word in params.bad_token_ids
+                   if _ends_with(row.prompt_token_ids, row.output_token_ids, word[:-1])]
+        banned = [t for t in banned if 0 <= t < vocab]
+        ban_rows += [i] * len(banned)
+        ban_tokens += banned
+    return ban_rows, ban_tokens
+
+
+def _ends_with(prompt: Sequence[int], output: Sequence[int], suffix: Sequence[int]) -> bool:
+    """Whether prompt + output ends with `suffix`, without concatenating the two."""
+    m = len(suffix)
+    if m == 0:
+        return True
+    if len(prompt) + len(output) < m:
+        return False
+    from_output = min(m, len(output))
+    from_prompt = m - from_output
+    tail = list(prompt[len(prompt) - from_prompt:]) if from_prompt else []
+    tail += list(output[len(output) - from_output:]) if from_output else []
+    return tail == list(suffix)
+
+
+def _logprob_at(basis: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """log_softmax(basis)[row, chosen[row]]: basis [R, V], chosen [R] -> [R]."""
+    return torch.log_softmax(basis, dim=-1).gather(1, chosen[:, None]).squeeze(1)
+
+
+# ---------------------------------------------------------------------- warpers
+# These work in place on the sampler's own copy of the logits and return it.
+
+def apply_temperature_(logits: torch.Tensor, temperature: Sequence[float]) -> torch.Tensor:
+    """logits [R, V] /= temperature[r] (all > 0), like TemperatureLogitsWarper."""
+    t = torch.tensor(temperature, dtype=torch.float32, device=logits.device)    # [R]
+    return logits.div_(t[:, None])
+
+
+def apply_top_k_(logits: torch.Tensor, top_k: Sequence[int]) -> torch.Tensor:
+    """TopKLogitsWarper per row: -inf below the row's k-th largest logit (ties
+    with it survive); k == 0 leaves the row untouched. logits: [R, V]."""
+    vocab = logits.shape[-1]
+    which = [i for i, k in enumerate(top_k) if k > 0]
+    if not which:
+        return logits
+    ks = [min(top_k[i], vocab) for i in which]
+    idx = torch.tensor(which, device=logits.device)
+    sub = logits[idx]                                                            # [R', V]
+    top = sub.topk(max(ks), dim=-1).values                                       # [R', kmax], descending
+    kth = top.gather(1, torch.tensor(ks, device=logits.device)[:, None] - 1)     # [R', 1]
+    logits[idx] = sub.masked_fill(sub < kth, _NEG_INF)
+    return logits
+
+
+def apply_top_p_(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
+    """TopPLogitsWarper per row: keep the smallest set of most probable tokens
+    whose probability sums to >= top_p (always at least the top one); top_p
+    == 1 leaves the row untouched. logits: [R, V]."""
+    which = [i for i, p in enumerate(top_p) if p < 1.0]
+    if not which:
+        return logits
+    device = logits.device
+    idx = torch.tensor(which, device=device)
+    sub = logits[idx]                                                            # [R', V]
+    sorted_logits, order = sub.sort(dim=-1)                                      # ascending
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)                           # [R', V]
+    # 1 - p is computed in double then rounded once, exactly as transformers does.
+    cutoff = torch.tensor([1.0 - top_p[i] for i in which], dtype=torch.float32, device=device)
+    drop_sorted = cum <= cutoff[:, None]                                         # [R', V]
+    drop_sorted[:, -1] = False                                                   # keep the most probable
+    drop = drop_sorted.scatter(1, order, drop_sorted)                            # back to vocab order
+    logits[idx] = sub.masked_fill(drop, _NEG_INF)
+    return logits
+
+
+# ------------------------------------------------------------------ randomness
+
+def splitmix64(x: int) -> int:
+    """SplitMix64 finaliser: a bijective 64-bit mix (Steele et al., 2014)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Generator seed for one draw of one request: a 64-bit mix of (seed, step),
+    so neighbouring seeds or steps give unrelated streams.
+
+    (The CPU generator, an MT19937, keeps only the low 32 bits; CUDA's
+    Philox uses all 64.)"""
+    return splitmix64(splitmix64(seed & _MASK64) ^ step)
+
+
+def draw(logits: torch.Tensor, seeds: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """One token per row of logits [R, V] from softmax(logits), seeded per row.
+
+    Exponential race: with E_i ~ Exp(1) i.i.d., argmax_i p_i / E_i is token i
+    with probability p_i. In log space that is argmax_i (logit_i - log E_i),
+    which needs no softmax and leaves -inf (filtered) tokens unreachable. Row
+    r's noise comes from a generator seeded by step_seed(*seeds[r]) alone and
+    every op after it is elementwise or a per-row argmax, so the result does
+    not depend on the other rows. Returns [R] long.
+    """
+    gen = torch.Generator(device=logits.device)
+    noise = torch.empty_like(logits)                                             # [R, V]
+    for r, (seed, step) in enumerate(seeds):
+        gen.manual_seed(step_seed(seed, step))
+        noise[r].exponential_(generator=gen)
+    # E may round to 0 in float32; the clamp keeps log E finite so -inf stays -inf.
+    noise.clamp_(min=torch.finfo(noise.dtype).tiny).log_()
+    return (logits - noise).argmax(dim=-1)

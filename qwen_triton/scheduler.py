@@ -1,0 +1,202 @@
+"""Continuous (inflight) batching: which tokens of which sequences run in the next step.
+
+Plain Python, free of torch. Each step has a token budget shared by every
+sequence: running sequences go first (decodes cost one token, unfinished
+prefills take a chunk), then waiting ones join in arrival order while budget,
+sequence slots and KV blocks last. When a running sequence needs a block and
+none is free, the newest running sequence is preempted: its blocks are freed
+and it waits, first in line, to be recomputed from its tokens.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .block_manager import BlockManager
+from .outputs import RequestOutput, SampledToken
+from .sampling_params import SamplingParams
+from .sequence import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class ScheduledSeq:
+    """A read-only view of one sequence's work in a step, for the model runner.
+
+    token_ids are the tokens to compute, at positions start_pos onwards.
+    When `samples` is set the chunk reaches the sequence's end, so the runner
+    samples its next token. prompt_token_ids / output_token_ids are the
+    sequence's own lists (read them, never write them).
+    """
+
+    request_id: str
+    token_ids: list[int]
+    start_pos: int
+    block_table: list[int]
+    samples: bool
+    params: SamplingParams
+    seed: int
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]
+    preempted: list[str]
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    """Owns every live Sequence and the block manager."""
+
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int):
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.requests: dict[str, Sequence] = {}
+        self.num_preemptions = 0
+        self.max_running_seen = 0
+
+    # -- requests in and out -------------------------------------------------
+
+    def add(self, seq: Sequence) -> None:
+        self.requests[seq.request_id] = seq
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Finish a live request now, freeing its blocks; None if unknown."""
+        seq = self.requests.get(request_id)
+        if seq is None:
+            return None
+        return self.finish(seq, FinishReason.ABORT)
+
+    def finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> RequestOutput:
+        """End `seq` for `reason`, release everything it holds, and report it."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self._release(seq)
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+        del self.requests[seq.request_id]
+        return _output(seq, [], None, error)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- one step ------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        scheduled: list[ScheduledSeq] = []
+        preempted: list[str] = []
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            if not self._reserve_or_preempt(seq, n, preempted):
+                break  # seq itself was the newest and got preempted
+            scheduled.append(_view(seq, n))
+            budget -= n
+            i += 1
+        if not preempted:
+            budget = self._admit_waiting(budget, scheduled)
+        self.max_running_seen = max(self.max_running_seen, len(scheduled))
+        return SchedulerOutput(scheduled, preempted)
+
+    def update(self, out: SchedulerOutput, sampled: dict[str, SampledToken]) -> list[RequestOutput]:
+        """Advance each scheduled sequence past its computed chunk, append the
+        sampled tokens, and finish what ended. Returns the new tokens per request."""
+        outputs = []
+        for s in out.scheduled:
+            seq = self.requests.get(s.request_id)
+            if seq is None:
+                continue  # finished by an abort during the step
+            seq.num_computed_tokens += s.num_tokens
+            tok = sampled.get(s.request_id)
+            if tok is None:
+                continue  # a prefill chunk that does not reach the end yet
+            n_before = len(seq.output_token_ids)
+            reason = seq.append_token(tok.token_id, tok.logprob, self.max_model_len)
+            if reason is not None:
+                self.finish(seq, reason)
+            logprobs = seq.output_logprobs[n_before:] if seq.params.logprobs else None
+            outputs.append(_output(seq, seq.output_token_ids[n_before:], logprobs))
+        return outputs
+
+    # -- internals -----------------------------------------------------------
+
+    def _reserve_or_preempt(self, seq: Sequence, n: int, preempted: list[str]) -> bool:
+        """Make room in `seq`'s block table for n more computed tokens,
+        preempting the newest running sequences until it fits."""
+        while not self.blocks.grow(seq.block_table, seq.num_computed_tokens + n):
+            victim = self.running[-1]
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            if victim is seq:
+                return False
+        return True
+
+    def _admit_waiting(self, budget: int, scheduled: list[ScheduledSeq]) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            n = min(seq.num_uncomputed_tokens, budget)
+            if not self.blocks.grow(seq.block_table, seq.num_computed_tokens + n):
+                break  # first come, first served: nobody overtakes the head
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            scheduled.append(_view(seq, n))
+            budget -= n
+        return budget
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.free(seq.block_table)
+        seq.block_table = []
+
+
+def _view(seq: Sequence, n: int) -> ScheduledSeq:
+    start = seq.num_computed_tokens
+    return ScheduledSeq(
+        request_id=seq.request_id,
+        token_ids=seq.token_slice(start, start + n),
+        start_pos=start,
+        block_table=list(seq.block_table),
+        samples=start + n == seq.num_tokens,
+        params=seq.params,
+        seed=seq.seed,
+        prompt_token_ids=seq.prompt_token_ids,
+        output_token_ids=seq.output_token_ids,
+    )
+
+
+def _output(seq: Sequence, new: list[int], logprobs: list[float] | None,
+            error: str | None = None) -> RequestOutput:
+    reason = seq.finish_reason.value if seq.finish_reason else None
+    return RequestOutput(seq.request_id, new, logprobs, seq.is_finished, reason,
+                         seq.num_prompt_tokens, len(seq.output_token_ids), error)
