@@ -89,10 +89,10 @@ class BackgroundEngine:
     def submit(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams,
                on_output: OutputCallback | None = None) -> RequestStream:
         """Queue a request. Bad input raises InvalidRequestError here, in the
-        caller's thread. Outputs go to `on_output` (called on the engine thread;
-        keep it quick) and to the returned stream."""
+        caller's thread. Outputs go to the returned stream, or, when given, to
+        `on_output` instead (called on the engine thread: keep it quick)."""
         stream = RequestStream(request_id, self.abort)
-        deliver = stream.put if on_output is None else _both(on_output, stream.put)
+        deliver = on_output or stream.put
         prompt = list(prompt_token_ids)
         self.engine.validate(prompt, params)
         with self._lock:
@@ -182,12 +182,3 @@ class BackgroundEngine:
                 deliver(RequestOutput(rid, [], None, True, reason, 0, 0, message))
             except Exception:
                 log.exception("output consumer of %s failed", rid)
-
-
-def _both(first: OutputCallback, second: OutputCallback) -> OutputCallback:
-    def deliver(out: RequestOutput) -> None:
-        try:
-            first(out)
-        finally:
-            second(out)
-    return deliver

@@ -17,18 +17,18 @@ from safetensors.torch import load_file, save_file
 VOCAB = 512
 HIDDEN = 64
 
-_COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=HIDDEN,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    initializer_range=0.1,
-    rms_norm_eps=1e-6,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+_COMMON = {
+    "vocab_size": VOCAB,
+    "hidden_size": HIDDEN,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "initializer_range": 0.1,
+    "rms_norm_eps": 1e-6,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 def _save(model, path: str, seed: int, max_shard_size: str | int) -> str:
@@ -49,10 +49,10 @@ def write_llama(path: str, *, seed: int = 0, max_shard_size: str | int = "50GB",
     """A tied-embedding GQA llama with llama3 rope scaling (theta 500000, factor 8)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rope = dict(
-        rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-        high_freq_factor=4.0, original_max_position_embeddings=64,
-    )
+    rope = {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+    }
     kwargs = {**_COMMON, "tie_word_embeddings": True, "rope_parameters": rope, "max_position_embeddings": 512}
     config = LlamaConfig(**{**kwargs, **overrides})
     torch.manual_seed(seed)

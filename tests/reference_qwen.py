@@ -29,7 +29,7 @@ class QwenReference:
         """Chosen once from the prompt's length, kept for the whole generation."""
         if not self.cfg["use_dynamic_ntk"]:
             return 1.0
-        context_value = math.log(prompt_len / self.seq_length, 2) + 1
+        context_value = math.log2(prompt_len / self.seq_length) + 1
         return max(2 ** math.ceil(context_value) - 1, 1)
 
     def rotary(self, length: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +43,8 @@ class QwenReference:
     def logn(self, length: int) -> torch.Tensor:
         """Query scale per 0-based position: log_seq_length(i) for 1-based i > seq_length."""
         s = self.seq_length
-        values = [math.log(i, s) if i > s and self.cfg["use_logn_attn"] else 1.0 for i in range(1, length + 1)]
+        on = self.cfg["use_logn_attn"]
+        values = [math.log(i, s) if on and i > s else 1.0 for i in range(1, length + 1)]
         return torch.tensor(values)[:, None, None]  # [L, 1, 1]
 
     def norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -64,7 +65,8 @@ class QwenReference:
         x = w["transformer.wte.weight"][torch.tensor(ids)]
         for i in range(self.cfg["num_hidden_layers"]):
             p = f"transformer.h.{i}."
-            qkv = F.linear(self.norm(x, p + "ln_1.weight"), w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"])
+            y = self.norm(x, p + "ln_1.weight")
+            qkv = F.linear(y, w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"])
             q, k, v = (t.reshape(length, h, d) for t in qkv.chunk(3, dim=-1))
             q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
             q = q * self.logn(length)

@@ -11,22 +11,27 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+import checkpoints as ck
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_qwen import QwenReference
 from safetensors.torch import load_file, save_file
 
 from qwen_triton.attention import AttentionMetadata
 from qwen_triton.attention.torch_backend import TorchAttentionBackend
 from qwen_triton.config import RopeConfig
 from qwen_triton.errors import CheckpointError, UnsupportedModelError
-from qwen_triton.models import SUPPORTED_ARCHS, DecoderForCausalLM, ForwardBatch, load_model, load_model_config
+from qwen_triton.models import (
+    SUPPORTED_ARCHS,
+    DecoderForCausalLM,
+    ForwardBatch,
+    load_model,
+    load_model_config,
+)
 from qwen_triton.models.decoder import qwen_logn_scale, qwen_ntk_alpha
 from qwen_triton.models.layers import compute_inv_freq
-
-import checkpoints as ck
-from reference_qwen import QwenReference
 
 BLOCK_SIZE = 4
 DECODE_STEPS = 64
@@ -143,7 +148,7 @@ class PagedRunner:
         hidden = self.model(batch, self.kv_caches)  # [T, hidden]
         ends = batch.attn.query_start_loc[1:].long() - 1
         logits = self.model.compute_logits(hidden[ends])  # [B, vocab]
-        for (name, n), row in zip(work.items(), logits):
+        for (name, n), row in zip(work.items(), logits, strict=True):
             s = self.seqs[name]
             s.cached += n
             if s.cached == len(s.tokens):
@@ -295,11 +300,11 @@ def test_config_from_transformers5_checkpoints(ckpts):
 
 def test_config_older_layouts(tmp_path):
     """Real older checkpoints: rope_theta top-level, scaling under rope_scaling."""
-    base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=128, vocab_size=512, eos_token_id=151645)
+    base = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "intermediate_size": 128, "vocab_size": 512, "eos_token_id": 151645}
     llama31 = dict(base, model_type="llama", rope_theta=500000.0, max_position_embeddings=131072,
-                   rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                     original_max_position_embeddings=8192))
+                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
     cfg = load_model_config(write_config(tmp_path / "l", llama31))
     assert cfg.rope == RopeConfig(theta=500000.0, kind="llama3", factor=8.0, original_max_position=8192)
     qwen25 = dict(base, model_type="qwen2", rope_theta=1000000.0, rope_scaling=None, tie_word_embeddings=True)
@@ -307,7 +312,8 @@ def test_config_older_layouts(tmp_path):
     assert cfg.rope == RopeConfig(theta=1000000.0) and cfg.tie_word_embeddings
     assert cfg.eos_token_ids == (151645, 151643)  # generation_config.json wins
     legacy = dict(base, model_type="llama", rope_scaling={"type": "linear", "factor": 4.0})
-    assert load_model_config(write_config(tmp_path / "x", legacy)).rope == RopeConfig(kind="linear", factor=4.0)
+    cfg = load_model_config(write_config(tmp_path / "x", legacy))
+    assert cfg.rope == RopeConfig(kind="linear", factor=4.0)
 
 
 def test_inv_freq_matches_transformers(ckpts):
@@ -329,6 +335,7 @@ def test_inv_freq_matches_transformers(ckpts):
          ["yarn"]),
         ({"hidden_act": "gelu"}, UnsupportedModelError, ["gelu"]),
         ({"hidden_size": None}, CheckpointError, ["hidden_size", "config.json"]),
+        ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4}}, CheckpointError, ["factor"]),
         ({"model_type": None}, CheckpointError, ["model_type", "config.json"]),
     ],
 )
@@ -367,8 +374,9 @@ def test_pytorch_bin_only_is_refused(ckpts, tmp_path):
 
 
 def test_missing_tensor(ckpts, tmp_path):
-    path = copy_with_tensors(ckpts["qwen2"], tmp_path / "c", lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"))
-    assert "model.layers.1.self_attn.k_proj.bias" in load_error(path)
+    name = "model.layers.1.self_attn.k_proj.bias"
+    path = copy_with_tensors(ckpts["qwen2"], tmp_path / "c", lambda t: t.pop(name))
+    assert name in load_error(path)
 
 
 def test_wrong_shape(ckpts, tmp_path):
@@ -384,17 +392,18 @@ def test_unexpected_tensor_but_inv_freq_ignored(ckpts, tmp_path):
         t["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
 
     ours(copy_with_tensors(ckpts["qwen2"], tmp_path / "ok", extras))  # loads
-    message = load_error(copy_with_tensors(ckpts["qwen2"], tmp_path / "bad",
-                                           lambda t: t.update({"model.layers.2.mlp.down_proj.weight": torch.ones(1)})))
-    assert "model.layers.2.mlp.down_proj.weight" in message
+    name = "model.layers.2.mlp.down_proj.weight"  # a third layer in a 2-layer config
+    bad = copy_with_tensors(ckpts["qwen2"], tmp_path / "bad", lambda t: t.update({name: torch.ones(1)}))
+    message = load_error(bad)
+    assert name in message
 
 
 def test_corrupt_or_missing_files(ckpts, tmp_path):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     shutil.copy(os.path.join(ckpts["qwen2"], "config.json"), corrupt)
-    data = open(os.path.join(ckpts["qwen2"], "model.safetensors"), "rb").read()
-    (corrupt / "model.safetensors").write_bytes(data[:100])
+    with open(os.path.join(ckpts["qwen2"], "model.safetensors"), "rb") as f:
+        (corrupt / "model.safetensors").write_bytes(f.read(100))  # a truncated file
     assert "model.safetensors" in load_error(str(corrupt))
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -410,15 +419,24 @@ def test_sharded_checkpoint_loads(ckpts, tmp_path):
     whole, sharded = ours(ckpts["qwen2"]).state_dict(), ours(path).state_dict()
     assert whole.keys() == sharded.keys()
     assert all(torch.equal(whole[k], sharded[k]) for k in whole)
-    os.remove(os.path.join(path, sorted(shards)[-1]))
-    assert sorted(shards)[-1] in load_error(path)
+    os.remove(os.path.join(path, max(shards)))
+    assert max(shards) in load_error(path)
 
 
-def test_load_in_bfloat16(ckpts):
-    path = ckpts["qwen3"]
+def test_bfloat16_model_runs_close_to_float32(ckpts):
+    path, prompt = ckpts["qwen2"], random_prompt(9, seed=1)
     model = load_model(path, load_model_config(path), torch.bfloat16, "cpu", TorchAttentionBackend())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.rotary.inv_freq.dtype == torch.float32
+    first_logits = []
+    for m in (model, ours(path)):
+        runner = PagedRunner(m)
+        runner.kv_caches = [c.to(m.embed_tokens.weight.dtype) for c in runner.kv_caches]
+        runner.add("a", prompt)
+        runner.step({"a": len(prompt)})
+        first_logits.append(runner.seqs["a"].logits[0])
+    assert first_logits[0].dtype == torch.float32
+    torch.testing.assert_close(first_logits[0], first_logits[1], atol=0.1, rtol=0)
 
 
 # -- (4) the torch attention backend -------------------------------------------
@@ -463,7 +481,8 @@ def test_torch_backend_matches_dense_attention(num_kv_heads, group, head_dim, bl
         k = torch.randn(total, num_kv_heads, head_dim, generator=gen)
         v = torch.randn(total, num_kv_heads, head_dim, generator=gen)
         blocks = [free.pop() for _ in range(-(-total // block_size))]
-        seq_slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size for p in range(total)])
+        positions = range(total)
+        seq_slots = torch.tensor([blocks[p // block_size] * block_size + p % block_size for p in positions])
         flat[0, seq_slots[:cached]], flat[1, seq_slots[:cached]] = k[:cached], v[:cached]  # earlier steps
         qs.append(q[cached:]), ks.append(k[cached:]), vs.append(v[cached:]), slots.append(seq_slots[cached:])
         tables.append(blocks)

@@ -29,8 +29,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import triton_install  # noqa: E402
-from triton_server import TritonError, TritonServer, default_python  # noqa: E402
+import triton_install
+from triton_server import TritonError, TritonServer, default_python
 
 TOY_REPO = ROOT / "tests" / "fixtures" / "toy_repo"
 TRITON_DIR = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
@@ -40,7 +40,8 @@ SERVER_MARKS = [
     pytest.mark.server,
     pytest.mark.skipif(
         not INSTALLED,
-        reason=f"Triton is not installed in {TRITON_DIR}: run `make triton-install` (python tools/triton_install.py)",
+        reason=f"Triton is not installed in {TRITON_DIR}: run `make triton-install` "
+        "(python tools/triton_install.py)",
     ),
 ]
 
@@ -148,7 +149,8 @@ class TestToyServer:
         assert "exactly 1 response" in resp.json()["error"]
 
     def test_generate_stream_sse(self, server):
-        with _generate(server, "toy_ensemble", {"text_input": "你好ab", "stream": True}, stream=True) as resp:
+        body = {"text_input": "你好ab", "stream": True}
+        with _generate(server, "toy_ensemble", body, stream=True) as resp:
             assert resp.status_code == 200
             assert resp.headers["Content-Type"].startswith("text/event-stream")
             events = _sse_events(resp)
@@ -162,7 +164,8 @@ class TestToyServer:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         client.start_stream(callback=lambda result, error: results.put((result, error)))  # keywords!
         try:
-            for model, expect in (("echo", ["你", "好", "é", "!"]), ("toy_ensemble", ["你", "好", "É", "!"])):
+            cases = (("echo", ["你", "好", "é", "!"]), ("toy_ensemble", ["你", "好", "É", "!"]))
+            for model, expect in cases:
                 text = grpcclient.InferInput("text_input", [1], "BYTES")
                 text.set_data_from_numpy(np.array(["你好é!".encode()], dtype=np.object_))
                 stream = grpcclient.InferInput("stream", [1], "BOOL")
@@ -217,7 +220,7 @@ class TestToyServer:
             text = grpcclient.InferInput("text_input", [1], "BYTES")
             text.set_data_from_numpy(np.array([b""], dtype=np.object_))
             client.async_stream_infer("echo", [text], enable_empty_final_response=True)
-            result, error = results.get(timeout=20)
+            _result, error = results.get(timeout=20)
             assert isinstance(error, InferenceServerException)
             assert msg in error.message()
         finally:

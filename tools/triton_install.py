@@ -51,8 +51,15 @@ Pitfalls found while building this (Triton 2.51.0 from nvidia-pytriton 0.7.0):
   ``counter_latencies``, ``summary_latencies`` and ``summary_quantiles``; the marker records which settings
   the build has (``metrics_settings``) so tools/triton_server.py passes only supported ones.
 * The stub needs numpy 1.x in the Python environment it runs in (numpy 2 makes every output built from a
-  numpy array fail with "output tensor shape does not match size of output"): we warn if ``--python`` has
-  numpy >= 2 or no numpy.
+  numpy array fail with "output tensor shape does not match size of output", and here a BYTES input crashed
+  the stub outright): we warn if ``--python`` has numpy >= 2 or no numpy; tools/triton_server.py refuses.
+* Checked on the GPU machine (H200, Ubuntu glibc 2.39, 2026-11-22): the ``--python 3.12 --tarball`` output,
+  untarred there, served the toy repository with a ``python3 -m venv --without-pip`` venv holding numpy
+  1.26.4 (``pip install --no-index --no-deps --target``) plus a ``.pth`` to the image's site-packages:
+  ``tools/triton_server.py start --python <venv>/bin/python`` -> stub on 3.12.3, numpy 1.26.4, libpython from
+  /usr/lib/x86_64-linux-gnu.  With the image's own python3 (numpy 2.5.2) the server refuses to start.
+* Git does not keep empty folders: an ensemble's version folder (``<model>/1/``) needs a placeholder file
+  (``.gitkeep``) or the copy elsewhere says "Not loaded: No model version was found".
 """
 
 from __future__ import annotations
@@ -165,7 +172,7 @@ def check_host() -> None:
         raise InstallError(
             f"glibc {glibc[0]}.{glibc[1]} is too old: {WHEEL_FILENAME} needs glibc >= "
             f"{REQUIRED_GLIBC[0]}.{REQUIRED_GLIBC[1]} (Ubuntu 22.04, Debian 12, RHEL 10 or newer). "
-            "Use --tarball on a newer machine only if the target machine is new enough."
+            "This machine cannot run this Triton build."
         )
 
 
@@ -227,8 +234,10 @@ def numpy_warning(info: dict) -> str | None:
     if int(ver.split(".")[0]) >= 2:
         return (
             f"{info['executable']} has numpy {ver}: this Triton build's stub needs numpy 1.x "
-            "(with numpy 2 every output built from a numpy array fails with \"output tensor shape does not "
-            "match size of output\"). Install numpy<2 there."
+            '(with numpy 2 outputs built from numpy arrays fail with "output tensor shape does not match '
+            'size of output" and BYTES inputs crash the stub: "Stub process ... is not healthy"). Install '
+            "numpy<2 there (on an image with numpy 2: a venv with numpy 1.26.4 and a .pth to the image's "
+            "site-packages)."
         )
     return None
 
@@ -252,14 +261,13 @@ def resolve_python(arg: str | None) -> tuple[str, dict | None]:
             f"no Python-backend stub for Python {version} in {WHEEL_FILENAME}: it has stubs for "
             f"{', '.join(STUB_VERSIONS)}. Use --python with one of those interpreters."
         )
-    if info is not None and version != "3.13":
-        if not info["libpython"]:
-            raise InstallError(
-                f"{info['executable']} (Python {info['full_version']}) has no shared libpython{version}.so.1.0 "
-                f"in {info['libdir']}: the stub links against it. Use a Python built with --enable-shared "
-                "(pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install ...; python.org, distro and "
-                "conda builds are shared)."
-            )
+    if info is not None and version != "3.13" and not info["libpython"]:
+        raise InstallError(
+            f"{info['executable']} (Python {info['full_version']}) has no shared libpython{version}.so.1.0 "
+            f"in {info['libdir']}: the stub links against it. Use a Python built with --enable-shared "
+            "(pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install ...; python.org, distro and "
+            "conda builds are shared)."
+        )
     return version, info
 
 
@@ -277,7 +285,12 @@ def verify_wheel(path: Path) -> None:
     if digest != WHEEL_SHA256:
         raise InstallError(
             f"checksum mismatch for {path}:\n  expected sha256 {WHEEL_SHA256}\n  got      sha256 {digest}\n"
-            "The file is corrupt or not the pinned nvidia-pytriton 0.7.0 wheel; delete it and run again."
+            "The file is corrupt or not the pinned nvidia-pytriton 0.7.0 wheel"
+            + (
+                "; delete it and run again."
+                if path.parent == DEFAULT_CACHE or path.parent.name == "wheels"
+                else "."
+            )
         )
 
 
@@ -288,13 +301,23 @@ def download_wheel(cache: Path, pip_python: str = sys.executable) -> Path:
     if target.exists():
         return target
     cmd = [
-        pip_python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--platform", WHEEL_PLATFORM,
-        "--disable-pip-version-check", "--progress-bar", "off",
-        "-d", str(cache), f"{WHEEL_PROJECT}=={WHEEL_VERSION}",
-    ]  # fmt: skip
+        pip_python,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--platform",
+        WHEEL_PLATFORM,
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "-d",
+        str(cache),
+        f"{WHEEL_PROJECT}=={WHEEL_VERSION}",
+    ]
     print(f"[triton-install] downloading {WHEEL_FILENAME} (55 MB) ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         if "No module named pip" in proc.stderr:
             raise InstallError(f"{pip_python} has no pip; pass --wheel with a downloaded {WHEEL_FILENAME}")
@@ -345,7 +368,9 @@ def smoke_test(dest: Path) -> None:
     """Run ``tritonserver --help``: fails here, clearly, if a system library (libstdc++, libz) is missing."""
     binary = tritonserver_binary(dest)
     try:
-        proc = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(binary), "--help"], check=False, capture_output=True, text=True, timeout=60
+        )
     except OSError as exc:
         raise InstallError(f"cannot run {binary}: {exc}") from None
     text = proc.stdout + proc.stderr
@@ -367,13 +392,17 @@ def stub_missing_libs(dest: Path, info: dict) -> list[str]:
     if info.get("libdir"):
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [info["libdir"], env.get("LD_LIBRARY_PATH")]))
     stub = backends_dir(dest) / "python" / STUB_NAME
-    proc = subprocess.run([ldd, str(stub)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([ldd, str(stub)], check=False, capture_output=True, text=True, env=env)
     return [line.split()[0] for line in proc.stdout.splitlines() if "not found" in line]
 
 
 KNOWN_METRICS_SETTINGS = (
-    "histogram_latencies", "summary_latencies", "summary_quantiles", "counter_latencies", "cache_summary",
-)  # fmt: skip
+    "histogram_latencies",
+    "summary_latencies",
+    "summary_quantiles",
+    "counter_latencies",
+    "cache_summary",
+)
 
 
 def supported_metrics_settings(dest: Path) -> list[str]:
@@ -420,13 +449,11 @@ def install(
         print(f"[triton-install] WARNING: {warning}", file=sys.stderr)
 
     marker = read_marker(dest)
-    if (
-        not force
-        and is_installed(dest)
-        and marker.get("python_version") == stub_version
-    ):
-        print(f"[triton-install] Triton {TRITON_VERSION} already installed in {dest} "
-              f"(python {stub_version} stub); nothing to do")  # fmt: skip
+    if not force and is_installed(dest) and marker.get("python_version") == stub_version:
+        print(
+            f"[triton-install] Triton {TRITON_VERSION} already installed in {dest} "
+            f"(python {stub_version} stub); nothing to do"
+        )
         if tarball:
             print(f"[triton-install] wrote {make_tarball(dest, tarball)}")
         return marker
@@ -477,8 +504,11 @@ def install(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    print(f"[triton-install] installed Triton {TRITON_VERSION} (python {stub_version} stub) into {dest}: "
-          f"{marker['files']} files, {marker['bytes'] / 1e6:.1f} MB, {time.monotonic() - t0:.1f} s")  # fmt: skip
+    mb = marker["bytes"] / 1e6
+    print(
+        f"[triton-install] installed Triton {TRITON_VERSION} (python {stub_version} stub) into {dest}: "
+        f"{marker['files']} files, {mb:.1f} MB, {time.monotonic() - t0:.1f} s"
+    )
     if tarball:
         print(f"[triton-install] wrote {make_tarball(dest, tarball)}")
     return marker
@@ -489,15 +519,26 @@ def main(argv: list[str] | None = None) -> int:
         description=f"Install Triton {TRITON_VERSION} from the {WHEEL_PROJECT}=={WHEEL_VERSION} wheel "
         "into a project-local folder (no Docker).",
     )
-    p.add_argument("--dest", type=Path, default=Path(os.environ.get("TRITON_DIR", DEFAULT_DEST)),
-                   help="install folder (default: $TRITON_DIR or <repo>/.triton)")  # fmt: skip
-    p.add_argument("--python", default=os.environ.get("TRITON_PYTHON"),
-                   help="interpreter the Python-backend stub must match (default: $TRITON_PYTHON, <repo>/.venv/bin/"
-                   "python, else this one); or a bare version like 3.12 to build for another machine")  # fmt: skip
+    p.add_argument(
+        "--dest",
+        type=Path,
+        default=Path(os.environ.get("TRITON_DIR", DEFAULT_DEST)),
+        help="install folder (default: $TRITON_DIR or <repo>/.triton)",
+    )
+    p.add_argument(
+        "--python",
+        default=os.environ.get("TRITON_PYTHON"),
+        help="interpreter the Python-backend stub must match (default: $TRITON_PYTHON, "
+        "<repo>/.venv/bin/python, else this one); or a bare version like 3.12 to build for another machine",
+    )
     p.add_argument("--wheel", type=Path, help=f"use this local {WHEEL_FILENAME} instead of downloading")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="wheel cache (default: <repo>/.cache/wheels)")
+    p.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="wheel cache (default: <repo>/.cache/wheels)"
+    )
     p.add_argument("--force", action="store_true", help="reinstall even if the marker says it is installed")
-    p.add_argument("--tarball", type=Path, help="also write a .tar.gz of the install (to carry to another machine)")
+    p.add_argument(
+        "--tarball", type=Path, help="also write a .tar.gz of the install (to carry to another machine)"
+    )
     p.add_argument("--check", action="store_true", help="only report whether dest is installed (exit 0/1)")
     args = p.parse_args(argv)
     try:

@@ -51,11 +51,16 @@ Pitfalls (Triton 2.51.0 from nvidia-pytriton 0.7.0):
   status.  A request the model rejects before its first response gets 400 with the model's message (on
   ``/generate_stream`` as ``data: {"error": ...}`` under 400).
 * tritonclient's gRPC stream calls ``callback(result=..., error=...)`` by keyword; after an error response no
-  final (empty) response follows, even with ``enable_empty_final_response=True``.
+  final (empty) response follows, even with ``enable_empty_final_response=True``.  A decoupled Python model
+  that ends with ``send(flags=FINAL)`` gives an empty final response, but through the ensemble the final
+  flag arrives on the *last data response* (4 responses for 4 characters, not 5): read the data of every
+  response, then check ``triton_final_response``.
+* ``stop`` takes 3-5 s even when idle: tritonserver polls its models once a second while shutting down.
 * ``--metrics-config histogram_latencies=true`` is silently *accepted* by 2.51.0 but does nothing: this build
   has no ``nv_inference_first_response_histogram_ms``.  ``--latency-metrics auto`` (default) passes it only
   if the install's marker says the build knows it, else ``summary_latencies=true`` (which 2.51 has:
-  ``nv_inference_request_summary_us`` etc., quantiles 0.5/0.9/0.95/0.99/0.999).  TTFT must be measured client-side.
+  ``nv_inference_request_summary_us`` etc., quantiles 0.5/0.9/0.95/0.99/0.999).  TTFT must be measured
+  client-side.
 * On a machine without a GPU the log shows "CudaDriverHelper has not been initialized", "Failed to initialize
   NVML" and "DCGM unable to start": harmless.
 * SIGTERM makes tritonserver unload the models and wait for in-flight requests (``--exit-timeout-secs``,
@@ -71,7 +76,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -80,16 +84,23 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import triton_install  # noqa: E402  (stdlib only, same folder)
+import triton_install
 
 DEFAULT_TRITON_DIR = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
 DEFAULT_LOG_DIR = ROOT / "logs"
 LATENCY_METRICS = ("auto", "histogram", "summary", "none")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
+
+
+_PYTHON_INFO: dict[str, dict] = {}
 
 
 class TritonError(RuntimeError):
@@ -301,7 +312,7 @@ class TritonServer:
         return cmd + self.extra_args
 
     def metrics_settings(self) -> list[str]:
-        """Latency metric settings to turn on: only those this build knows (it ignores unknown ones silently)."""
+        """Latency metric settings to turn on: only those this build knows (it ignores unknown ones)."""
         if self.latency_metrics == "none":
             return []
         marker = triton_install.read_marker(self.triton_dir) or {}
@@ -316,7 +327,7 @@ class TritonServer:
         return [w for w in wanted if w in known]
 
     def environment(self) -> dict[str, str]:
-        """os.environ with the venv's bin/ first on PATH and its libpython's folder first on LD_LIBRARY_PATH."""
+        """os.environ with the venv's bin/ first on PATH and its libpython's dir first on LD_LIBRARY_PATH."""
         env = dict(os.environ)
         env.update(self.extra_env)
         venv_bin = str(Path(self.python).absolute().parent)  # NOT resolved: keep the venv, not its base
@@ -328,15 +339,14 @@ class TritonServer:
         env.pop("PYTHONHOME", None)  # would override the venv lookup in the stub
         return env
 
-    _info_cache: dict[str, dict] = {}
-
     def python_info(self) -> dict:
-        if self.python not in self._info_cache:
+        """What ``triton_install.probe_python`` says about self.python (version, LIBDIR, numpy); cached."""
+        if self.python not in _PYTHON_INFO:
             try:
-                self._info_cache[self.python] = triton_install.probe_python(self.python)
+                _PYTHON_INFO[self.python] = triton_install.probe_python(self.python)
             except triton_install.InstallError as exc:
                 raise TritonError(str(exc)) from None
-        return self._info_cache[self.python]
+        return _PYTHON_INFO[self.python]
 
     # -------------------------------------------------------------------------------------- control
     def check(self) -> None:
@@ -352,23 +362,26 @@ class TritonServer:
         marker = triton_install.read_marker(self.triton_dir) or {}
         if marker.get("python_version") != info["version"]:
             raise TritonError(
-                f"{self.triton_dir} holds the Python {marker.get('python_version')} stub but {self.python} is "
+                f"{self.triton_dir} holds the Python {marker.get('python_version')} stub but {self.python} "
+                f"is "
                 f"Python {info['version']}: run tools/triton_install.py --python {self.python} --force"
             )
         warning = triton_install.numpy_warning(info)
         if warning and info.get("numpy") and not self.allow_numpy2:
-            raise TritonError(warning + " (allow_numpy2=True / --allow-numpy2 / TRITON_ALLOW_NUMPY2=1 to try anyway)")
+            raise TritonError(
+                warning + " (allow_numpy2=True / --allow-numpy2 / TRITON_ALLOW_NUMPY2=1 to try anyway)"
+            )
         if warning:
             print(f"[triton-server] WARNING: {warning}", file=sys.stderr)
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         if self.proc is not None and self.proc.poll() is None:
             raise TritonError(f"already running (pid {self.proc.pid})")
         self.check()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         if self.log_file.exists() and self.log_file.stat().st_size:
             os.replace(self.log_file, self.log_file.with_name(self.log_file.name + ".1"))
-        self._log_handle = open(self.log_file, "ab", buffering=0)
+        self._log_handle = open(self.log_file, "ab", buffering=0)  # noqa: SIM115 - closed in stop()
         cmd = self.command()
         self._log_handle.write(("# " + " ".join(cmd) + "\n").encode())
         self.proc = subprocess.Popen(
@@ -384,7 +397,7 @@ class TritonServer:
             write_state(self.pid_file, self)
         return self
 
-    def wait_ready(self, timeout: float | None = None) -> "TritonServer":
+    def wait_ready(self, timeout: float | None = None) -> TritonServer:
         timeout = self.startup_timeout if timeout is None else timeout
         if self.proc is None:
             raise TritonError("not started")
@@ -407,7 +420,7 @@ class TritonServer:
                 )
             time.sleep(0.2)
 
-    def start_and_wait(self, timeout: float | None = None, retries: int = 1) -> "TritonServer":
+    def start_and_wait(self, timeout: float | None = None, retries: int = 1) -> TritonServer:
         """start() + wait_ready(); if a picked free port was taken meanwhile, try again with new ports."""
         for attempt in range(retries + 1):
             self.start()
@@ -422,9 +435,11 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def is_ready(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None and http_get(
-            f"{self.http_url}/v2/health/ready"
-        )[0] == 200
+        return (
+            self.proc is not None
+            and self.proc.poll() is None
+            and http_get(f"{self.http_url}/v2/health/ready")[0] == 200
+        )
 
     def stop(self, timeout: float = 40.0) -> int | None:
         """SIGTERM, wait up to timeout, SIGKILL the process group; returns the exit code."""
@@ -450,7 +465,7 @@ class TritonServer:
     def log_tail(self, lines: int = 60) -> str:
         return tail(self.log_file, lines)
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> Self:
         return self.start_and_wait()
 
     def __exit__(self, *exc) -> None:
@@ -502,8 +517,18 @@ def remove_state(pid_file: Path) -> None:
 def cmd_start(args) -> int:
     existing = read_state(args.pid_file)
     if existing and _is_tritonserver(existing["pid"]):
-        print(f"[triton-server] already running (pid {existing['pid']}, http port {existing.get('http_port')});"
-              " `stop` it first")  # fmt: skip
+        same = (
+            existing.get("model_repository") == str(args.model_repository.absolute())
+            and existing.get("http_port") == args.http_port
+        )
+        if same and http_get(f"http://127.0.0.1:{args.http_port}/v2/health/ready")[0] == 200:
+            pid = existing["pid"]
+            print(f"[triton-server] already running and ready (pid {pid}, http port {args.http_port})")
+            return 0
+        print(
+            f"[triton-server] already running (pid {existing['pid']}, http port {existing.get('http_port')}, "
+            f"repository {existing.get('model_repository')}); `stop` it first"
+        )
         return 1
     if existing:
         remove_state(args.pid_file)  # stale
@@ -527,16 +552,22 @@ def cmd_start(args) -> int:
     )
     try:
         server.start()
-        print(f"[triton-server] started pid {server.pid}; log {server.log_file}; waiting for "
-              f"{server.http_url}/v2/health/ready ...", flush=True)  # fmt: skip
+        print(
+            f"[triton-server] started pid {server.pid}; log {server.log_file}; waiting for "
+            f"{server.http_url}/v2/health/ready ...",
+            flush=True,
+        )
         t0 = time.monotonic()
         server.wait_ready()
     except TritonError as exc:
         print(f"[triton-server] ERROR: {exc}", file=sys.stderr)
         server.stop(timeout=10)
         return 1
-    print(f"[triton-server] ready in {time.monotonic() - t0:.1f} s: HTTP {server.http_url}  gRPC {server.grpc_url}"
-          f"  metrics {server.metrics_url}", flush=True)  # fmt: skip
+    print(
+        f"[triton-server] ready in {time.monotonic() - t0:.1f} s: HTTP {server.http_url}  "
+        f"gRPC {server.grpc_url}  metrics {server.metrics_url}",
+        flush=True,
+    )
     if not args.foreground:
         return 0
 
@@ -550,8 +581,11 @@ def cmd_start(args) -> int:
     while stopping["sig"] is None and server.proc.poll() is None:
         time.sleep(0.5)
     if server.proc.poll() is not None:
-        print(f"[triton-server] tritonserver exited with {server.proc.returncode}; last log lines:\n"
-              f"{server.log_tail()}", file=sys.stderr)  # fmt: skip
+        print(
+            f"[triton-server] tritonserver exited with {server.proc.returncode}; last log lines:\n"
+            f"{server.log_tail()}",
+            file=sys.stderr,
+        )
         server.stop()
         return 1
     print("[triton-server] stopping ...", flush=True)
@@ -594,8 +628,9 @@ def cmd_status(args) -> int:
 
 
 def http_post_json(url: str, payload: dict, timeout: float = 2.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -606,25 +641,45 @@ def http_post_json(url: str, payload: dict, timeout: float = 2.0) -> tuple[int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Run the project-local Triton server (see tools/triton_install.py).")
-    p.add_argument("--pid-file", type=Path, default=Path(os.environ.get("TRITON_PID_FILE", DEFAULT_LOG_DIR / "tritonserver.pid")))
+    p = argparse.ArgumentParser(
+        description="Run the project-local Triton server (see tools/triton_install.py)."
+    )
+    p.add_argument(
+        "--pid-file",
+        type=Path,
+        default=Path(os.environ.get("TRITON_PID_FILE", DEFAULT_LOG_DIR / "tritonserver.pid")),
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("start", help="start tritonserver in the background and wait until it is ready")
-    s.add_argument("--model-repository", type=Path,
-                   default=Path(os.environ.get("TRITON_MODEL_REPO", ROOT / "model_repo")))  # fmt: skip
+    s.add_argument(
+        "--model-repository",
+        type=Path,
+        default=Path(os.environ.get("TRITON_MODEL_REPO", ROOT / "model_repo")),
+    )
     s.add_argument("--http-port", type=int, default=env_port("http"))
     s.add_argument("--grpc-port", type=int, default=env_port("grpc"))
     s.add_argument("--metrics-port", type=int, default=env_port("metrics"))
     s.add_argument("--triton-dir", type=Path, default=DEFAULT_TRITON_DIR)
-    s.add_argument("--python", default=default_python(), help="Python environment the Python-backend models run in")
+    s.add_argument(
+        "--python", default=default_python(), help="Python environment the Python-backend models run in"
+    )
     s.add_argument("--log-file", type=Path, default=DEFAULT_LOG_DIR / "tritonserver.log")
     s.add_argument("--log-verbose", type=int, default=int(os.environ.get("TRITON_LOG_VERBOSE", "0")))
-    s.add_argument("--timeout", type=float, default=float(os.environ.get("TRITON_START_TIMEOUT", "300")),
-                   help="seconds to wait for /v2/health/ready")  # fmt: skip
-    s.add_argument("--latency-metrics", choices=LATENCY_METRICS, default=os.environ.get("TRITON_LATENCY_METRICS", "auto"),
-                   help="auto: --metrics-config histogram_latencies=true if this build has it (2.51 does not), "
-                   "else summary_latencies=true")  # fmt: skip
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("TRITON_START_TIMEOUT", "300")),
+        help="seconds to wait for /v2/health/ready",
+    )
+    s.add_argument(
+        "--latency-metrics",
+        choices=LATENCY_METRICS,
+        default=os.environ.get("TRITON_LATENCY_METRICS", "auto"),
+        help="auto: --metrics-config histogram_latencies=true if this build has it "
+        "(2.51 does not), "
+        "else summary_latencies=true",
+    )
     s.add_argument("--allow-numpy2", action="store_true", help="start even if the environment has numpy >= 2")
     s.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
     s.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra tritonserver flags")
@@ -634,7 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--timeout", type=float, default=40.0)
     t.set_defaults(func=cmd_stop)
 
-    u = sub.add_parser("status", help="print pid, ports and readiness (exit 0 ready, 1 not running, 2 not ready)")
+    u = sub.add_parser(
+        "status", help="print pid, ports and readiness (exit 0 ready, 1 not running, 2 not ready)"
+    )
     u.set_defaults(func=cmd_status)
 
     args = p.parse_args(argv)

@@ -73,7 +73,7 @@ class TorchAttentionBackend:
         k_cache, v_cache = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [slots, Hkv, D] each
         out = torch.empty_like(q)
         start = 0
-        for i, (num_q, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+        for i, (num_q, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
             if num_q == 0:
                 continue
             slots = context_slots(meta.block_tables[i], seq_len, meta.block_size)

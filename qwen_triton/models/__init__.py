@@ -10,10 +10,10 @@ from .loader import ARCHS, SUPPORTED_ARCHS, ArchSpec, load_model, load_model_con
 
 __all__ = [
     "ARCHS",
+    "SUPPORTED_ARCHS",
     "ArchSpec",
     "DecoderForCausalLM",
     "ForwardBatch",
-    "SUPPORTED_ARCHS",
     "load_model",
     "load_model_config",
 ]

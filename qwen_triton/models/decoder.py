@@ -59,8 +59,9 @@ class Attention(nn.Module):
         self.split_sizes = [config.q_size, config.kv_size, config.kv_size]
         self.scale = config.head_dim ** -0.5
         self.attn_backend = attn_backend
-        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.split_sizes), bias=config.qkv_bias, dtype=dtype)
-        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.o_bias, dtype=dtype)
+        hidden = config.hidden_size
+        self.qkv_proj = nn.Linear(hidden, sum(self.split_sizes), bias=config.qkv_bias, dtype=dtype)
+        self.o_proj = nn.Linear(config.q_size, hidden, bias=config.o_bias, dtype=dtype)
         if config.qk_norm:  # qwen3: RMSNorm over each head's vector, before rotary
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
@@ -95,10 +96,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig, dtype=None):
         super().__init__()
-        self.gate_up_proj = nn.Linear(
-            config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias, dtype=dtype
-        )
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias, dtype=dtype)
+        hidden, width, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_up_proj = nn.Linear(hidden, 2 * width, bias=bias, dtype=dtype)
+        self.down_proj = nn.Linear(width, hidden, bias=bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -155,7 +155,9 @@ class DecoderForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
-        self.layers = nn.ModuleList(DecoderLayer(config, attn_backend, dtype) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, attn_backend, dtype) for _ in range(config.num_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope)
         if config.tie_word_embeddings:

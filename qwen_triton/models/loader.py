@@ -78,8 +78,10 @@ def _eos_ids(value) -> tuple[int, ...]:
 
 
 def _parse_rope(cfg: _ConfigReader) -> RopeConfig:
-    """RoPE settings from `rope_parameters` (transformers 5), `rope_scaling` (older)
-    or a top-level `rope_theta` (older checkpoints); the first that has a value wins."""
+    """RoPE settings. transformers 5 writes everything under `rope_parameters`;
+    older checkpoints keep `rope_theta` top-level and any scaling under
+    `rope_scaling` (with "type" or "rope_type"). rope_parameters wins over
+    rope_scaling, which wins over the top level; theta defaults to 10000."""
     params = dict(cfg.get("rope_scaling", {}))
     params.update(cfg.get("rope_parameters", {}))
     if any(isinstance(v, dict) for v in params.values()):
@@ -89,22 +91,30 @@ def _parse_rope(cfg: _ConfigReader) -> RopeConfig:
     partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if partial != 1.0:
         raise UnsupportedModelError(f"{cfg.path}: partial rotary (factor {partial}) is not supported")
+
+    def need(key: str) -> float:
+        if params.get(key) is None:
+            raise CheckpointError(f"{cfg.path}: rope type {kind!r} needs the rope parameter {key!r}")
+        return float(params[key])
+
     if kind == "default":
         return RopeConfig(theta=theta)
     if kind == "linear":
-        return RopeConfig(theta=theta, kind="linear", factor=float(params["factor"]))
+        return RopeConfig(theta=theta, kind="linear", factor=need("factor"))
     if kind == "llama3":
         return RopeConfig(
             theta=theta,
             kind="llama3",
-            factor=float(params["factor"]),
-            low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
+            factor=need("factor"),
+            low_freq_factor=need("low_freq_factor"),
+            high_freq_factor=need("high_freq_factor"),
             original_max_position=int(
                 params.get("original_max_position_embeddings") or cfg.required("max_position_embeddings")
             ),
         )
-    raise UnsupportedModelError(f"{cfg.path}: rope type {kind!r} is not supported (default, linear, llama3 are)")
+    raise UnsupportedModelError(
+        f"{cfg.path}: rope type {kind!r} is not supported (default, linear and llama3 are)"
+    )
 
 
 def _check_silu(cfg: _ConfigReader, key: str = "hidden_act") -> None:
@@ -146,8 +156,9 @@ def _parse_llama_family(cfg: _ConfigReader, arch: str) -> ModelConfig:
 
 def _parse_qwen(cfg: _ConfigReader, arch: str) -> ModelConfig:
     """The original Qwen (QWenLMHeadModel); see /work/shared/reference/qwen-v1.md."""
-    if cfg.get("rotary_pct", 1.0) != 1.0:
-        raise UnsupportedModelError(f"{cfg.path}: partial rotary (rotary_pct {cfg.get('rotary_pct')}) is not supported")
+    rotary_pct = cfg.get("rotary_pct", 1.0)
+    if rotary_pct != 1.0:
+        raise UnsupportedModelError(f"{cfg.path}: partial rotary (rotary_pct {rotary_pct}) is not supported")
     hidden = int(cfg.required("hidden_size"))
     heads = int(cfg.required("num_attention_heads"))
     seq_length = int(cfg.required("seq_length"))
@@ -180,7 +191,10 @@ def _parse_qwen(cfg: _ConfigReader, arch: str) -> ModelConfig:
 
 def _llama_family_weights(config: ModelConfig) -> WeightMap:
     """transformers' LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM names."""
-    names: WeightMap = {"embed_tokens.weight": ["model.embed_tokens.weight"], "norm.weight": ["model.norm.weight"]}
+    names: WeightMap = {
+        "embed_tokens.weight": ["model.embed_tokens.weight"],
+        "norm.weight": ["model.norm.weight"],
+    }
     for i in range(config.num_layers):
         hf, ours = f"model.layers.{i}.", f"layers.{i}."
         qkv = [hf + f"self_attn.{p}_proj" for p in "qkv"]
@@ -208,7 +222,10 @@ def _llama_family_weights(config: ModelConfig) -> WeightMap:
 
 def _qwen_weights(config: ModelConfig) -> WeightMap:
     """The original Qwen's names. Its MLP is c_proj(w1(x) * silu(w2(x))): gate = w2, up = w1."""
-    names: WeightMap = {"embed_tokens.weight": ["transformer.wte.weight"], "norm.weight": ["transformer.ln_f.weight"]}
+    names: WeightMap = {
+        "embed_tokens.weight": ["transformer.wte.weight"],
+        "norm.weight": ["transformer.ln_f.weight"],
+    }
     for i in range(config.num_layers):
         hf, ours = f"transformer.h.{i}.", f"layers.{i}."
         names[ours + "input_layernorm.weight"] = [hf + "ln_1.weight"]
@@ -287,7 +304,7 @@ def _tensor_files(path: str) -> dict[str, str]:
         return {name: os.path.join(path, file) for name, file in weight_map.items()}
     if os.path.exists(single_path):
         with _open_safetensors(single_path) as f:
-            return {name: single_path for name in f.keys()}
+            return dict.fromkeys(f.keys(), single_path)  # safe_open is not iterable
     if any(f.startswith("pytorch_model") and f.endswith(".bin") for f in os.listdir(path)):
         raise CheckpointError(
             f"{path}: only pytorch_model*.bin found; safetensors weights are required "
@@ -305,20 +322,25 @@ def _open_safetensors(file: str):
         raise CheckpointError(f"{file}: cannot read safetensors ({e})") from e
 
 
+def _listed(names: list[str], limit: int = 8) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _check_names(weight_map: WeightMap, files: dict[str, str], path: str) -> None:
     """Every expected tensor present; nothing unexpected beyond derived buffers."""
     wanted = {name for names in weight_map.values() for name in names}
     missing = sorted(wanted - files.keys())
     if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise CheckpointError(f"{path}: missing tensors: {shown}")
+        raise CheckpointError(f"{path}: missing tensors: {_listed(missing)}")
     # A tied checkpoint may still carry lm_head.weight; it is unused.
     unexpected = sorted(
         n for n in files.keys() - wanted if not n.endswith(_IGNORED_SUFFIXES) and n != "lm_head.weight"
     )
     if unexpected:
-        shown = ", ".join(unexpected[:8]) + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else "")
-        raise CheckpointError(f"{path}: unexpected tensors (wrong model_type or num_hidden_layers?): {shown}")
+        raise CheckpointError(
+            f"{path}: unexpected tensors (wrong model_type or num_hidden_layers?): {_listed(unexpected)}"
+        )
 
 
 def _fill(param: torch.Tensor, name: str, parts: list[tuple[str, torch.Tensor]], path: str) -> None:
@@ -326,8 +348,8 @@ def _fill(param: torch.Tensor, name: str, parts: list[tuple[str, torch.Tensor]],
     shapes = [tuple(t.shape) for _, t in parts]
     same_trailing = all(len(s) == param.dim() and s[1:] == tuple(param.shape[1:]) for s in shapes)
     if not same_trailing or sum(s[0] for s in shapes) != param.shape[0]:
-        detail = ", ".join(f"{n} {list(s)}" for (n, _), s in zip(parts, shapes))
-        raise CheckpointError(f"{path}: wrong shape for {name}: expected {list(param.shape)} in all, got {detail}")
+        got = ", ".join(f"{n} {list(s)}" for (n, _), s in zip(parts, shapes, strict=True))
+        raise CheckpointError(f"{path}: wrong shape for {name}: expected {list(param.shape)}; got {got}")
     offset = 0
     for _, tensor in parts:
         param[offset:offset + tensor.shape[0]].copy_(tensor)
@@ -359,7 +381,7 @@ def load_model(
 
     with ExitStack() as stack:
         handles = {}
-        for file in sorted(set(files[n] for names in weight_map.values() for n in names)):
+        for file in sorted({files[n] for names in weight_map.values() for n in names}):
             handles[file] = stack.enter_context(_open_safetensors(file))
         for ours, names in weight_map.items():
             try:

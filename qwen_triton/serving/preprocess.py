@@ -1,0 +1,156 @@
+"""Preprocessing: a request's text or chat messages -> prompt ids, word lists, end ids.
+
+Triton-free: `model_repo/preprocessing/1/model.py` converts tensors and calls this.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..chat import Tokenizer, ids_to_word_list, load_tokenizer, parse_messages, render_prompt
+from ..chat.template import DEFAULT_SYSTEM
+from ..errors import InvalidRequestError
+from . import contract as c
+from .triton_io import texts
+
+Arrays = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class PreprocessRequest:
+    """One prompt of a preprocessing request, as plain Python values."""
+
+    text: str | None
+    messages: str | None  # JSON text of [{"role", "content"}, ...]
+    output_len: int
+    stop_words: tuple[str, ...] = ()
+    bad_words: tuple[str, ...] = ()
+    end_id: int | None = None
+    pad_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    input_ids: list[int]
+    output_len: int
+    stop_words: list[list[int]]  # [2, N] word list
+    bad_words: list[list[int]]
+    end_id: int
+    pad_id: int
+
+
+class Preprocessor:
+    """Tokenizes prompts and word lists for one checkpoint's tokenizer.
+
+    `text_input` is tokenized as given, special-token text included, so clients
+    that write ChatML by hand keep working (as with tensorrtllm_backend).
+    `messages` go through the checkpoint's chat template (ChatML with Qwen's
+    default system prompt for Qwen), where user text can never become a
+    control token. When the request names no end id, the tokenizer's end ids
+    are used (Qwen chat: <|im_end|> and <|endoftext|>); the ones after the
+    first travel as single-token stop words, which either engine honours.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, default_system: str = DEFAULT_SYSTEM,
+                 max_input_len: int | None = None):
+        self.tokenizer = tokenizer
+        self.default_system = default_system
+        self.max_input_len = max_input_len
+        if not tokenizer.eos_ids:
+            raise ValueError("the tokenizer names no end-of-text token")
+
+    @classmethod
+    def from_dir(cls, tokenizer_dir: str, **kw) -> Preprocessor:
+        return cls(load_tokenizer(tokenizer_dir), **kw)
+
+    def __call__(self, req: PreprocessRequest) -> PreprocessResult:
+        ids = self._prompt_ids(req)
+        if self.max_input_len is not None and len(ids) > self.max_input_len:
+            raise InvalidRequestError(
+                c.TEXT_INPUT, f"the prompt has {len(ids)} tokens, more than max_input_len={self.max_input_len}")
+        end_id = req.end_id if req.end_id is not None else self.tokenizer.eos_ids[0]
+        extra_ends = [] if req.end_id is not None else [[t] for t in self.tokenizer.eos_ids[1:]]
+        stop = self._words(req.stop_words, c.STOP_WORDS) + extra_ends
+        pad_id = req.pad_id if req.pad_id is not None else end_id
+        return PreprocessResult(ids, req.output_len, ids_to_word_list(stop),
+                                ids_to_word_list(self._words(req.bad_words, c.BAD_WORDS)), end_id, pad_id)
+
+    def _prompt_ids(self, req: PreprocessRequest) -> list[int]:
+        if req.messages:
+            if req.text:
+                raise InvalidRequestError(c.MESSAGES, "give either text_input or messages, not both")
+            return render_prompt(self.tokenizer, parse_messages(req.messages),
+                                 default_system=self.default_system)
+        if not req.text:
+            raise InvalidRequestError(c.TEXT_INPUT, "is missing or empty (or send chat `messages`)")
+        ids = self.tokenizer.encode(req.text, allow_special=True)
+        bos = self.tokenizer.bos_id
+        if bos is not None and ids[:1] != [bos]:
+            ids.insert(0, bos)
+        return ids
+
+    def _words(self, words: tuple[str, ...], field: str) -> list[list[int]]:
+        out = []
+        for word in words:
+            if not isinstance(word, str):
+                raise InvalidRequestError(field, "words must be strings")
+            ids = self.tokenizer.encode(word, allow_special=True)
+            if ids:
+                out.append(ids)
+        return out
+
+
+def _pad(rows: list[list[int]], value: int) -> np.ndarray:
+    width = max(len(r) for r in rows)
+    return np.array([r + [value] * (width - len(r)) for r in rows], dtype=np.int32)
+
+
+def _pad_word_lists(lists: list[list[list[int]]]) -> np.ndarray:
+    """[B] word lists of [2, N_b] -> [B, 2, max N], ids padded with 0, offsets with -1."""
+    width = max(len(w[0]) for w in lists)
+    return np.array([[w[0] + [0] * (width - len(w[0])), w[1] + [-1] * (width - len(w[1]))] for w in lists],
+                    dtype=np.int32)
+
+
+def _row(arr: np.ndarray | None, i: int) -> np.ndarray | None:
+    return None if arr is None else np.asarray(arr, dtype=object if arr.dtype == object else None)[i]
+
+
+def _optional_int(arr: np.ndarray | None, i: int, field: str) -> int | None:
+    if arr is None:
+        return None
+    value = int(np.asarray(arr).reshape(len(arr), -1)[i][0])
+    if value < 0:
+        raise InvalidRequestError(field, f"must be >= 0, got {value}")
+    return value
+
+
+def preprocess_arrays(pre: Preprocessor, inputs: Arrays) -> dict[str, np.ndarray]:
+    """The preprocessing model's tensors in and out, for a batch of B prompts."""
+    query, messages = inputs.get(c.PRE_QUERY), inputs.get(c.PRE_MESSAGES)
+    out_len = inputs.get(c.PRE_REQUEST_OUTPUT_LEN)
+    if out_len is None:
+        raise InvalidRequestError(c.MAX_TOKENS, "is missing")
+    batch = len(out_len)
+    results = []
+    for i in range(batch):
+        text = (texts(_row(query, i), c.TEXT_INPUT) or [None])[0]
+        msgs = (texts(_row(messages, i), c.MESSAGES) or [None])[0]
+        results.append(pre(PreprocessRequest(
+            text=text, messages=msgs, output_len=int(np.asarray(out_len).reshape(batch, -1)[i][0]),
+            stop_words=tuple(texts(_row(inputs.get(c.PRE_STOP_WORDS_DICT), i), c.STOP_WORDS)),
+            bad_words=tuple(texts(_row(inputs.get(c.PRE_BAD_WORDS_DICT), i), c.BAD_WORDS)),
+            end_id=_optional_int(inputs.get(c.PRE_END_ID), i, c.END_ID),
+            pad_id=_optional_int(inputs.get(c.PRE_PAD_ID), i, c.PAD_ID))))
+    col = lambda values: np.array(values, dtype=np.int32).reshape(batch, 1)  # noqa: E731
+    return {
+        c.PRE_INPUT_ID: _pad([r.input_ids for r in results], results[0].pad_id),
+        c.PRE_REQUEST_INPUT_LEN: col([len(r.input_ids) for r in results]),
+        c.PRE_OUT_REQUEST_OUTPUT_LEN: col([r.output_len for r in results]),
+        c.PRE_STOP_WORDS_IDS: _pad_word_lists([r.stop_words for r in results]),
+        c.PRE_BAD_WORDS_IDS: _pad_word_lists([r.bad_words for r in results]),
+        c.PRE_OUT_END_ID: col([r.end_id for r in results]),
+        c.PRE_OUT_PAD_ID: col([r.pad_id for r in results]),
+    }
