@@ -1,11 +1,24 @@
-# qwen-triton: `make install`, `make test`; serving targets below.
+# qwen-triton
+#   make install        virtual environment with everything (CPU torch where no GPU)
+#   make build-engine   default random-weight Qwen2 with the real Qwen vocabulary, or MODEL=/path/to/ckpt
+#   make serve          installs Triton from the pytriton wheel, builds when needed, starts, waits for ready
+#   make stop           stops the server
+#   make test           the whole test suite (starts its own servers on free ports)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+MODEL ?=
+ENGINE ?= qwen_triton
+BUILD_ARGS ?=
+MODEL_REPO ?= model_repo
 
-.PHONY: install test test-fast lint clean
+TRITON_MODEL_REPO = $(MODEL_REPO)
+TRITON_INSTALL_DEPS := install
+include tools/triton.mk
+
+.PHONY: install build-engine serve stop status test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -16,14 +29,26 @@ $(VENV)/.installed: pyproject.toml tools/install_torch.sh
 	$(PY) -m pip install -q -e '.[build,client,test]'
 	touch $@
 
-test: install
+build-engine: install
+	$(PY) -m build $(if $(MODEL),--model $(MODEL)) --engine $(ENGINE) --model-repo $(MODEL_REPO) $(BUILD_ARGS)
+
+$(MODEL_REPO)/ensemble/config.pbtxt:
+	$(MAKE) build-engine
+
+serve: install triton-install $(MODEL_REPO)/ensemble/config.pbtxt triton-start
+
+stop: triton-stop
+
+status: triton-status
+
+test: install triton-install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not server and not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check qwen_triton build tools clients tests
+	$(PY) -m ruff check qwen_triton build tools clients tests model_repo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -64,11 +64,19 @@ class EngineConfig:
 
     max_num_seqs: sequences running at once; max_num_batched_tokens: tokens
     computed in one step (prefill is chunked to fit it); block_size: tokens
-    per KV block; num_kv_blocks: KV pool size (None: sized from
-    kv_cache_memory_fraction of the free device memory on a GPU, or enough for
-    max_num_seqs full-length sequences on the CPU, capped by
-    kv_cache_max_bytes). max_model_len: prompt plus output tokens per
-    sequence (None: the model's own context).
+    per KV block; num_kv_blocks: KV pool size (None: on a GPU,
+    kv_cache_memory_fraction of the device memory left free after loading the
+    weights and setting aside the peak of a warm-up step of
+    max_num_batched_tokens tokens; on the CPU, enough for max_num_seqs
+    full-length sequences, capped by kv_cache_max_bytes). max_model_len:
+    prompt plus output tokens per sequence (None: the model's own context).
+
+    GPU switches, each a separate step over the plain model:
+    attention_backend "torch" (the reference) or "triton" (flash prefill,
+    Triton paged decode); layer_kernels "torch" or "triton" (fused RMSNorm +
+    residual, rotary, SiLU-and-multiply); enforce_eager turns off the CUDA
+    graphs that otherwise replay decode steps of up to cuda_graph_max_batch
+    sequences (bucketed batch sizes). "auto" picks Triton on a CUDA device.
     """
 
     max_num_seqs: int = 64
@@ -80,10 +88,13 @@ class EngineConfig:
     max_model_len: int | None = None
     dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
-    attention_backend: str = "auto"  # "auto", "torch"
+    attention_backend: str = "auto"  # "auto", "torch", "triton"
+    layer_kernels: str = "auto"  # "auto", "torch", "triton"
+    enforce_eager: bool = False
+    cuda_graph_max_batch: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

@@ -1,18 +1,29 @@
 """The only module that touches the device: packs a step's tokens into
-tensors, runs the model over the paged KV cache, and samples."""
+tensors, runs the model over the paged KV cache, and samples.
+
+Switchable steps on top of the plain model (EngineConfig):
+  attention_backend  "torch" (reference) or "triton" (flash prefill, Triton decode)
+  layer_kernels      "torch" (reference) or "triton" (fused norm, rotary, silu-mul)
+  enforce_eager      False: decode-only steps replay CUDA graphs captured per
+                     bucketed batch size (GPU with a graph-capable backend)
+On a GPU the KV pool is sized after a warm-up forward pass.
+"""
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .attention import AttentionMetadata, get_attention_backend
 from .config import EngineConfig, ModelConfig
 from .models import load_model
 from .models.batch import ForwardBatch
-from .sampler import Sampler, SamplingRow
+from .models.layers import get_layer_ops
 from .outputs import SampledToken
+from .sampler import Sampler, SamplingRow
 from .scheduler import ScheduledSeq, SchedulerOutput
 
 log = logging.getLogger(__name__)
@@ -47,6 +58,153 @@ def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> i
     return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * elem
 
 
+# -- host-side step preparation ---------------------------------------------------
+
+
+@dataclass
+class HostBatch:
+    """One step's inputs as numpy arrays (T tokens over B sequences), built with
+    vectorised numpy instead of per-token Python loops.
+
+    ids, positions, prompt_lens, slots: int64 [T]; seq_lens: int32 [B];
+    tables: int32 [B, width]; cu: int32 [B + 1] (query_start_loc).
+    """
+
+    ids: np.ndarray
+    positions: np.ndarray
+    prompt_lens: np.ndarray
+    slots: np.ndarray
+    seq_lens: np.ndarray
+    tables: np.ndarray
+    cu: np.ndarray
+    query_lens: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.query_lens)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return len(self.ids) == len(self.query_lens)
+
+    def to_device(self, device: torch.device, block_size: int) -> ForwardBatch:
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device, non_blocking=True)
+
+        meta = AttentionMetadata(
+            query_start_loc=dev(self.cu), seq_lens=dev(self.seq_lens), block_tables=dev(self.tables),
+            slot_mapping=dev(self.slots), query_lens_cpu=self.query_lens,
+            seq_lens_cpu=self.seq_lens.tolist(), block_size=block_size,
+        )
+        return ForwardBatch(input_ids=dev(self.ids), positions=dev(self.positions),
+                            prompt_lens=dev(self.prompt_lens), attn=meta)
+
+
+def prepare_host(scheduled: list[ScheduledSeq], block_size: int) -> HostBatch:
+    num_seqs = len(scheduled)
+    query_lens = [s.num_tokens for s in scheduled]
+    q_lens = np.array(query_lens, dtype=np.int64)  # [B]
+    starts = np.fromiter((s.start_pos for s in scheduled), np.int64, num_seqs)  # [B]
+    prompts = np.fromiter((len(s.prompt_token_ids) for s in scheduled), np.int64, num_seqs)
+    cu = np.zeros(num_seqs + 1, dtype=np.int32)
+    np.cumsum(q_lens, out=cu[1:])
+    total = int(cu[-1])
+    ids = np.fromiter(itertools.chain.from_iterable(s.token_ids for s in scheduled), np.int64, total)
+    seq_of = np.repeat(np.arange(num_seqs), q_lens)  # [T], each token's sequence
+    positions = np.arange(total, dtype=np.int64) - cu[:-1][seq_of] + starts[seq_of]  # [T]
+    width = max(len(s.block_table) for s in scheduled)
+    tables = np.zeros((num_seqs, width), dtype=np.int32)
+    for i, s in enumerate(scheduled):
+        tables[i, :len(s.block_table)] = s.block_table
+    slots = tables[seq_of, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    return HostBatch(ids, positions, prompts[seq_of], slots, (starts + q_lens).astype(np.int32),
+                     tables, cu, query_lens)
+
+
+# -- CUDA graphs for decode steps ----------------------------------------------------
+
+
+def graph_batch_sizes(max_batch: int) -> list[int]:
+    """Bucketed batch sizes: 1, 2, 4, 8, then every multiple of 16, up to max_batch."""
+    sizes = [b for b in (1, 2, 4, 8) if b < max_batch] + list(range(16, max_batch, 16)) + [max_batch]
+    return sorted(set(sizes))
+
+
+class DecodeGraphs:
+    """One CUDA graph per bucketed batch size for a whole decode step
+    (embedding -> layers -> final norm -> float32 logits), replayed over static
+    input buffers. A batch of B sequences runs the smallest bucket >= B; the
+    padded rows have slot -1 (no KV write) and context length 0 (zero attention)."""
+
+    def __init__(self, model, kv_caches: list[torch.Tensor], max_batch: int, max_blocks: int,
+                 block_size: int, device: torch.device):
+        self.model, self.kv_caches, self.block_size = model, kv_caches, block_size
+        self.max_batch = max_batch
+
+        def buffers(dtype, *shape):  # (pinned host, device) pair
+            return (torch.zeros(*shape, dtype=dtype).pin_memory(),
+                    torch.zeros(*shape, dtype=dtype, device=device))
+
+        self.ids = buffers(torch.int64, max_batch)
+        self.positions = buffers(torch.int64, max_batch)
+        self.prompt_lens = buffers(torch.int64, max_batch)
+        self.slots = buffers(torch.int64, max_batch)
+        self.seq_lens = buffers(torch.int32, max_batch)
+        self.tables = buffers(torch.int32, max_batch, max_blocks)
+        self.cu = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
+        self.slots[1].fill_(-1)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def _batch(self, size: int) -> ForwardBatch:
+        meta = AttentionMetadata(
+            query_start_loc=self.cu[:size + 1], seq_lens=self.seq_lens[1][:size],
+            block_tables=self.tables[1][:size], slot_mapping=self.slots[1][:size],
+            query_lens_cpu=[1] * size, seq_lens_cpu=[1] * size, block_size=self.block_size,
+        )
+        return ForwardBatch(self.ids[1][:size], self.positions[1][:size], self.prompt_lens[1][:size], meta)
+
+    def _forward(self, size: int) -> torch.Tensor:  # float32 [size, vocab]
+        return self.model.compute_logits(self.model(self._batch(size), self.kv_caches))
+
+    def capture(self, sizes: list[int]) -> None:
+        """Capture the largest first so that the smaller graphs reuse its memory pool."""
+        pool = None
+        for size in sorted(sizes, reverse=True):
+            for _ in range(2):  # compile kernels, create handles, outside the capture
+                self._forward(size)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                logits = self._forward(size)
+            pool = graph.pool()
+            self.graphs[size] = (graph, logits)
+        torch.cuda.synchronize()
+
+    def bucket(self, num_seqs: int) -> int | None:
+        return min((b for b in self.graphs if b >= num_seqs), default=None)
+
+    def run(self, host: HostBatch, size: int) -> torch.Tensor:
+        """Copy the step in (padding rows past B harmless) and replay: float32 logits [B, vocab]."""
+        num = host.num_seqs
+        width = host.tables.shape[1]
+        fills = ((self.ids, host.ids, 0), (self.positions, host.positions, 0),
+                 (self.prompt_lens, host.prompt_lens, 1), (self.slots, host.slots, -1),
+                 (self.seq_lens, host.seq_lens, 0))
+        for (pinned, device), values, pad in fills:
+            view = pinned.numpy()
+            view[:num] = values
+            view[num:size] = pad
+            device[:size].copy_(pinned[:size], non_blocking=True)
+        self.tables[0].numpy()[:num, :width] = host.tables
+        self.tables[1][:size, :width].copy_(self.tables[0][:size, :width], non_blocking=True)
+        graph, logits = self.graphs[size]
+        graph.replay()
+        return logits[:num]
+
+
+# -- the runner ------------------------------------------------------------------------
+
+
 class ModelRunner:
     """Holds the model weights and the KV cache; runs one scheduled step."""
 
@@ -56,12 +214,18 @@ class ModelRunner:
         self.config = config
         self.settings = resolve_device(config)
         self.block_size = config.block_size
-        backend = get_attention_backend(config.attention_backend, self.settings.device)
-        self.model = load_model(model_path, model_config, self.settings.dtype,
-                                self.settings.device, backend)
+        self.max_model_len = max_model_len
+        device = self.settings.device
+        backend = get_attention_backend(config.attention_backend, device)
+        ops = get_layer_ops(config.layer_kernels, device)
+        self.model = load_model(model_path, model_config, self.settings.dtype, device, backend, ops)
         self.num_blocks = self._pool_size(max_model_len)
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         self.sampler = Sampler()
+        self.graphs = self._capture_graphs(backend)
+        log.info("model runner: %s %s, attention %s, kernels %s, %d KV blocks, graphs %s", device,
+                 self.settings.dtype, backend.name, ops.name, self.num_blocks,
+                 sorted(self.graphs.graphs) if self.graphs else "off")
 
     # -- setup ---------------------------------------------------------------
 
@@ -71,8 +235,7 @@ class ModelRunner:
             return cfg.num_kv_blocks
         per_block = kv_block_bytes(self.model_config, cfg.block_size, self.settings.dtype)
         if self.settings.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.settings.device)
-            budget = int(free * cfg.kv_cache_memory_fraction)
+            budget = self._gpu_kv_budget()
         else:
             wanted = cfg.max_num_seqs * -(-max_model_len // cfg.block_size) * per_block
             budget = min(wanted, cfg.kv_cache_max_bytes)
@@ -81,61 +244,98 @@ class ModelRunner:
             raise ValueError("no room for a single KV block; lower block_size or free memory")
         return num
 
+    def _gpu_kv_budget(self) -> int:
+        """kv_cache_memory_fraction of the device memory left once the weights are
+        loaded and a warm-up step's peak activations are set aside."""
+        device = self.settings.device
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        self._warm_up()
+        torch.cuda.synchronize(device)
+        activations = torch.cuda.max_memory_allocated(device) - before
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(free - activations, 0) * self.config.kv_cache_memory_fraction)
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """A forward pass of max_num_batched_tokens prompt tokens (into a scratch
+        cache shared by every layer) plus logits and a softmax for max_num_seqs rows:
+        the largest step the engine will run. Compiles the kernels too."""
+        cfg, m = self.config, self.model_config
+        total = cfg.max_num_batched_tokens
+        seq_len = max(min(total, self.max_model_len - 1), 1)
+        lens = [seq_len] * (total // seq_len) + ([total % seq_len] if total % seq_len else [])
+        blocks = -(-total // self.block_size) + len(lens)
+        scratch = torch.zeros(2, blocks, self.block_size, m.num_kv_heads, m.head_dim,
+                              dtype=self.settings.dtype, device=self.settings.device)
+        host = _dummy_prefill(lens, self.block_size)
+        hidden = self.model(host.to_device(self.settings.device, self.block_size), [scratch] * m.num_layers)
+        rows = min(cfg.max_num_seqs, hidden.shape[0])
+        logits = self.model.compute_logits(hidden[:rows])
+        torch.softmax(logits, dim=-1).argmax(dim=-1)
+
     def _allocate_kv_cache(self, num_blocks: int) -> list[torch.Tensor]:
         m = self.model_config
         shape = (2, num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
         return [torch.zeros(shape, dtype=self.settings.dtype, device=self.settings.device)
                 for _ in range(m.num_layers)]
 
+    @torch.inference_mode()
+    def _capture_graphs(self, backend) -> DecodeGraphs | None:
+        if (self.config.enforce_eager or self.settings.device.type != "cuda"
+                or not backend.supports_cuda_graphs):
+            return None
+        max_batch = min(self.config.max_num_seqs, self.config.cuda_graph_max_batch)
+        max_blocks = -(-self.max_model_len // self.block_size)
+        graphs = DecodeGraphs(self.model, self.kv_caches, max_batch, max_blocks, self.block_size,
+                              self.settings.device)
+        graphs.capture(graph_batch_sizes(max_batch))
+        return graphs
+
     # -- one step ------------------------------------------------------------
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> dict[str, SampledToken]:
         """Compute every scheduled chunk; sample for chunks that reach their end."""
-        batch = self._prepare(out.scheduled)
-        hidden = self.model(batch, self.kv_caches)  # [T, hidden]
-        sampling = [s for s in out.scheduled if s.samples]
-        if not sampling:
+        host = prepare_host(out.scheduled, self.block_size)
+        sample_rows = [i for i, s in enumerate(out.scheduled) if s.samples]
+        logits = self._logits(host, sample_rows)  # float32 [N, vocab]
+        if not sample_rows:
             return {}
-        ends = batch.attn.query_start_loc[1:] - 1  # last packed token of each sequence
-        rows_idx = torch.tensor([i for i, s in enumerate(out.scheduled) if s.samples],
-                                device=ends.device)
-        logits = self.model.compute_logits(hidden[ends[rows_idx].long()])  # [N, vocab] float32
+        sampling = [out.scheduled[i] for i in sample_rows]
         rows = [SamplingRow(s.params, s.seed, s.prompt_token_ids, s.output_token_ids)
                 for s in sampling]
         tokens = self.sampler(logits, rows)
         return {s.request_id: t for s, t in zip(sampling, tokens)}
 
-    def _prepare(self, scheduled: list[ScheduledSeq]) -> ForwardBatch:
-        bs = self.block_size
-        ids, positions, prompt_lens, slots = [], [], [], []
-        query_lens, seq_lens = [], []
-        for s in scheduled:
-            pos = range(s.start_pos, s.start_pos + s.num_tokens)
-            ids.extend(s.token_ids)
-            positions.extend(pos)
-            prompt_lens.extend([len(s.prompt_token_ids)] * s.num_tokens)
-            slots.extend(s.block_table[p // bs] * bs + p % bs for p in pos)
-            query_lens.append(s.num_tokens)
-            seq_lens.append(s.start_pos + s.num_tokens)
-        width = max(len(s.block_table) for s in scheduled)
-        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in scheduled]
+    def _logits(self, host: HostBatch, sample_rows: list[int]) -> torch.Tensor | None:
+        """Run the step (graph replay or eager) and return logits of the sampling rows."""
         dev = self.settings.device
-        cu = [0]
-        for n in query_lens:
-            cu.append(cu[-1] + n)
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(cu, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            query_lens_cpu=query_lens,
-            seq_lens_cpu=seq_lens,
-            block_size=bs,
-        )
-        return ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.int64, device=dev),
-            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
-            prompt_lens=torch.tensor(prompt_lens, dtype=torch.int64, device=dev),
-            attn=meta,
-        )
+        size = self.graphs.bucket(host.num_seqs) if self.graphs and host.is_decode_only else None
+        if size is not None:
+            logits = self.graphs.run(host, size)  # [B, vocab]: every row of a decode step
+            if len(sample_rows) == host.num_seqs:
+                return logits
+            return logits[torch.tensor(sample_rows, device=dev)] if sample_rows else None
+        hidden = self.model(host.to_device(dev, self.block_size), self.kv_caches)  # [T, hidden]
+        if not sample_rows:
+            return None
+        ends = host.cu[1:][sample_rows] - 1  # last packed token of each sampling sequence
+        return self.model.compute_logits(hidden[torch.from_numpy(ends.astype(np.int64)).to(dev)])
+
+
+def _dummy_prefill(lens: list[int], block_size: int) -> HostBatch:
+    """Fresh prompts of the given lengths (token id 0) over consecutive blocks."""
+    total = sum(lens)
+    cu = np.zeros(len(lens) + 1, dtype=np.int32)
+    np.cumsum(lens, out=cu[1:])
+    seq_of = np.repeat(np.arange(len(lens)), lens)
+    positions = np.arange(total, dtype=np.int64) - cu[:-1][seq_of]
+    width = max(-(-n // block_size) for n in lens)
+    first = np.cumsum([0] + [-(-n // block_size) for n in lens[:-1]])
+    tables = (first[:, None] + np.arange(width)[None, :]).astype(np.int32)
+    slots = tables[seq_of, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    return HostBatch(np.zeros(total, np.int64), positions, np.asarray(lens, np.int64)[seq_of], slots,
+                     np.asarray(lens, np.int32), tables, cu, list(lens))

@@ -7,7 +7,7 @@ sequences take part. A KV cache for one layer is a tensor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -23,6 +23,11 @@ class AttentionMetadata:
     slot_mapping:    int64 [T], flat slot (block * block_size + offset) each token's K/V goes to.
     query_lens_cpu / seq_lens_cpu: the same lengths as Python ints, so backends
     need no device-to-host copy to plan their work.
+    derived: per-step values a backend computes once and reuses in every layer
+    (its own keys; empty when the step starts).
+
+    Slots < 0 in slot_mapping mark padding rows (CUDA graph batches): backends
+    that support graphs write nothing for them.
     """
 
     query_start_loc: torch.Tensor
@@ -32,6 +37,7 @@ class AttentionMetadata:
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
     block_size: int
+    derived: dict = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:
@@ -48,9 +54,15 @@ class AttentionMetadata:
 
 class AttentionBackend(Protocol):
     """Writes this step's K/V into the cache, then attends causally over each
-    sequence's cached context (earlier steps and this one)."""
+    sequence's cached context (earlier steps and this one).
+
+    supports_cuda_graphs: a decode-only step reads only device tensors of the
+    metadata (never the *_cpu lists' values) and skips slots < 0, so it can be
+    captured once per batch size and replayed.
+    """
 
     name: str
+    supports_cuda_graphs: bool
 
     def forward(
         self,
@@ -65,9 +77,17 @@ class AttentionBackend(Protocol):
 
 
 def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
-    """Pick a backend by name; "auto" chooses the best one for the device."""
+    """Pick a backend by name; "auto" is "triton" on a CUDA device with Triton
+    installed, else "torch"."""
+    from ..kernels import triton_available
     from .torch_backend import TorchAttentionBackend
 
-    if name in ("auto", "torch"):
+    if name == "auto":
+        name = "triton" if device.type == "cuda" and triton_available() else "torch"
+    if name == "torch":
         return TorchAttentionBackend()
-    raise ValueError(f"unknown attention backend {name!r}; expected 'auto' or 'torch'")
+    if name == "triton":
+        from .triton_backend import TritonAttentionBackend
+
+        return TritonAttentionBackend(device)
+    raise ValueError(f"unknown attention backend {name!r}; expected 'auto', 'torch' or 'triton'")

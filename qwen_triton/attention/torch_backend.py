@@ -57,6 +57,7 @@ class TorchAttentionBackend:
     """AttentionBackend in plain torch; works on any device, built for the CPU."""
 
     name = "torch"
+    supports_cuda_graphs = False
 
     def forward(
         self,

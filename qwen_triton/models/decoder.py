@@ -22,7 +22,7 @@ from torch import nn
 from ..attention import AttentionBackend, AttentionMetadata
 from ..config import ModelConfig
 from .batch import ForwardBatch
-from .layers import RMSNorm, RotaryEmbedding, apply_rotary, silu_and_mul
+from .layers import TORCH_OPS, LayerOps, RMSNorm, RotaryEmbedding
 
 # -- the original Qwen's position tricks ----------------------------------------
 
@@ -51,8 +51,10 @@ def qwen_logn_scale(positions: torch.Tensor, seq_length: int) -> torch.Tensor:
 class Attention(nn.Module):
     """qkv projection, optional per-head q/k RMSNorm, rotary, paged attention, output projection."""
 
-    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None):
+    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None,
+                 ops: LayerOps = TORCH_OPS):
         super().__init__()
+        self.ops = ops
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
@@ -63,8 +65,8 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(hidden, sum(self.split_sizes), bias=config.qkv_bias, dtype=dtype)
         self.o_proj = nn.Linear(config.q_size, hidden, bias=config.o_bias, dtype=dtype)
         if config.qk_norm:  # qwen3: RMSNorm over each head's vector, before rotary
-            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
-            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype)
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype, ops)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype, ops)
         else:
             self.q_norm = self.k_norm = None
 
@@ -84,7 +86,7 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.ops.rotary(q, k, cos, sin)  # may rotate in place (views into the qkv output)
         if q_scale is not None:
             q = q * q_scale.to(q.dtype)[:, None, None]
         out = self.attn_backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, H, D]
@@ -94,14 +96,15 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
 
-    def __init__(self, config: ModelConfig, dtype=None):
+    def __init__(self, config: ModelConfig, dtype=None, ops: LayerOps = TORCH_OPS):
         super().__init__()
+        self.ops = ops
         hidden, width, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gate_up_proj = nn.Linear(hidden, 2 * width, bias=bias, dtype=dtype)
         self.down_proj = nn.Linear(width, hidden, bias=bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -111,12 +114,13 @@ class DecoderLayer(nn.Module):
     add is fused into the following RMSNorm.
     """
 
-    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None):
+    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None,
+                 ops: LayerOps = TORCH_OPS):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.self_attn = Attention(config, attn_backend, dtype)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.mlp = MLP(config, dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
+        self.self_attn = Attention(config, attn_backend, dtype, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
+        self.mlp = MLP(config, dtype, ops)
 
     def forward(
         self,
@@ -151,14 +155,15 @@ class DecoderForCausalLM(nn.Module):
     tie_word_embeddings: the logits then reuse embed_tokens.weight).
     """
 
-    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype: torch.dtype | None = None):
+    def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype: torch.dtype | None = None,
+                 ops: LayerOps = TORCH_OPS):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, attn_backend, dtype) for _ in range(config.num_layers)
+            DecoderLayer(config, attn_backend, dtype, ops) for _ in range(config.num_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope)
         if config.tie_word_embeddings:
             self.lm_head = None

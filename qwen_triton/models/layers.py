@@ -7,6 +7,8 @@ follow transformers: RMSNorm and the rotary angles are computed in float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x32.to(x.dtype)
 
 
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual): x, residual [..., C]."""
+    x = x + residual
+    return rms_norm(x, weight, eps), x
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with an optional fused residual add.
 
@@ -36,16 +45,16 @@ class RMSNorm(nn.Module):
     the norm are one step, so a fused kernel can replace both at once.
     """
 
-    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None):
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None, ops: LayerOps | None = None):
         super().__init__()
         self.eps = eps
+        self.ops = ops or TORCH_OPS
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype))
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if residual is None:
-            return rms_norm(x, self.weight, self.eps)
-        x = x + residual
-        return rms_norm(x, self.weight, self.eps), x
+            return self.ops.rms_norm(x, self.weight, self.eps)
+        return self.ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 # -- rotary embedding ----------------------------------------------------------
@@ -110,6 +119,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
 
 
+def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate queries [T, H, D] and keys [T, Hkv, D] by float32 cos, sin [T, D].
+
+    The contract a kernel may implement in place: callers use only the returned
+    tensors and must not rely on q and k being left unchanged.
+    """
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
 class RotaryEmbedding(nn.Module):
     """Holds the inverse frequencies (float32 buffer) and turns positions into cos/sin."""
 
@@ -148,3 +167,45 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, where gate_up = [gate | up] on the last dim: [..., 2I] -> [..., I]."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+# -- the seams a fused kernel replaces ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """The elementwise steps of a decoder layer, behind one interface.
+
+    TORCH_OPS (the functions above) is the reference and the CPU path;
+    qwen_triton.kernels supplies Triton versions with the same signatures,
+    compared with these by tests/test_kernels.py.
+    """
+
+    name: str
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    add_rms_norm: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+    rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+
+
+TORCH_OPS = LayerOps("torch", rms_norm, add_rms_norm, apply_rotary_qk, silu_and_mul)
+
+
+def triton_layer_ops() -> LayerOps:
+    """The fused Triton kernels (imports triton)."""
+    from ..kernels import activation, norm, rotary
+
+    return LayerOps("triton", norm.rms_norm, norm.add_rms_norm, rotary.apply_rotary_, activation.silu_and_mul)
+
+
+def get_layer_ops(name: str, device: torch.device) -> LayerOps:
+    """"torch", "triton", or "auto" (Triton on a CUDA device when it is installed)."""
+    from ..kernels import triton_available
+
+    if name == "auto":
+        name = "triton" if device.type == "cuda" and triton_available() else "torch"
+    if name == "torch":
+        return TORCH_OPS
+    if name == "triton":
+        return triton_layer_ops()
+    raise ValueError(f"unknown layer kernels {name!r}; expected 'auto', 'torch' or 'triton'")

@@ -22,11 +22,16 @@ from ..attention import AttentionBackend
 from ..config import ModelConfig, RopeConfig
 from ..errors import CheckpointError, UnsupportedModelError
 from .decoder import DecoderForCausalLM
+from .layers import TORCH_OPS, LayerOps
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+# A folder with config.json and this file (and no safetensors) holds no weights:
+# the model is initialised randomly on the device (benchmarks at a real model's
+# shapes without writing gigabytes of checkpoint). See write_random_checkpoint.
+RANDOM_WEIGHTS_FILE = "random_weights.json"
 
 # Checkpoint tensors that are derived buffers, not weights: skipped when present.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -363,18 +368,24 @@ def load_model(
     dtype: torch.dtype,
     device: str | torch.device,
     attn_backend: AttentionBackend,
+    ops: LayerOps = TORCH_OPS,
 ) -> DecoderForCausalLM:
     """Build the model for `config` on `device` in `dtype` and fill it from the
-    folder's safetensors (model.safetensors, or shards listed in the index)."""
+    folder's safetensors (model.safetensors, or shards listed in the index), or
+    randomly when the folder is a random-weight checkpoint (RANDOM_WEIGHTS_FILE)."""
     path = os.fspath(path)
+    with torch.device("meta"):  # no memory and no random init for weights about to be overwritten
+        model = DecoderForCausalLM(config, attn_backend, dtype, ops)
+    model.to_empty(device=device)
+    model.rotary.reset_parameters()
+    random_spec = os.path.join(path, RANDOM_WEIGHTS_FILE)
+    if os.path.exists(random_spec) and not _has_safetensors(path):
+        spec = _read_json(random_spec)
+        _init_random(model, int(spec.get("seed", 0)), float(spec.get("std", 0.02)))
+        return model.eval()
     weight_map = _arch_spec(config.arch, path).weight_names(config)
     files = _tensor_files(path)
     _check_names(weight_map, files, path)
-
-    with torch.device("meta"):  # no memory and no random init for weights about to be overwritten
-        model = DecoderForCausalLM(config, attn_backend, dtype)
-    model.to_empty(device=device)
-    model.rotary.reset_parameters()
     params = dict(model.named_parameters())
     if params.keys() != weight_map.keys():  # a bug in a weight map, not in the checkpoint
         raise AssertionError(f"weight map mismatch: {sorted(params.keys() ^ weight_map.keys())}")
@@ -390,3 +401,36 @@ def load_model(
                 raise CheckpointError(f"{path}: cannot read {names} ({e})") from e
             _fill(params[ours], ours, parts, path)
     return model.eval()
+
+
+# -- random weights (benchmarks) -------------------------------------------------
+
+
+def _has_safetensors(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in (SAFETENSORS_FILE, SAFETENSORS_INDEX_FILE))
+
+
+@torch.no_grad()
+def _init_random(model: DecoderForCausalLM, seed: int, std: float) -> None:
+    """Fill every parameter on its device: norms 1, biases and weights N(0, std)."""
+    gen = None
+    for name, param in model.named_parameters():
+        if gen is None or gen.device != param.device:
+            gen = torch.Generator(device=param.device).manual_seed(seed)
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=gen)
+
+
+def write_random_checkpoint(path: str | os.PathLike, config_json: dict, seed: int = 0,
+                            std: float = 0.02) -> str:
+    """Write a weightless checkpoint folder: `config_json` as config.json plus
+    RANDOM_WEIGHTS_FILE; load_model then initialises the weights randomly."""
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(config_json, f, indent=2)
+    with open(os.path.join(path, RANDOM_WEIGHTS_FILE), "w", encoding="utf-8") as f:
+        json.dump({"seed": seed, "std": std}, f)
+    return path

@@ -1,0 +1,255 @@
+"""The TensorRT-LLM variant: NVIDIA's C++ `tensorrtllm` backend behind our ensemble.
+
+Nothing here can run on the machines this project is developed on (no GPU, no TensorRT-LLM), so
+it is right by construction: the names below are those of tensorrtllm_backend's
+`all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt` (today under `triton_backend/` in the
+TensorRT-LLM repository), and the engine build script uses the flags of TensorRT-LLM's
+`examples/models/core/{qwen,llama}/convert_checkpoint.py`, `examples/quantization/quantize.py`
+and `trtllm-build`. preprocessing, postprocessing and the ensemble stay ours; the ensemble also
+passes the backend's `context_logits` / `generation_logits` through.
+
+Plain data and text: the protobuf rendering lives in render.py.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+from qwen_triton.serving import contract as c
+from qwen_triton.serving.contract import TensorSpec
+
+from .settings import Settings
+
+BACKEND = "tensorrtllm"
+GPT_MODEL_TYPE = "inflight_fused_batching"
+EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
+SCRIPT_NAME = "build_engine.sh"
+
+CONTEXT_LOGITS = "context_logits"
+GENERATION_LOGITS = "generation_logits"
+_LOGITS_TYPES = {"float32": "FP32", "float16": "FP16"}
+
+# Inputs of the upstream tensorrt_llm model beyond our contract that make sense for a decoder-only
+# chat model; the ensemble does not wire them, clients of tensorrt_llm itself may send them.
+UPSTREAM_EXTRA_INPUTS = (
+    TensorSpec("embedding_bias", "FP32", (-1,), optional=True),
+    TensorSpec("runtime_top_p_min", "FP32", (1,), optional=True, reshape=()),
+    TensorSpec("runtime_top_p_decay", "FP32", (1,), optional=True, reshape=()),
+    TensorSpec("runtime_top_p_reset_ids", "INT32", (1,), optional=True, reshape=()),
+    TensorSpec("early_stopping", "BOOL", (1,), optional=True, reshape=()),
+    TensorSpec("beam_search_diversity_rate", "FP32", (1,), optional=True, reshape=()),
+)
+
+# The model_type of a checkpoint -> the TensorRT-LLM example folder that converts it.
+EXAMPLE_FAMILY = {"qwen": "qwen", "qwen2": "qwen", "llama": "llama"}
+
+
+def logits_specs(settings: Settings) -> tuple[TensorSpec, ...]:
+    dtype = _LOGITS_TYPES[settings.trtllm.logits_dtype]
+    return (TensorSpec(CONTEXT_LOGITS, dtype, (-1, -1)), TensorSpec(GENERATION_LOGITS, dtype, (-1, -1, -1)))
+
+
+def engine_inputs() -> tuple[TensorSpec, ...]:
+    return c.ENGINE_INPUTS + UPSTREAM_EXTRA_INPUTS
+
+
+def engine_outputs(settings: Settings) -> tuple[TensorSpec, ...]:
+    return c.ENGINE_OUTPUTS + logits_specs(settings)
+
+
+def ensemble_outputs(settings: Settings) -> tuple[TensorSpec, ...]:
+    return c.ENSEMBLE_OUTPUTS + logits_specs(settings)
+
+
+def ensemble_steps() -> tuple:
+    """contract.ENSEMBLE_STEPS with the engine's logits passed through to the ensemble outputs."""
+    steps = []
+    for model, inputs, outputs in c.ENSEMBLE_STEPS:
+        if model == c.ENGINE:
+            outputs = {**outputs, CONTEXT_LOGITS: CONTEXT_LOGITS, GENERATION_LOGITS: GENERATION_LOGITS}
+        steps.append((model, dict(inputs), dict(outputs)))
+    return tuple(steps)
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def engine_parameters(settings: Settings, engine_dir: str) -> dict[str, str]:
+    """The tensorrt_llm model's `parameters` (upstream keys; unset ones are left out, so the
+    backend uses its defaults, rather than written as `${...}` placeholders)."""
+    s, lim, t = settings.serving, settings.limits, settings.trtllm
+    params = {
+        "gpt_model_type": GPT_MODEL_TYPE,
+        "gpt_model_path": engine_dir,
+        "max_beam_width": str(t.max_beam_width),
+        "batch_scheduler_policy": t.batch_scheduler_policy,
+        "kv_cache_free_gpu_mem_fraction": repr(lim.kv_cache_free_gpu_mem_fraction),
+        "enable_chunked_context": _bool(t.enable_chunked_context),
+        "enable_kv_cache_reuse": _bool(t.enable_kv_cache_reuse),
+        "exclude_input_in_output": _bool(s.exclude_input_in_output),
+        "cancellation_check_period_ms": str(s.cancellation_check_period_ms),
+        "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
+        "executor_worker_path": EXECUTOR_WORKER_PATH,
+    }
+    if lim.num_kv_blocks is not None:
+        params["max_tokens_in_paged_kv_cache"] = str(lim.num_kv_blocks * lim.block_size)
+    if t.gpu_device_ids:
+        params["gpu_device_ids"] = ",".join(map(str, t.gpu_device_ids))
+    if t.decoding_mode != "auto":
+        params["decoding_mode"] = t.decoding_mode
+    return params
+
+
+# -- the engine build script ---------------------------------------------------------------------------------
+
+
+class UnsupportedForTrtllm(ValueError):
+    """A checkpoint or setting the TensorRT-LLM engine build does not cover."""
+
+
+def check_model(arch: str, settings: Settings) -> None:
+    """Refuse what the generated commands cannot build."""
+    if arch not in EXAMPLE_FAMILY:
+        raise UnsupportedForTrtllm(
+            f"model_type {arch!r}: the TensorRT engine build here covers {', '.join(EXAMPLE_FAMILY)} "
+            "(Qwen3 is served by TensorRT-LLM's PyTorch workflow, not a trtllm-build engine); "
+            "use engine=qwen_triton")
+    if settings.trtllm.quantization == "int4_gptq" and EXAMPLE_FAMILY[arch] != "qwen":
+        raise UnsupportedForTrtllm("quantization=int4_gptq is generated for Qwen GPTQ checkpoints only; "
+                                   "use int4_awq or int4_wo for LLaMA")
+
+
+def _command(program: list[str], flags: list[str]) -> str:
+    """A shell command, one flag (with its value, if any) per line; "$VAR" words stay expandable."""
+    def word(w: str) -> str:
+        return w if w.startswith('"$') else shlex.quote(w)
+
+    lines, i = [" ".join(word(w) for w in program)], 0
+    while i < len(flags):
+        if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            lines.append(f"{flags[i]} {word(flags[i + 1])}")
+            i += 2
+        else:
+            lines.append(flags[i])
+            i += 1
+    return " \\\n    ".join(lines)
+
+
+def _script_path(target: Path, project_root: Path | None) -> str:
+    """`target` relative to the project root when inside it (the script cds there), else absolute."""
+    if project_root is not None:
+        try:
+            return target.relative_to(project_root).as_posix() or "."
+        except ValueError:
+            pass
+    return target.as_posix()
+
+
+def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir: Path, script_dir: Path,
+                 project_root: Path | None, seq_length: int = 0) -> str:
+    """The text of build_engine.sh: HF checkpoint -> TensorRT-LLM checkpoint -> engine in engine_dir."""
+    check_model(arch, settings)
+    s, lim, t = settings.serving, settings.limits, settings.trtllm
+    family = EXAMPLE_FAMILY[arch]
+    inside = project_root is not None and _is_within(script_dir, project_root)
+    root = project_root if inside else None
+    ckpt = _script_path(checkpoint, root)
+    trt_ckpt = _script_path(script_dir / "checkpoint", root)
+    engine = engine_dir.as_posix()  # absolute: the same path goes into gpt_model_path
+
+    q = t.quantization
+    if q in ("int4_awq", "fp8", "int8_sq"):
+        program = ["python3", '"$TRTLLM_EXAMPLES/quantization/quantize.py"']
+        convert = ["--model_dir", '"$CHECKPOINT"', "--output_dir", '"$TRTLLM_CHECKPOINT"',
+                   "--dtype", lim.dtype, "--qformat", q, "--calib_size", "512", "--tp_size", str(t.tp_size)]
+        if q == "fp8":
+            convert += ["--kv_cache_dtype", "fp8"]
+        convert_note = (f"# {q}: calibrated with NVIDIA ModelOpt (pip install nvidia-modelopt); calibration reads\n"
+                        "# the cnn_dailymail dataset from the Hugging Face Hub unless --calib_dataset names a "
+                        "local copy.\n")
+    else:
+        program = ["python3", '"$CONVERT"']
+        convert = ["--model_dir", '"$CHECKPOINT"', "--output_dir", '"$TRTLLM_CHECKPOINT"',
+                   "--dtype", lim.dtype, "--tp_size", str(t.tp_size)]
+        convert_note = ""
+        if q in ("int8_wo", "int4_wo"):
+            convert += ["--use_weight_only", "--weight_only_precision", q[:4]]
+        elif q == "int4_gptq":
+            convert += ["--use_weight_only", "--weight_only_precision", "int4_gptq", "--per_group"]
+            convert_note = "# int4_gptq: the checkpoint must already be GPTQ-quantized (e.g. Qwen-7B-Chat-Int4).\n"
+
+    build = ["--checkpoint_dir", '"$TRTLLM_CHECKPOINT"', "--output_dir", '"$ENGINE_DIR"',
+             "--max_batch_size", str(lim.max_num_seqs),
+             "--max_input_len", str(s.max_input_len),
+             "--max_seq_len", str(settings.max_seq_len),
+             "--max_num_tokens", str(lim.max_num_batched_tokens),
+             "--max_beam_width", str(t.max_beam_width),
+             "--kv_cache_type", "paged",
+             "--tokens_per_block", str(lim.block_size),
+             "--remove_input_padding", "enable",
+             "--context_fmha", "enable",
+             "--use_paged_context_fmha", "enable",  # needed by chunked context and KV-cache reuse
+             "--gpt_attention_plugin", "auto",
+             "--gemm_plugin", "auto",
+             "--logits_dtype", t.logits_dtype]
+    if t.gather_logits:
+        build.append("--gather_all_token_logits")
+
+    notes = []
+    if arch == "qwen" and seq_length and settings.max_seq_len > seq_length:
+        notes.append(f"# Note: max_seq_len {settings.max_seq_len} > the checkpoint's seq_length {seq_length}; "
+                     "TensorRT-LLM does not implement\n# Qwen's dynamic NTK / logn attention, so quality past "
+                     f"{seq_length} tokens is not promised (our engine implements both).\n")
+    if t.tp_size > 1:
+        notes.append(f"# tp_size {t.tp_size}: serve with one MPI rank per GPU, e.g. tensorrtllm_backend's\n"
+                     f"#   python3 scripts/launch_triton_server.py --world_size {t.tp_size} --model_repo <model_repo>\n")
+
+    cd = ""
+    if root is not None:
+        back = os.path.relpath(root, script_dir)
+        cd = f'cd "$(dirname "$0")/{back}"  # the project root: the paths below are relative to it\n'
+
+    return (
+        "#!/usr/bin/env bash\n"
+        "# TensorRT-LLM engine build for qwen-triton, generated by `python -m build --engine tensorrtllm`.\n"
+        "# NOT RUN HERE: the build machine has no GPU and no TensorRT-LLM. Run it on a GPU machine inside\n"
+        "# nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3 (see Dockerfile.triton), with TRTLLM_EXAMPLES\n"
+        "# set to the examples/ folder of the TensorRT-LLM release that image ships: an engine only loads in\n"
+        "# the TensorRT-LLM version that built it.\n"
+        "#   TRTLLM_EXAMPLES=/path/to/TensorRT-LLM/examples bash " + _script_path(script_dir / SCRIPT_NAME, root)
+        + "\n"
+        f"# model_type {arch}, dtype {lim.dtype}, quantization {q}, tp_size {t.tp_size}.\n"
+        + "".join(notes)
+        + "set -eo pipefail\n"
+        + cd
+        + 'if [ -z "$TRTLLM_EXAMPLES" ]; then\n'
+        '    echo "set TRTLLM_EXAMPLES to the examples/ folder of TensorRT-LLM (git clone -b <release> '
+        'https://github.com/NVIDIA/TensorRT-LLM)" >&2\n'
+        "    exit 2\n"
+        "fi\n"
+        f"CHECKPOINT={shlex.quote(ckpt)}\n"
+        f"TRTLLM_CHECKPOINT={shlex.quote(trt_ckpt)}\n"
+        f"ENGINE_DIR={shlex.quote(engine)}  # = gpt_model_path of model_repo/tensorrt_llm/config.pbtxt\n"
+        f'CONVERT="$TRTLLM_EXAMPLES/models/core/{family}/convert_checkpoint.py"\n'
+        f'if [ ! -f "$CONVERT" ]; then CONVERT="$TRTLLM_EXAMPLES/{family}/convert_checkpoint.py"; fi'
+        "  # releases before examples/models/core\n"
+        "\n"
+        "# 1. Hugging Face checkpoint -> TensorRT-LLM checkpoint\n"
+        + convert_note
+        + _command(program, convert) + "\n"
+        "\n"
+        "# 2. TensorRT-LLM checkpoint -> engine (paged KV cache, inflight batching)\n"
+        + _command(["trtllm-build"], build) + "\n"
+        "\n"
+        'echo "engine written to $ENGINE_DIR"\n'
+    )
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False

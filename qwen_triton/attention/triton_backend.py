@@ -1,0 +1,193 @@
+"""Paged attention for CUDA: flash prefill, a Triton decode kernel, a Triton KV write.
+
+One step's tokens fall in three groups, each sent to the kernel that suits it:
+  - decode tokens (one query token of a sequence): the Triton paged decode
+    kernel (kernels/paged_attention.py), split along the sequence;
+  - fresh prefills (the whole sequence is in this step): flash attention over
+    the packed sequences (torch.nn.attention.varlen), reading q, k, v straight
+    from the projections;
+  - prefill chunks after cached context (chunked prefill, recompute): SDPA per
+    sequence over the context gathered from the cache, with a causal mask
+    aligned to the sequence's end.
+A decode-only step touches only device tensors of the metadata, so it can be
+captured in a CUDA graph; padded rows (slot -1, context length 0) write and
+read nothing.
+
+Reference: attention.torch_backend.TorchAttentionBackend (same contract);
+tools/check_kernels_gpu.py compares the two on mixed batches.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels import kv_cache as kv_kernels
+from ..kernels.paged_attention import choose_num_splits, paged_decode_attention
+from . import AttentionMetadata
+from .torch_backend import context_slots
+
+Index = slice | torch.Tensor  # rows of the packed batch: a range when contiguous
+
+
+def _as_index(rows: list[int], device: torch.device) -> Index:
+    """A slice when `rows` is one increasing run, else an int64 index tensor."""
+    if rows and rows[-1] - rows[0] + 1 == len(rows):
+        return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, dtype=torch.int64, device=device)
+
+
+@dataclass
+class _StepPlan:
+    """How one mixed step's tokens are split among the kernels (built once per step)."""
+
+    decode_rows: Index | None  # packed rows of decode tokens [Nd]
+    decode_tables: torch.Tensor | None  # int32 [Nd, max_blocks]
+    decode_ctx: torch.Tensor | None  # int32 [Nd]
+    fresh_rows: Index | None  # packed rows of fresh prefills [Tf]
+    fresh_cu: torch.Tensor | None  # int32 [F + 1], cumulative lengths within fresh_rows
+    fresh_lens: list[int]
+    context: list[tuple[int, int, torch.Tensor]]  # (first row, query length, context slots int64 [S])
+
+
+def build_plan(meta: AttentionMetadata, device: torch.device) -> _StepPlan:
+    decode_seqs, decode_rows, fresh_rows, fresh_lens, context = [], [], [], [], []
+    start = 0
+    for i, (num_q, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
+        if num_q == 1:
+            decode_seqs.append(i)
+            decode_rows.append(start)
+        elif num_q == seq_len and num_q > 1:
+            fresh_rows.extend(range(start, start + num_q))
+            fresh_lens.append(num_q)
+        elif num_q > 1:
+            slots = context_slots(meta.block_tables[i], seq_len, meta.block_size)
+            context.append((start, num_q, slots))
+        start += num_q
+    plan = _StepPlan(None, None, None, None, None, fresh_lens, context)
+    if decode_seqs:
+        seqs = _as_index(decode_seqs, device)
+        plan.decode_rows = _as_index(decode_rows, device)
+        plan.decode_tables = meta.block_tables[seqs]
+        plan.decode_ctx = meta.seq_lens[seqs]
+    if fresh_lens:
+        plan.fresh_rows = _as_index(fresh_rows, device)
+        cu = [0]
+        for n in fresh_lens:
+            cu.append(cu[-1] + n)
+        plan.fresh_cu = torch.tensor(cu, dtype=torch.int32, device=device)
+    return plan
+
+
+class TritonAttentionBackend:
+    """AttentionBackend for CUDA devices (fp16 / bf16; fp32 runs through SDPA's
+    math path for prefill)."""
+
+    name = "triton"
+    supports_cuda_graphs = True
+
+    def __init__(self, device: torch.device, block_n: int = 64):
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+        self.block_n = block_n
+        self.use_varlen = _varlen_kwargs() is not None  # turned off if the first call fails
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, H, D]
+        k: torch.Tensor,  # [T, Hkv, D]
+        v: torch.Tensor,  # [T, Hkv, D]
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, H, D]
+        kv_kernels.write_kv_cache(kv_cache, k, v, meta.slot_mapping)
+        if meta.is_decode_only:
+            return self._decode(q, kv_cache, meta.block_tables, meta.seq_lens, scale)
+        plan = meta.derived.get("triton_plan")
+        if plan is None:
+            plan = meta.derived["triton_plan"] = build_plan(meta, q.device)
+        out = torch.empty_like(q)
+        if plan.decode_rows is not None:
+            out[plan.decode_rows] = self._decode(q[plan.decode_rows], kv_cache, plan.decode_tables,
+                                                 plan.decode_ctx, scale)
+        if plan.fresh_rows is not None:
+            rows = plan.fresh_rows
+            out[rows] = self._prefill(q[rows], k[rows], v[rows], plan, scale)
+        if plan.context:
+            k_cache, v_cache = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [slots, Hkv, D] each
+            for start, num_q, slots in plan.context:
+                out[start:start + num_q] = _sdpa_causal(
+                    q[start:start + num_q], k_cache[slots], v_cache[slots], scale)
+        return out
+
+    def _decode(self, q, kv_cache, tables, ctx, scale):
+        splits = choose_num_splits(q.shape[0], q.shape[1], self.num_sms)
+        return paged_decode_attention(q, kv_cache, tables, ctx, scale, num_splits=splits,
+                                      block_n=self.block_n)
+
+    def _prefill(self, q, k, v, plan: _StepPlan, scale):
+        """Causal attention within each fresh sequence: q [Tf, H, D] -> [Tf, H, D]."""
+        if self.use_varlen and q.dtype in (torch.float16, torch.bfloat16):
+            try:
+                return _varlen_causal(q, k, v, plan.fresh_cu, max(plan.fresh_lens), scale)
+            except (RuntimeError, TypeError, NotImplementedError):
+                self.use_varlen = False  # this torch build cannot: per-sequence SDPA from now on
+        out = torch.empty_like(q)
+        start = 0
+        for n in plan.fresh_lens:
+            out[start:start + n] = _sdpa_causal(q[start:start + n], k[start:start + n],
+                                                v[start:start + n], scale)
+            start += n
+        return out
+
+
+def _varlen_kwargs() -> dict | None:
+    """Keyword arguments for causal varlen_attn in this torch version (None: not available)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "is_causal" in params:
+        return {"is_causal": True}
+    if "window_size" in params:
+        return {"window_size": (-1, 0)}
+    return None
+
+
+def _varlen_causal(q, k, v, cu: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
+    """Flash attention over packed sequences; q [Tf, H, D], k, v [Tf, Hkv, D]."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = dict(_varlen_kwargs())
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif abs(scale - q.shape[-1] ** -0.5) > 1e-9:
+        raise NotImplementedError("varlen_attn without a scale argument")
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+
+
+def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """One sequence: q [Q, H, D] at the last Q positions of k, v [S, Hkv, D] -> [Q, H, D]."""
+    num_q, num_heads, _ = q.shape
+    seq_len, num_kv_heads, _ = k.shape
+    group = num_heads // num_kv_heads
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    qt, kt, vt = (x.transpose(0, 1)[None] for x in (q, k, v))  # [1, H, len, D]
+    if num_q == seq_len:
+        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+    else:  # query i sits at position seq_len - num_q + i
+        q_pos = torch.arange(seq_len - num_q, seq_len, device=q.device)[:, None]
+        mask = torch.arange(seq_len, device=q.device)[None, :] <= q_pos  # [Q, S]
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+    return out[0].transpose(0, 1)

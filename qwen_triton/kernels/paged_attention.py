@@ -1,0 +1,158 @@
+"""Decode attention over the paged KV cache, split along the sequence.
+
+Each query token n (one per decoding sequence) attends to the first
+ctx_lens[n] positions of its sequence, found through its row of the block
+table. The context is cut into `num_splits` equal chunks (rounded up to
+BLOCK_N tokens) so that a batch of a few long sequences still fills the GPU:
+program (n, h, s) runs an online softmax over chunk s of token n for query
+head h and writes its unnormalised partial result; a second kernel merges the
+splits. With one split the first kernel writes the final result directly.
+
+The chunk length is computed inside the kernel from ctx_lens, so the launch
+(grid and arguments) depends only on the batch size: the same launch is valid
+for any context lengths, which is what a CUDA graph replay needs. Rows with
+ctx_lens 0 (padding) produce zeros.
+
+Reference: attention.torch_backend.causal_attention over the gathered context.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, ctx_lens_ptr,
+    out_ptr, part_acc_ptr, part_ml_ptr,
+    q_t_stride, q_h_stride, bt_stride, slot_stride, kv_h_stride,
+    scale, num_splits,
+    GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    num_heads = tl.num_programs(1)
+    ctx = tl.load(ctx_lens_ptr + n)
+    chunk = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
+    start = s * chunk
+    end = tl.minimum(start + chunk, ctx)
+
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + n * q_t_stride + h * q_h_stride + dims).to(tl.float32) * scale  # [D]
+    kv_head = (h // GROUP).to(tl.int64)
+    m = tl.full((), float("-inf"), tl.float32)
+    l = tl.zeros((), tl.float32)
+    acc = tl.zeros((HEAD_DIM,), tl.float32)
+    for j0 in range(start, end, BLOCK_N):
+        offs = j0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
+        valid = offs < end
+        block = tl.load(block_tables_ptr + n * bt_stride + offs // BLOCK_SIZE, mask=valid, other=0)
+        slot = block.to(tl.int64) * BLOCK_SIZE + offs % BLOCK_SIZE
+        addr = slot[:, None] * slot_stride + kv_head * kv_h_stride + dims[None, :]  # [BLOCK_N, D]
+        k = tl.load(k_cache_ptr + addr, mask=valid[:, None], other=0.0).to(tl.float32)
+        scores = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))  # [BLOCK_N]
+        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(scores - m_new)
+        v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0).to(tl.float32)
+        l = l * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        m = m_new
+
+    if SINGLE:
+        result = acc / tl.where(l > 0, l, 1.0)
+        tl.store(out_ptr + (n * num_heads + h) * HEAD_DIM + dims, result.to(out_ptr.dtype.element_ty))
+    else:
+        part = (n * num_heads + h) * num_splits + s
+        tl.store(part_acc_ptr + part * HEAD_DIM + dims, acc)
+        tl.store(part_ml_ptr + part * 2, m)
+        tl.store(part_ml_ptr + part * 2 + 1, l)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    out_ptr, part_acc_ptr, part_ml_ptr, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # n * num_heads + h
+    splits = tl.arange(0, BLOCK_S)
+    valid = splits < num_splits
+    part = row * num_splits + splits  # [BLOCK_S]
+    m = tl.load(part_ml_ptr + part * 2, mask=valid, other=float("-inf"))
+    l = tl.load(part_ml_ptr + part * 2 + 1, mask=valid, other=0.0)
+    m_max = tl.max(m, axis=0)
+    weight = tl.where(m > float("-inf"), tl.exp(m - m_max), 0.0)  # empty splits weigh 0
+    total = tl.sum(weight * l, axis=0)
+    dims = tl.arange(0, HEAD_DIM)
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], mask=valid[:, None], other=0.0)
+    result = tl.sum(weight[:, None] * acc, axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + row * HEAD_DIM + dims, result.to(out_ptr.dtype.element_ty))
+
+
+def choose_num_splits(num_tokens: int, num_heads: int, num_sms: int, max_splits: int = 32) -> int:
+    """Splits along the sequence so that about 4 programs per multiprocessor exist.
+
+    Depends on the batch only (not the context lengths), so a captured CUDA
+    graph stays valid for any lengths.
+    """
+    work = max(num_tokens * num_heads, 1)
+    splits = 1
+    while splits < max_splits and work * splits < 4 * num_sms:
+        splits *= 2
+    return splits
+
+
+def paged_decode_attention(
+    q: torch.Tensor,  # [N, H, D], head vectors contiguous
+    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D], contiguous
+    block_tables: torch.Tensor,  # int32 [N, max_blocks]
+    ctx_lens: torch.Tensor,  # int32 [N], positions each token attends to (its own included)
+    scale: float,
+    num_splits: int = 1,
+    block_n: int = 64,
+    num_warps: int = 4,
+) -> torch.Tensor:  # [N, H, D], q's dtype
+    num_tokens, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    assert q.stride(2) == 1 and kv_cache.is_contiguous() and block_tables.stride(1) == 1
+    out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=q.device)
+    if num_tokens == 0:
+        return out
+    single = num_splits == 1
+    rows = num_tokens * num_heads * (1 if single else num_splits)
+    part_acc = out if single else torch.empty(rows, head_dim, dtype=torch.float32, device=q.device)
+    part_ml = out if single else torch.empty(rows, 2, dtype=torch.float32, device=q.device)
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    _paged_decode_kernel[(num_tokens, num_heads, num_splits)](
+        q, k_cache, v_cache, block_tables, ctx_lens, out, part_acc, part_ml,
+        q.stride(0), q.stride(1), block_tables.stride(0), num_kv_heads * head_dim, head_dim,
+        scale, num_splits,
+        GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
+        BLOCK_N=block_n, SINGLE=single, num_warps=num_warps,
+    )
+    if not single:
+        _merge_splits_kernel[(num_tokens * num_heads,)](
+            out, part_acc, part_ml, num_splits,
+            HEAD_DIM=head_dim, BLOCK_S=max(triton.next_power_of_2(num_splits), 2), num_warps=4,
+        )
+    return out
+
+
+def paged_decode_attention_reference(
+    q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, ctx_lens: torch.Tensor,
+    scale: float, **_unused,
+) -> torch.Tensor:
+    """The same contract in plain torch: one token at a time through causal_attention."""
+    from ..attention.torch_backend import causal_attention, context_slots
+
+    block_size = kv_cache.shape[2]
+    k_cache, v_cache = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [slots, Hkv, D] each
+    out = torch.zeros_like(q)
+    for n, ctx in enumerate(ctx_lens.tolist()):
+        if ctx > 0:
+            slots = context_slots(block_tables[n], ctx, block_size)
+            out[n] = causal_attention(q[n:n + 1], k_cache[slots], v_cache[slots], scale)[0].to(q.dtype)
+    return out

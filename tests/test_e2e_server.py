@@ -1,0 +1,224 @@
+"""End to end: the real build step, the real tritonserver, the real ensemble, on the CPU.
+
+Texts are checked against our engine run in this process on the same checkpoint
+(greedy), never against stored strings.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from reference_chatml import (HISTORY, SCRIPTED_REPLY, as_messages, reference_encoder,
+                              reference_make_context)
+from scripted_checkpoint import write_scripted_qwen2
+from served import build_repo, needs_triton, scrape, serve
+
+from qwen_triton import EngineConfig
+from qwen_triton.serving import contract as c
+from qwen_triton.serving.engine_service import EngineService
+from qwen_triton.serving.postprocess import Postprocessor
+from qwen_triton.serving.preprocess import Preprocessor, preprocess_arrays
+
+pytestmark = [pytest.mark.server, needs_triton]
+MAX_TOKENS = 24
+PROMPTS = [f"Request {i}: 你好，请写一首关于第{i}号的诗。" for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def default_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("default-build")
+    repo = build_repo(root, sets=("max_num_seqs=32", "max_output_len=256", "max_input_len=512"))
+    return root, repo
+
+
+@pytest.fixture(scope="module")
+def server(default_build):
+    root, repo = default_build
+    with serve(repo, root / "triton.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def expected_texts(default_build):
+    """Our engine's own greedy texts for PROMPTS, computed in this process."""
+    root, _ = default_build
+    ckpt = str(next((root / "artifacts").glob("default-*")))
+    pre, post = Preprocessor.from_dir(ckpt), Postprocessor.from_dir(ckpt)
+    svc = EngineService(ckpt, EngineConfig(device="cpu", dtype="float32"))
+    try:
+        texts = []
+        for i, prompt in enumerate(PROMPTS):
+            arrays = preprocess_arrays(pre, {c.PRE_QUERY: np.array([[prompt.encode()]], dtype=object),
+                                             c.PRE_REQUEST_OUTPUT_LEN: np.array([[MAX_TOKENS]], np.int32)})
+            inputs = {c.IN_INPUT_IDS: arrays[c.PRE_INPUT_ID], c.IN_INPUT_LENGTHS: arrays[c.PRE_REQUEST_INPUT_LEN][:, 0],
+                      c.IN_REQUEST_OUTPUT_LEN: arrays[c.PRE_OUT_REQUEST_OUTPUT_LEN][:, 0],
+                      c.IN_END_ID: arrays[c.PRE_OUT_END_ID][:, 0], c.IN_STOP_WORDS: arrays[c.PRE_STOP_WORDS_IDS],
+                      c.IN_TEMPERATURE: np.array([0.0], np.float32)}
+            done: queue.Queue = queue.Queue()
+            svc.submit(f"x{i}", inputs, done.put)
+            resp = done.get(timeout=60)
+            texts.append(post.decode(resp.arrays[c.OUT_OUTPUT_IDS][0, 0].tolist()))
+        return texts
+    finally:
+        svc.shutdown()
+
+
+def http_generate(server, body: dict) -> requests.Response:
+    return requests.post(f"{server.http_url}/v2/models/ensemble/generate", json=body, timeout=120)
+
+
+def http_stream(server, body: dict) -> list[dict]:
+    r = requests.post(f"{server.http_url}/v2/models/ensemble/generate_stream", json={**body, "stream": True},
+                      stream=True, timeout=120)
+    events = []
+    for line in r.iter_lines(decode_unicode=False):
+        if line.startswith(b"data: "):
+            events.append(json.loads(line[6:].decode("utf-8")))
+    return events
+
+
+def grpc_stream(server, text: str | None = None, messages: str | None = None, max_tokens: int = MAX_TOKENS,
+                cancel_after: int | None = None) -> list[str]:
+    """Stream over gRPC; return the text chunks (cancel after `cancel_after` chunks if given)."""
+    import tritonclient.grpc as grpcclient
+
+    chunks: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def tensor(name, value, dtype):
+        arr = np.array([[value]], dtype=dtype)
+        t = grpcclient.InferInput(name, list(arr.shape), {object: "BYTES", np.int32: "INT32",
+                                                          np.float32: "FP32", bool: "BOOL"}[dtype])
+        t.set_data_from_numpy(arr)
+        return t
+
+    inputs = [tensor(c.MAX_TOKENS, max_tokens, np.int32), tensor(c.STREAM, True, bool),
+              tensor(c.TEMPERATURE, 0.0, np.float32)]
+    if text is not None:
+        inputs.append(tensor(c.TEXT_INPUT, text.encode(), object))
+    if messages is not None:
+        inputs.append(tensor(c.MESSAGES, messages.encode(), object))
+    client.start_stream(callback=lambda result, error: chunks.put((result, error)))
+    client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
+    out = []
+    try:
+        while True:
+            result, error = chunks.get(timeout=120)
+            if error is not None:
+                raise RuntimeError(str(error))
+            final = result.get_response().parameters["triton_final_response"].bool_param
+            data = result.as_numpy(c.TEXT_OUTPUT)
+            if data is not None:
+                out.extend(x.decode("utf-8") for x in data.reshape(-1))
+            if final:
+                break
+            if cancel_after is not None and len(out) >= cancel_after:
+                client.stop_stream(cancel_requests=True)
+                return out
+    finally:
+        client.stop_stream()
+        client.close()
+    return out
+
+
+def test_concurrent_http_and_grpc_match_engine_and_batch_inflight(server, expected_texts):
+    before = scrape(server, c.METRIC_ENGINE)
+
+    def one_http(i):
+        r = http_generate(server, {"text_input": PROMPTS[i], "max_tokens": MAX_TOKENS, "temperature": 0.0})
+        assert r.status_code == 200, r.text
+        return r.json()[c.TEXT_OUTPUT]
+
+    def one_grpc(i):
+        return "".join(grpc_stream(server, text=PROMPTS[i]))
+
+    with ThreadPoolExecutor(32) as pool:
+        http_texts = list(pool.map(one_http, range(16)))
+        grpc_futures = [pool.submit(one_grpc, i) for i in range(16)]
+        grpc_texts = [f.result() for f in grpc_futures]
+    assert http_texts == expected_texts
+    assert grpc_texts == expected_texts
+    time.sleep(0.5)  # the engine model exports its gauges every 100 ms
+    after = scrape(server, c.METRIC_ENGINE)
+    assert after["max_batch_seen"] >= 8, after  # requests shared engine steps
+    assert after["generated_tokens"] - before.get("generated_tokens", 0) > 0
+
+
+def test_chat_messages_are_original_qwen_chatml(server):
+    import tritonclient.http as httpclient
+
+    system = "你是一个乐于助人的助手。"
+    msgs = json.dumps([{"role": m.role, "content": m.content}
+                       for m in as_messages(system, HISTORY, "再讲一个笑话 🙂")])
+    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    inputs = []
+    for name, arr in ((c.PRE_MESSAGES, np.array([[msgs.encode()]], dtype=object)),
+                      (c.PRE_REQUEST_OUTPUT_LEN, np.array([[8]], dtype=np.int32))):
+        t = httpclient.InferInput(name, list(arr.shape), "BYTES" if arr.dtype == object else "INT32")
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    ids = client.infer(c.PREPROCESSING, inputs).as_numpy(c.PRE_INPUT_ID)[0].tolist()
+    assert ids == reference_make_context(reference_encoder(), "再讲一个笑话 🙂", HISTORY, system, 6144)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"max_tokens": 8}, "text_input"),
+    ({"text_input": "hi", "max_tokens": -5}, "max_tokens"),
+    ({"text_input": "hi", "max_tokens": 100000}, "max_tokens"),
+    ({"messages": "[{\"role\": \"user\"", "max_tokens": 8}, "messages"),
+    ({"messages": "[{\"role\": \"robot\", \"content\": \"x\"}]", "max_tokens": 8}, "messages"),
+    ({"text_input": "hi", "max_tokens": 8, "temperature": -1.0}, "temperature"),
+    ({"text_input": "hi", "max_tokens": 8, "top_p": 1.5}, "top_p"),
+    ({"text_input": "hi", "max_tokens": 8, "beam_width": 4}, "beam_width"),
+])
+def test_bad_requests_get_clear_errors_and_server_stays_healthy(server, body, message):
+    r = http_generate(server, body)
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+    assert requests.get(f"{server.http_url}/v2/health/ready", timeout=5).status_code == 200
+    ok = http_generate(server, {"text_input": "still there?", "max_tokens": 4, "temperature": 0.0})
+    assert ok.status_code == 200 and c.TEXT_OUTPUT in ok.json()
+
+
+def test_cancel_midstream_frees_blocks_and_server_keeps_serving(server):
+    chunks = grpc_stream(server, text="tell me a long story", max_tokens=250, cancel_after=3)
+    assert len(chunks) >= 3
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        kv = scrape(server, c.METRIC_KV_BLOCKS)
+        active = scrape(server, c.METRIC_REQUESTS)["active"]
+        if kv["free"] == kv["max"] and active == 0:
+            break
+        time.sleep(0.2)
+    assert kv["free"] == kv["max"] and active == 0, (kv, active)
+    ok = http_generate(server, {"text_input": "after cancel", "max_tokens": 4, "temperature": 0.0})
+    assert ok.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def scripted_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scripted")
+    ckpt = root / "ckpt"
+    write_scripted_qwen2(str(ckpt), SCRIPTED_REPLY)
+    repo = build_repo(root, model=str(ckpt), sets=("max_num_seqs=4", "max_output_len=64", "max_input_len=256"))
+    with serve(repo, root / "triton.log") as srv:
+        yield srv
+
+
+def test_streamed_chinese_and_emoji_never_split(scripted_server):
+    messages = json.dumps([{"role": "user", "content": "说点什么"}])
+    full = http_generate(scripted_server, {"messages": messages, "max_tokens": 64, "temperature": 0.0})
+    assert full.status_code == 200
+    assert full.json()[c.TEXT_OUTPUT] == SCRIPTED_REPLY
+    events = http_stream(scripted_server, {"messages": messages, "max_tokens": 64, "temperature": 0.0})
+    sse_chunks = [e[c.TEXT_OUTPUT] for e in events if c.TEXT_OUTPUT in e]
+    grpc_chunks = grpc_stream(scripted_server, messages=messages, max_tokens=64)
+    for chunks in (sse_chunks, grpc_chunks):
+        assert not any("\ufffd" in ch for ch in chunks), chunks
+        assert "".join(chunks) == SCRIPTED_REPLY
+        assert len([ch for ch in chunks if ch]) >= 15  # streamed token by token, in whole characters
