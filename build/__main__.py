@@ -89,7 +89,7 @@ def validate_checkpoint(path: Path, settings: Settings) -> dict:
         tokenizer = load_tokenizer(path)
     except QwenTritonError as exc:
         raise ValueError(f"checkpoint {path}: tokenizer: {exc}") from None
-    except Exception as exc:  # a malformed tokenizer.json surfaces as the library's own error
+    except Exception as exc:  # noqa: BLE001 - a malformed tokenizer.json raises the library's own errors
         raise ValueError(f"checkpoint {path}: tokenizer cannot be loaded ({type(exc).__name__}: {exc})") from None
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"checkpoint {path}: the tokenizer knows {tokenizer.vocab_size} ids but the model's "
@@ -162,8 +162,12 @@ def _build(settings: Settings, quiet: bool) -> int:
     if report.script is not None:
         say(f"engine:     {paths.engine_dir} is built by {report.script} (NOT run here: needs a GPU and "
             "TensorRT-LLM)")
-    say(f"done in {time.monotonic() - started:.1f}s; serve with: make triton-serve "
-        f"(TRITON_MODEL_REPO={settings.paths.model_repo}) or tritonserver --model-repository={paths.model_repo}")
+    if settings.engine == "tensorrtllm":
+        say(f"done in {time.monotonic() - started:.1f}s; serve inside nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-"
+            f"python-py3 (see Dockerfile.triton): tritonserver --model-repository={paths.model_repo}")
+    else:
+        say(f"done in {time.monotonic() - started:.1f}s; serve with: make triton-serve TRITON_MODEL_REPO="
+            f"{settings.paths.model_repo} (or tritonserver --model-repository={paths.model_repo})")
     return 0
 
 

@@ -142,7 +142,12 @@ class EngineLimits(_Group):
                                 "(TensorRT-LLM: convert_checkpoint.py --dtype)", choices=DTYPES)
     device: str = _field("auto", "ours: auto, cpu, cuda or cuda:N", pattern=DEVICE_RE,
                          pattern_help="auto, cpu, cuda or cuda:N")
-    attention_backend: str = _field("auto", "ours: attention implementation", choices=("auto", "torch"))
+    attention_backend: str = _field("auto", "ours: attention kernels; auto picks triton on a CUDA device",
+                                    choices=("auto", "torch", "triton"))
+    layer_kernels: str = _field("auto", "ours: fused RMSNorm/rotary/SiLU kernels; auto picks triton on CUDA",
+                                choices=("auto", "torch", "triton"))
+    enforce_eager: bool = _field(False, "ours: no CUDA graphs for decode steps")
+    cuda_graph_max_batch: int = _field(256, "ours: largest decode batch replayed as a CUDA graph", min=1)
 
 
 @dataclass(frozen=True)
@@ -385,33 +390,47 @@ class Settings:
         """Prompt plus output tokens of one request: our max_model_len, trtllm-build --max_seq_len."""
         return self.serving.max_input_len + self.serving.max_output_len
 
+    def engine_config_fields(self) -> dict[str, Any]:
+        """The EngineConfig fields these settings decide; the others keep EngineConfig's defaults."""
+        lim = self.limits
+        fields = {
+            "max_num_seqs": lim.max_num_seqs,
+            "max_num_batched_tokens": lim.max_num_batched_tokens,
+            "block_size": lim.block_size,
+            "num_kv_blocks": lim.num_kv_blocks,
+            "kv_cache_memory_fraction": lim.kv_cache_free_gpu_mem_fraction,
+            "max_model_len": self.max_seq_len,
+            "dtype": lim.dtype,
+            "device": lim.device,
+            "attention_backend": lim.attention_backend,
+            "layer_kernels": lim.layer_kernels,
+            "enforce_eager": lim.enforce_eager,
+            "cuda_graph_max_batch": lim.cuda_graph_max_batch,
+        }
+        if lim.kv_cache_max_bytes is not None:
+            fields["kv_cache_max_bytes"] = lim.kv_cache_max_bytes
+        return fields
+
     def engine_config(self) -> EngineConfig:
         """The qwen_triton.EngineConfig of our engine model (its PARAM_ENGINE_CONFIG parameter)."""
-        lim = self.limits
-        extra = {} if lim.kv_cache_max_bytes is None else {"kv_cache_max_bytes": lim.kv_cache_max_bytes}
-        return EngineConfig(
-            max_num_seqs=lim.max_num_seqs,
-            max_num_batched_tokens=lim.max_num_batched_tokens,
-            block_size=lim.block_size,
-            num_kv_blocks=lim.num_kv_blocks,
-            kv_cache_memory_fraction=lim.kv_cache_free_gpu_mem_fraction,
-            max_model_len=self.max_seq_len,
-            dtype=lim.dtype,
-            device=lim.device,
-            attention_backend=lim.attention_backend,
-            **extra,
-        )
+        try:
+            return EngineConfig(**self.engine_config_fields())
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"the engine rejects these settings: {exc}") from None
 
     def engine_config_json(self) -> str:
-        """EngineConfig as the compact JSON object the engine model reads: every field, sorted keys."""
-        return json.dumps(dataclasses.asdict(self.engine_config()), sort_keys=True, separators=(",", ":"))
+        """The compact JSON object (sorted keys) the engine model reads as EngineConfig(**json.loads(...)):
+        the fields the settings decide, so EngineConfig's own defaults apply to any others."""
+        self.engine_config()  # validated by the engine's own checks
+        return json.dumps(self.engine_config_fields(), sort_keys=True, separators=(",", ":"))
 
     def ignored(self) -> list[str]:
         """Settings changed from their defaults that the chosen engine does not use."""
         if self.engine == "qwen_triton":
             group, unused = self.trtllm, [f.name for f in dataclasses.fields(TrtllmSettings)]
         else:
-            group, unused = self.limits, ["kv_cache_max_bytes", "device", "attention_backend"]
+            group, unused = self.limits, ["kv_cache_max_bytes", "device", "attention_backend", "layer_kernels",
+                                          "enforce_eager", "cuda_graph_max_batch"]
         default = type(group)()
         return [name for name in unused if getattr(group, name) != getattr(default, name)]
 

@@ -24,13 +24,18 @@ Server behaviour this code relies on (tritonserver 2.51):
   the body is ``data: {"error": ...}``); an error after the first event arrives as a ``data:`` error
   object under status 200.
 * Through the ensemble the gRPC final flag (``triton_final_response``, with
-  ``enable_empty_final_response=True``) comes on the last *data* response, and sometimes on an extra empty
-  response: text is read from every response before the flag is checked.  An error ends the stream with no
-  final response.
+  ``enable_empty_final_response=True``) comes on the last *data* response (an empty final response, as a
+  decoupled model alone sends, is accepted too): text is read from every response before the flag is
+  checked.  An error ends the stream with no final response.
+* Cancelling an ensemble request (gRPC ``stop_stream(cancel_requests=True)``, or closing an HTTP stream)
+  ends the client's stream, but Triton 2.51 only checks cancellation between ensemble steps: the engine
+  step keeps generating until max_tokens, and the ensemble request stays "in flight" for good (server
+  shutdown then waits the whole ``--exit-timeout-secs``).
 * tritonclient calls the stream callback by keyword (``result=``, ``error=``).
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
@@ -251,8 +256,9 @@ class TextStream(Iterator[str]):
     Errors raise :class:`ServerError` from ``next()``."""
 
     def __init__(self, chunks: Iterator[_Chunk], cancel: Callable[[], None], stats: RequestStats,
-                 is_cancelled: Callable[[], bool] | None = None):
+                 is_cancelled: Callable[[], bool] | None = None, on_close: Callable[[], None] | None = None):
         self._chunks = chunks
+        self._on_close = on_close
         self._cancel = cancel
         self._is_cancelled = is_cancelled
         self._cancelled = False
@@ -275,13 +281,13 @@ class TextStream(Iterator[str]):
 
     def __next__(self) -> str:
         while True:
+            if self.cancelled and not self.finished:  # nothing more after a cancel, even if buffered
+                self.close()
+            if self.finished:
+                raise StopIteration
             try:
                 texts, outputs = next(self._chunks)
-            except StopIteration:
-                self.finished = True
-                self.stats.mark_done()
-                raise
-            except BaseException:
+            except BaseException:  # StopIteration, ServerError, ...: the stream is over either way
                 self.finished = True
                 self.stats.mark_done()
                 raise
@@ -308,6 +314,8 @@ class TextStream(Iterator[str]):
         close = getattr(self._chunks, "close", None)
         if close is not None:
             close()
+        if self._on_close is not None:
+            self._on_close()
         self.finished = True
         self.stats.mark_done()
 
@@ -459,13 +467,21 @@ class HttpClient:
         cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
         return cls(self.host, self.port, timeout=self.timeout)
 
-    def _post(self, conn: http.client.HTTPConnection, endpoint: str, body: dict[str, Any],
-              accept: str) -> http.client.HTTPResponse:
+    def _send(self, conn: http.client.HTTPConnection, endpoint: str, body: dict[str, Any],
+              accept: str) -> None:
         path = f"/v2/models/{self.model}/{endpoint}"
-        try:
+        with self._errors(conn):
             conn.request("POST", path, body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
                          headers={"Content-Type": "application/json", "Accept": accept})
+
+    def _response(self, conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
+        with self._errors(conn):
             return conn.getresponse()
+
+    @contextlib.contextmanager
+    def _errors(self, conn: http.client.HTTPConnection) -> Iterator[None]:
+        try:
+            yield
         except OSError as exc:
             conn.close()
             raise ClientError(f"cannot reach {self.url}: {exc}") from exc
@@ -493,7 +509,8 @@ class HttpClient:
         stats = RequestStats()
         conn = self._connection()
         try:
-            resp = self._post(conn, "generate", req.to_json(stream=False), "application/json")
+            self._send(conn, "generate", req.to_json(stream=False), "application/json")
+            resp = self._response(conn)
             try:
                 body = resp.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -531,9 +548,12 @@ class HttpClient:
                 except OSError:
                     pass
 
+        # The request goes out now (so the stats time it from here); its reply is read as iterated.
+        self._send(conn, "generate_stream", req.to_json(stream=True), "text/event-stream")
+
         def chunks() -> Iterator[_Chunk]:
             try:
-                resp = self._post(conn, "generate_stream", req.to_json(stream=True), "text/event-stream")
+                resp = self._response(conn)
                 if resp.status != 200:
                     raise ServerError(_error_text(resp.read()), resp.status)
                 try:
@@ -550,7 +570,7 @@ class HttpClient:
             finally:
                 conn.close()
 
-        return TextStream(chunks(), cancel, stats, lambda: state["cancelled"])
+        return TextStream(chunks(), cancel, stats, lambda: state["cancelled"], on_close=conn.close)
 
 
 # -------------------------------------------------------------------------------------------------- gRPC
@@ -577,8 +597,14 @@ class _GrpcCall:
             self.client.async_stream_infer(owner.model, inputs, request_id=req.request_id or uuid.uuid4().hex,
                                            enable_empty_final_response=True)
         except Exception as exc:
+            # A stream that failed at once (server unreachable) refuses the request with "The stream is
+            # no longer in valid state"; the reason is the error its callback got.
+            try:
+                _, reason = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                reason = None
             self.stop(cancel=True)
-            raise _grpc_error(exc, owner.url) from exc
+            raise _grpc_error(reason or exc, owner.url) from exc
 
     def _callback(self, result: Any = None, error: Any = None) -> None:  # tritonclient passes keywords
         self.queue.put((result, error))
@@ -638,7 +664,7 @@ def _grpc_error(exc: Any, url: str) -> ClientError:
     """An InferenceServerException (or other failure) -> ServerError / ClientError with the message."""
     message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
     status = exc.status() if callable(getattr(exc, "status", None)) else None
-    if status in ("StatusCode.UNAVAILABLE",) and "connect" in str(message).lower():
+    if status == "StatusCode.UNAVAILABLE" and "connect" in str(message).lower():
         return ClientError(f"cannot reach {url}: {message}")
     return ServerError(str(message), status)
 

@@ -112,10 +112,12 @@ def prepare_host(scheduled: list[ScheduledSeq], block_size: int) -> HostBatch:
     ids = np.fromiter(itertools.chain.from_iterable(s.token_ids for s in scheduled), np.int64, total)
     seq_of = np.repeat(np.arange(num_seqs), q_lens)  # [T], each token's sequence
     positions = np.arange(total, dtype=np.int64) - cu[:-1][seq_of] + starts[seq_of]  # [T]
-    width = max(len(s.block_table) for s in scheduled)
+    table_lens = np.fromiter((len(s.block_table) for s in scheduled), np.int64, num_seqs)  # [B]
+    width = int(table_lens.max())
     tables = np.zeros((num_seqs, width), dtype=np.int32)
-    for i, s in enumerate(scheduled):
-        tables[i, :len(s.block_table)] = s.block_table
+    flat = np.fromiter(itertools.chain.from_iterable(s.block_table for s in scheduled), np.int32,
+                       int(table_lens.sum()))
+    tables[np.arange(width)[None, :] < table_lens[:, None]] = flat  # row-major fill of each prefix
     slots = tables[seq_of, positions // block_size].astype(np.int64) * block_size + positions % block_size
     return HostBatch(ids, positions, prompts[seq_of], slots, (starts + q_lens).astype(np.int32),
                      tables, cu, query_lens)

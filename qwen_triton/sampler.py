@@ -63,7 +63,8 @@ class Sampler:
 
         greedy = [i for i, r in enumerate(rows) if r.params.greedy]
         if greedy:
-            idx = torch.tensor(greedy, device=device)
+            # all rows greedy (the common serving case): a view, no gather of [N, V]
+            idx = slice(None) if len(greedy) == len(rows) else torch.tensor(greedy, device=device)
             basis = logits[idx]                                      # [G, V]
             tokens[idx] = chosen = basis.argmax(dim=-1)              # ties -> lowest id
             if any(rows[i].params.logprobs for i in greedy):

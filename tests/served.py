@@ -36,7 +36,9 @@ def build_repo(dest: Path, model: str | None = None, sets: tuple[str, ...] = ())
 
 @contextmanager
 def serve(repo: Path, log: Path):
-    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR, log_file=log)
+    # a short exit timeout: Triton 2.51 keeps a cancelled ensemble request "in flight" for good
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR, log_file=log,
+                          extra_args=["--exit-timeout-secs=5"])
     server.start_and_wait(timeout=180)
     try:
         yield server

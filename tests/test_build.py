@@ -24,14 +24,14 @@ if str(ROOT) not in sys.path:
 if "build" in sys.modules and not str(getattr(sys.modules["build"], "__file__", "")).startswith(str(ROOT)):
     del sys.modules["build"]
 
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
-from build import render, trtllm  # noqa: E402
-from build.default_checkpoint import ensure_default_checkpoint, is_current  # noqa: E402
-from build.settings import KEYS, Settings, SettingsError, load_settings  # noqa: E402
-from qwen_triton import EngineConfig  # noqa: E402
-from qwen_triton.serving import contract as c  # noqa: E402
+from build import render, trtllm
+from build.default_checkpoint import ensure_default_checkpoint, is_current
+from build.settings import KEYS, Settings, SettingsError, load_settings
+from qwen_triton import EngineConfig
+from qwen_triton.serving import contract as c
 
 assert Path(render.__file__).is_relative_to(ROOT / "build"), render.__file__
 
@@ -145,7 +145,7 @@ def test_every_config_parses_and_has_no_placeholder(tmp_path, engine):
     assert report.written and not report.unchanged
     paths = render.BuildPaths.resolve(_settings(engine), project / "checkpoints" / "qwen", base_dir=project)
     again = render.write_repository(_settings(engine), paths, model_info={"arch": "qwen2"})
-    assert not again.written and len(again.unchanged) == 4  # idempotent: nothing rewritten
+    assert not again.written and len(again.unchanged) == len(render.MODELS)  # idempotent: nothing rewritten
 
 
 def test_our_engine_config(tmp_path):
@@ -191,7 +191,7 @@ def test_paths_relative_inside_project_absolute_outside(tmp_path):
 
 
 def test_model_files_copied_but_never_overwritten(tmp_path):
-    report, project = _render(tmp_path, "qwen_triton")
+    _, project = _render(tmp_path, "qwen_triton")
     repo = project / "model_repo"
     sources = {m: render._source_files(m) for m in render.PYTHON_MODELS}
     for model, files in sources.items():
@@ -312,10 +312,10 @@ def test_trtllm_build_script(tmp_path):
                  "--kv_cache_type paged", "--tokens_per_block 32", "--gemm_plugin auto", "--dtype bfloat16",
                  "--use_paged_context_fmha enable", "--tp_size 1", "ENGINE_DIR=/opt/qwen-triton/engines/qwen2"):
         assert flag in text, flag
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     # without TRTLLM_EXAMPLES it stops before doing anything
     env = {k: v for k, v in os.environ.items() if k != "TRTLLM_EXAMPLES"}
-    run = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(script)], check=False, env=env, capture_output=True, text=True)
     assert run.returncode == 2 and "TRTLLM_EXAMPLES" in run.stderr
 
 
@@ -352,8 +352,8 @@ def test_settings_defaults():
     assert s.serving.default_system_prompt == "You are a helpful assistant."
     assert s.trtllm.batch_scheduler_policy in ("max_utilization", "guaranteed_no_evict")
     assert Settings.from_dict(s.to_dict()) == s
-    assert json.loads(s.engine_config_json()) == json.loads(json.dumps(__import__("dataclasses").asdict(
-        s.engine_config())))
+    assert EngineConfig(**json.loads(s.engine_config_json())) == s.engine_config()
+    assert s.engine_config().max_model_len == s.serving.max_input_len + s.serving.max_output_len
 
 
 @pytest.mark.parametrize("data", [
@@ -440,7 +440,7 @@ def test_ignored_settings_are_reported():
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "build", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120, check=False)
 
 
 def test_cli_check(tmp_path):
@@ -450,7 +450,7 @@ def test_cli_check(tmp_path):
         (repo / model / "1" / "model.py").touch()
     run = _cli("--check", "--model-repo", str(repo))
     assert run.returncode == 0, run.stderr
-    assert "ok (4 models" in run.stdout
+    assert f"ok ({len(render.MODELS)} models" in run.stdout
     cfg = repo / c.POSTPROCESSING / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace('"true"', '"${skip_special_tokens}"'))
     (repo / c.PREPROCESSING / "1" / "model.py").unlink()
@@ -531,7 +531,8 @@ def test_cli_builds_a_repository_for_the_default_checkpoint(default_checkpoint, 
     assert run.returncode == 0, run.stderr
     assert "up to date" in run.stdout and "QwenTiktokenTokenizer" in run.stdout
     params = text_format.Parse((repo / c.ENGINE / "config.pbtxt").read_text(), mc.ModelConfig()).parameters
-    assert params[c.PARAM_MODEL_PATH].string_value == default_checkpoint.resolve().as_posix()  # outside: absolute
+    # the checkpoint lies outside the repository's project: absolute
+    assert params[c.PARAM_MODEL_PATH].string_value == default_checkpoint.resolve().as_posix()
     assert json.loads(params[c.PARAM_ENGINE_CONFIG].string_value)["device"] == "cpu"
     run = _cli("--check", "--model-repo", str(repo), "-q")
     if all(render._source_files(m) for m in render.PYTHON_MODELS):
@@ -545,4 +546,48 @@ def test_cli_builds_a_repository_for_the_default_checkpoint(default_checkpoint, 
 def test_dockerfile():
     text = (ROOT / "Dockerfile.triton").read_text()
     assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-trtllm-python-py3" in text
-    assert '"numpy<2"' in text and "COPY model_repo/ model_repo/" in text and "docker build -f Dockerfile.triton" in text
+    assert '"numpy<2"' in text and "COPY model_repo/ model_repo/" in text
+    assert "docker build -f Dockerfile.triton" in text
+
+
+# -- the built repository in a real tritonserver ---------------------------------------------------------------
+
+
+def _triton():
+    """(TritonServer, triton_dir) when the project-local Triton is installed, else None."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import triton_install
+        from triton_server import TritonServer
+    except ImportError:
+        return None
+    triton_dir = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
+    return (TritonServer, triton_dir) if triton_install.is_installed(triton_dir) else None
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_built_repository_serves_in_tritonserver(default_checkpoint, tmp_path):
+    import requests
+
+    triton = _triton()
+    if triton is None:
+        pytest.skip("Triton is not installed: run `make triton-install`")
+    if not all(render._source_files(m) for m in render.PYTHON_MODELS):
+        pytest.skip("model_repo/*/1/model.py are not all in this checkout")
+    server_cls, triton_dir = triton
+    repo = tmp_path / "repo"
+    run = _cli("--artifacts", str(default_checkpoint.parent), "--model-repo", str(repo), "-q",
+               "--set", "device=cpu", "--set", "max_num_seqs=4", "--set", "num_kv_blocks=256")
+    assert run.returncode == 0, run.stderr
+    with server_cls(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=triton_dir,
+                    log_file=tmp_path / "tritonserver.log", extra_args=["--exit-timeout-secs=3"]) as srv, \
+            requests.Session() as http:
+        url = f"{srv.http_url}/v2/models/{c.ENSEMBLE}/generate"
+        body = http.post(url, json={c.TEXT_INPUT: "你好", c.MAX_TOKENS: 4, c.TEMPERATURE: 0.0}, timeout=60)
+        assert body.status_code == 200, body.text
+        assert isinstance(body.json()[c.TEXT_OUTPUT], str)
+        messages = json.dumps([{"role": "user", "content": "hi"}])
+        stream = http.post(f"{url}_stream", json={c.MESSAGES: messages, c.MAX_TOKENS: 3, c.STREAM: True},
+                           timeout=60)
+        assert stream.status_code == 200 and stream.text.count("data: ") == 3, stream.text

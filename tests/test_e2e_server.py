@@ -83,39 +83,44 @@ def http_stream(server, body: dict) -> list[dict]:
     return events
 
 
-def grpc_stream(server, text: str | None = None, messages: str | None = None, max_tokens: int = MAX_TOKENS,
-                cancel_after: int | None = None) -> list[str]:
-    """Stream over gRPC; return the text chunks (cancel after `cancel_after` chunks if given)."""
+def _grpc_input(name: str, arr: np.ndarray):
     import tritonclient.grpc as grpcclient
 
+    dtype = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
+             np.dtype(bool): "BOOL"}[arr.dtype]
+    t = grpcclient.InferInput(name, list(arr.shape), dtype)
+    t.set_data_from_numpy(arr)
+    return t
+
+
+def grpc_stream(server, text: str | None = None, messages: str | None = None, max_tokens: int = MAX_TOKENS,
+                cancel_after: int | None = None, model: str = c.ENSEMBLE, inputs: dict | None = None,
+                output: str = c.TEXT_OUTPUT) -> list:
+    """Stream over gRPC; return the chunks of `output` (cancel after `cancel_after` chunks if given)."""
+    import tritonclient.grpc as grpcclient
+
+    if inputs is None:
+        inputs = {c.MAX_TOKENS: np.array([[max_tokens]], np.int32), c.STREAM: np.array([[True]]),
+                  c.TEMPERATURE: np.array([[0.0]], np.float32)}
+        if text is not None:
+            inputs[c.TEXT_INPUT] = np.array([[text.encode()]], dtype=object)
+        if messages is not None:
+            inputs[c.MESSAGES] = np.array([[messages.encode()]], dtype=object)
     chunks: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(server.grpc_url)
-
-    def tensor(name, value, dtype):
-        arr = np.array([[value]], dtype=dtype)
-        t = grpcclient.InferInput(name, list(arr.shape), {object: "BYTES", np.int32: "INT32",
-                                                          np.float32: "FP32", bool: "BOOL"}[dtype])
-        t.set_data_from_numpy(arr)
-        return t
-
-    inputs = [tensor(c.MAX_TOKENS, max_tokens, np.int32), tensor(c.STREAM, True, bool),
-              tensor(c.TEMPERATURE, 0.0, np.float32)]
-    if text is not None:
-        inputs.append(tensor(c.TEXT_INPUT, text.encode(), object))
-    if messages is not None:
-        inputs.append(tensor(c.MESSAGES, messages.encode(), object))
     client.start_stream(callback=lambda result, error: chunks.put((result, error)))
-    client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
-    out = []
+    client.async_stream_infer(model, [_grpc_input(k, v) for k, v in inputs.items()],
+                              enable_empty_final_response=True)
+    out: list = []
     try:
         while True:
             result, error = chunks.get(timeout=120)
             if error is not None:
                 raise RuntimeError(str(error))
             final = result.get_response().parameters["triton_final_response"].bool_param
-            data = result.as_numpy(c.TEXT_OUTPUT)
+            data = result.as_numpy(output)
             if data is not None:
-                out.extend(x.decode("utf-8") for x in data.reshape(-1))
+                out.extend(x.decode("utf-8") if isinstance(x, bytes) else x for x in data.reshape(-1))
             if final:
                 break
             if cancel_after is not None and len(out) >= cancel_after:
@@ -171,6 +176,7 @@ def test_chat_messages_are_original_qwen_chatml(server):
     ({"max_tokens": 8}, "text_input"),
     ({"text_input": "hi", "max_tokens": -5}, "max_tokens"),
     ({"text_input": "hi", "max_tokens": 100000}, "max_tokens"),
+    ({"text_input": "hi", "max_tokens": 300}, "max_output_len=256"),
     ({"messages": "[{\"role\": \"user\"", "max_tokens": 8}, "messages"),
     ({"messages": "[{\"role\": \"robot\", \"content\": \"x\"}]", "max_tokens": 8}, "messages"),
     ({"text_input": "hi", "max_tokens": 8, "temperature": -1.0}, "temperature"),
@@ -185,19 +191,51 @@ def test_bad_requests_get_clear_errors_and_server_stays_healthy(server, body, me
     assert ok.status_code == 200 and c.TEXT_OUTPUT in ok.json()
 
 
-def test_cancel_midstream_frees_blocks_and_server_keeps_serving(server):
-    chunks = grpc_stream(server, text="tell me a long story", max_tokens=250, cancel_after=3)
+def wait_idle(server, timeout: float = 5.0) -> tuple[dict, float]:
+    deadline = time.time() + timeout
+    while True:
+        kv, active = scrape(server, c.METRIC_KV_BLOCKS), scrape(server, c.METRIC_REQUESTS)["active"]
+        if (kv["free"] == kv["max"] and active == 0) or time.time() > deadline:
+            return kv, active
+        time.sleep(0.1)
+
+
+def engine_direct_inputs(max_tokens: int) -> dict:
+    return {c.IN_INPUT_IDS: np.array([[9707, 11, 1879]], np.int32), c.IN_INPUT_LENGTHS: np.array([[3]], np.int32),
+            c.IN_REQUEST_OUTPUT_LEN: np.array([[max_tokens]], np.int32), c.IN_STREAMING: np.array([[True]]),
+            c.IN_MIN_TOKENS: np.array([[max_tokens]], np.int32), c.IN_TEMPERATURE: np.array([[0.0]], np.float32)}
+
+
+@pytest.mark.parametrize("model", [c.BLS, c.ENGINE])
+def test_cancel_midstream_frees_blocks_at_once_and_server_keeps_serving(long_server, model):
+    """A cancelled stream stops the engine long before max_tokens: blocks back in the pool at once."""
+    max_tokens = 2000
+    before = scrape(long_server, c.METRIC_ENGINE)["generated_tokens"]
+    if model == c.BLS:
+        inputs = {c.TEXT_INPUT: np.array([[b"tell me a long story"]], dtype=object),
+                  c.MAX_TOKENS: np.array([[max_tokens]], np.int32), c.MIN_TOKENS: np.array([[max_tokens]], np.int32),
+                  c.STREAM: np.array([[True]]), c.TEMPERATURE: np.array([[0.0]], np.float32)}
+        chunks = grpc_stream(long_server, model=model, inputs=inputs, cancel_after=3)
+    else:
+        chunks = grpc_stream(long_server, model=model, inputs=engine_direct_inputs(max_tokens), cancel_after=3,
+                             output=c.OUT_OUTPUT_IDS)
     assert len(chunks) >= 3
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        kv = scrape(server, c.METRIC_KV_BLOCKS)
-        active = scrape(server, c.METRIC_REQUESTS)["active"]
-        if kv["free"] == kv["max"] and active == 0:
-            break
-        time.sleep(0.2)
+    kv, active = wait_idle(long_server)
     assert kv["free"] == kv["max"] and active == 0, (kv, active)
-    ok = http_generate(server, {"text_input": "after cancel", "max_tokens": 4, "temperature": 0.0})
+    generated = scrape(long_server, c.METRIC_ENGINE)["generated_tokens"] - before
+    assert generated < max_tokens / 2, generated  # stopped early, not run to the end
+    ok = http_generate(long_server, {"text_input": "after cancel", "max_tokens": 4, "temperature": 0.0})
     assert ok.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory, default_build):
+    """The default model, allowed long replies (so a cancelled one could not finish in the test's time)."""
+    root = tmp_path_factory.mktemp("long")
+    repo = build_repo(root, sets=("max_num_seqs=4", "max_output_len=2048", "max_input_len=64",
+                                  f"artifacts={default_build[0] / 'artifacts'}"))
+    with serve(repo, root / "triton.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,14 @@ def test_preprocessing_bad_input(qwen_tok, inputs, field):
     assert err.value.field == field
 
 
+def test_preprocessing_limits(qwen_tok):
+    pre = Preprocessor(qwen_tok, max_input_len=4, max_output_len=16)
+    with pytest.raises(InvalidRequestError, match="max_output_len=16"):
+        preprocess_arrays(pre, {c.PRE_QUERY: b("hi"), c.PRE_REQUEST_OUTPUT_LEN: i32(17)})
+    with pytest.raises(InvalidRequestError, match="max_input_len=4"):
+        preprocess_arrays(pre, {c.PRE_QUERY: b("one two three four five six"), c.PRE_REQUEST_OUTPUT_LEN: i32(8)})
+
+
 def run(service: EngineService, inputs: dict, request_id: str) -> list[EngineResponse]:
     done = threading.Event()
     got: list[EngineResponse] = []

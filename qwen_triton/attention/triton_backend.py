@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import kv_cache as kv_kernels
-from ..kernels.paged_attention import choose_num_splits, paged_decode_attention
+from ..kernels.paged_attention import choose_launch, paged_decode_attention
 from . import AttentionMetadata
 from .torch_backend import context_slots
 
@@ -88,9 +88,10 @@ class TritonAttentionBackend:
     name = "triton"
     supports_cuda_graphs = True
 
-    def __init__(self, device: torch.device, block_n: int = 64):
-        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-        self.block_n = block_n
+    def __init__(self, device: torch.device):
+        device = torch.device(device)
+        # off CUDA (Triton's interpreter, for tests) any count does: it only sets the split count
+        self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
         self.use_varlen = _varlen_kwargs() is not None  # turned off if the first call fails
 
     def forward(
@@ -123,9 +124,10 @@ class TritonAttentionBackend:
         return out
 
     def _decode(self, q, kv_cache, tables, ctx, scale):
-        splits = choose_num_splits(q.shape[0], q.shape[1], self.num_sms)
-        return paged_decode_attention(q, kv_cache, tables, ctx, scale, num_splits=splits,
-                                      block_n=self.block_n)
+        launch = choose_launch(q.shape[0], q.shape[1], self.num_sms)
+        return paged_decode_attention(q, kv_cache, tables, ctx, scale, num_splits=launch.num_splits,
+                                      block_n=launch.block_n, num_warps=launch.num_warps,
+                                      num_stages=launch.num_stages, v_with_k=launch.v_with_k)
 
     def _prefill(self, q, k, v, plan: _StepPlan, scale):
         """Causal attention within each fresh sequence: q [Tf, H, D] -> [Tf, H, D]."""

@@ -17,6 +17,8 @@ Reference: attention.torch_backend.causal_attention over the gathered context.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +31,7 @@ def _paged_decode_kernel(
     q_t_stride, q_h_stride, bt_stride, slot_stride, kv_h_stride,
     scale, num_splits,
     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, V_WITH_K: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -52,12 +54,16 @@ def _paged_decode_kernel(
         block = tl.load(block_tables_ptr + n * bt_stride + offs // BLOCK_SIZE, mask=valid, other=0)
         slot = block.to(tl.int64) * BLOCK_SIZE + offs % BLOCK_SIZE
         addr = slot[:, None] * slot_stride + kv_head * kv_h_stride + dims[None, :]  # [BLOCK_N, D]
-        k = tl.load(k_cache_ptr + addr, mask=valid[:, None], other=0.0).to(tl.float32)
-        scores = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))  # [BLOCK_N]
+        k = tl.load(k_cache_ptr + addr, mask=valid[:, None], other=0.0)
+        if V_WITH_K:  # both tiles requested before any arithmetic: more bytes in flight
+            v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0)
+        scores = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))  # [BLOCK_N]
         m_new = tl.maximum(m, tl.max(scores, axis=0))
         alpha = tl.exp(m - m_new)
         p = tl.exp(scores - m_new)
-        v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0).to(tl.float32)
+        if not V_WITH_K:
+            v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0)
+        v = v.to(tl.float32)
         l = l * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m = m_new
@@ -92,17 +98,32 @@ def _merge_splits_kernel(
     tl.store(out_ptr + row * HEAD_DIM + dims, result.to(out_ptr.dtype.element_ty))
 
 
-def choose_num_splits(num_tokens: int, num_heads: int, num_sms: int, max_splits: int = 32) -> int:
-    """Splits along the sequence so that about 4 programs per multiprocessor exist.
+@dataclass(frozen=True)
+class DecodeLaunch:
+    """How the decode kernel is launched for a batch: depends on the batch size
+    only (never the context lengths), so a captured CUDA graph stays valid."""
 
-    Depends on the batch only (not the context lengths), so a captured CUDA
-    graph stays valid for any lengths.
-    """
+    num_splits: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+    v_with_k: bool = True
+
+
+def choose_launch(num_tokens: int, num_heads: int, num_sms: int, max_splits: int = 32) -> DecodeLaunch:
+    """Enough programs to fill the GPU (about 16 per multiprocessor) by splitting
+    the sequence when the batch alone is too small; tile width by measurement."""
     work = max(num_tokens * num_heads, 1)
     splits = 1
-    while splits < max_splits and work * splits < 4 * num_sms:
+    while splits < max_splits and work * splits < 16 * num_sms:
         splits *= 2
-    return splits
+    # measured on an H200 (docs/perf-notes.md): 128-token tiles with the V tile loaded
+    # beside the K tile were best or within 3% of best from batch 1 to 256
+    return DecodeLaunch(splits, block_n=128, v_with_k=True)
+
+
+def choose_num_splits(num_tokens: int, num_heads: int, num_sms: int, max_splits: int = 32) -> int:
+    return choose_launch(num_tokens, num_heads, num_sms, max_splits).num_splits
 
 
 def paged_decode_attention(
@@ -114,6 +135,8 @@ def paged_decode_attention(
     num_splits: int = 1,
     block_n: int = 64,
     num_warps: int = 4,
+    num_stages: int = 2,
+    v_with_k: bool = True,
 ) -> torch.Tensor:  # [N, H, D], q's dtype
     num_tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
@@ -131,7 +154,7 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), block_tables.stride(0), num_kv_heads * head_dim, head_dim,
         scale, num_splits,
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
-        BLOCK_N=block_n, SINGLE=single, num_warps=num_warps,
+        BLOCK_N=block_n, SINGLE=single, V_WITH_K=v_with_k, num_warps=num_warps, num_stages=num_stages,
     )
     if not single:
         _merge_splits_kernel[(num_tokens * num_heads,)](

@@ -18,6 +18,7 @@ PREPROCESSING = "preprocessing"
 ENGINE = "tensorrt_llm"  # the upstream name, kept so clients of it work unchanged
 POSTPROCESSING = "postprocessing"
 ENSEMBLE = "ensemble"
+BLS = "tensorrt_llm_bls"  # the ensemble's interface in code: forwards cancellation to the engine
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ MODEL_SPECS = {
     ENGINE: (ENGINE_INPUTS, ENGINE_OUTPUTS),
     POSTPROCESSING: (POSTPROCESSING_INPUTS, POSTPROCESSING_OUTPUTS),
     ENSEMBLE: (ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS),
+    BLS: (ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS),
 }
 
 # -- the engine's own gauges, exported on Triton's metrics port with the C++
@@ -266,4 +268,5 @@ PARAM_EXCLUDE_INPUT = "exclude_input_in_output"  # engine: default when a reques
 PARAM_CANCEL_PERIOD_MS = "cancellation_check_period_ms"  # engine: how often cancellation is polled
 PARAM_DEFAULT_SYSTEM = "default_system_prompt"  # preprocessing: system prompt for chat messages
 PARAM_MAX_INPUT_LEN = "max_input_len"  # preprocessing: longest prompt in tokens
+PARAM_MAX_OUTPUT_LEN = "max_output_len"  # preprocessing: most tokens one request may ask for
 PARAM_SKIP_SPECIAL = "skip_special_tokens"  # postprocessing ("true")

@@ -94,6 +94,11 @@ def _unsupported(inputs: Arrays) -> None:
             raise InvalidRequestError(name, "logits are not returned by this engine")
 
 
+def is_stop_request(inputs: Arrays) -> bool:
+    """A request with `stop` true ends the live requests sent under its request id."""
+    return bool(_scalar(inputs, c.IN_STOP, False))
+
+
 def parse_engine_request(inputs: Arrays, end_ids_of: Callable[[int | None], tuple[int, ...]],
                          defaults: GenerationDefaults, exclude_input_default: bool) -> EngineRequest:
     """Tensors -> EngineRequest. `end_ids_of(end_id)` expands an end id (None:

@@ -54,10 +54,11 @@ class Preprocessor:
     """
 
     def __init__(self, tokenizer: Tokenizer, default_system: str = DEFAULT_SYSTEM,
-                 max_input_len: int | None = None):
+                 max_input_len: int | None = None, max_output_len: int | None = None):
         self.tokenizer = tokenizer
         self.default_system = default_system
         self.max_input_len = max_input_len
+        self.max_output_len = max_output_len
         if not tokenizer.eos_ids:
             raise ValueError("the tokenizer names no end-of-text token")
 
@@ -66,6 +67,9 @@ class Preprocessor:
         return cls(load_tokenizer(tokenizer_dir), **kw)
 
     def __call__(self, req: PreprocessRequest) -> PreprocessResult:
+        if self.max_output_len is not None and req.output_len > self.max_output_len:
+            raise InvalidRequestError(
+                c.MAX_TOKENS, f"{req.output_len} is more than max_output_len={self.max_output_len}")
         ids = self._prompt_ids(req)
         if self.max_input_len is not None and len(ids) > self.max_input_len:
             raise InvalidRequestError(

@@ -6,6 +6,7 @@ import logging
 
 import triton_python_backend_utils as pb_utils
 
+from qwen_triton.chat.template import DEFAULT_SYSTEM
 from qwen_triton.errors import QwenTritonError
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.preprocess import Preprocessor, preprocess_arrays
@@ -17,11 +18,11 @@ log = logging.getLogger(__name__)
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        max_len = params.get(c.PARAM_MAX_INPUT_LEN)
+        limit = lambda key: int(params[key]) if params.get(key) else None  # noqa: E731
         self.pre = Preprocessor.from_dir(
             resolve_path(params[c.PARAM_TOKENIZER_DIR], args),
-            default_system=params.get(c.PARAM_DEFAULT_SYSTEM) or "You are a helpful assistant.",
-            max_input_len=int(max_len) if max_len else None)
+            default_system=params.get(c.PARAM_DEFAULT_SYSTEM) or DEFAULT_SYSTEM,
+            max_input_len=limit(c.PARAM_MAX_INPUT_LEN), max_output_len=limit(c.PARAM_MAX_OUTPUT_LEN))
 
     def execute(self, requests):
         return [self._one(request) for request in requests]

@@ -13,8 +13,9 @@ import uuid
 import triton_python_backend_utils as pb_utils
 
 from qwen_triton.config import EngineConfig
-from qwen_triton.errors import QwenTritonError
+from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
+from qwen_triton.serving.engine_io import is_stop_request
 from qwen_triton.serving.engine_service import EngineResponse, EngineService
 from qwen_triton.serving.triton_io import as_bool, metric_values, model_parameters, read_inputs, resolve_path
 
@@ -43,7 +44,7 @@ class TritonPythonModel:
             exclude_input_default=as_bool(params.get(c.PARAM_EXCLUDE_INPUT), True))
         self.block_size = engine_config.block_size
         self.period_s = int(params.get(c.PARAM_CANCEL_PERIOD_MS) or 100) / 1000.0
-        self.live = {}  # request id -> Triton request, for cancellation polling
+        self.live = {}  # our request id -> (Triton request, its client-given id): for cancel and stop
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.metrics = self._metric_families()
@@ -63,12 +64,17 @@ class TritonPythonModel:
     # -- requests ------------------------------------------------------------
 
     def _submit(self, request):
-        rid = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:12]}"
+        client_id = request.request_id()
+        rid = f"{client_id or 'req'}-{uuid.uuid4().hex[:12]}"
         sender = request.get_response_sender()
         try:
             inputs = read_inputs(c.ENGINE_INPUTS, lambda n: pb_utils.get_input_tensor_by_name(request, n))
+            if is_stop_request(inputs):
+                self._stop(client_id)
+                sender.send(flags=FINAL)
+                return
             with self.lock:
-                self.live[rid] = request
+                self.live[rid] = (request, client_id)
             self.service.submit(rid, inputs, lambda resp: self._send(rid, sender, resp))
         except QwenTritonError as exc:
             self._forget(rid)
@@ -91,6 +97,16 @@ class TritonPythonModel:
         else:
             sender.send(flags=flags)
 
+    def _stop(self, client_id):
+        """`stop`: end every live request that the client sent under this id (upstream semantics)."""
+        if not client_id:
+            raise InvalidRequestError(c.IN_STOP, "a stop request needs the id of the request to stop")
+        with self.lock:
+            targets = [rid for rid, (_, cid) in self.live.items() if cid == client_id]
+        for rid in targets:
+            self._forget(rid)
+            self.service.cancel(rid)
+
     def _forget(self, rid):
         with self.lock:
             self.live.pop(rid, None)
@@ -100,7 +116,7 @@ class TritonPythonModel:
     def _poll(self):
         while not self.stopping.wait(self.period_s):
             with self.lock:
-                cancelled = [rid for rid, req in self.live.items() if req.is_cancelled()]
+                cancelled = [rid for rid, (req, _) in self.live.items() if req.is_cancelled()]
             for rid in cancelled:
                 self._forget(rid)
                 self.service.cancel(rid)

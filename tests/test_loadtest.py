@@ -1,0 +1,266 @@
+"""The load tests (loadtest/) and their report (tools/loadtest_report.py).
+
+The unit tests check the metric definitions, the workloads' token counts and the metrics-port parsing
+without a server.  The `server` test runs a short bounded sweep with all three Locust users against the real
+tritonserver with the default build (on the CPU) in a subprocess (Locust patches the standard library for
+gevent, which must not happen inside pytest), and checks that nothing failed, that the throughput is
+positive, that the client's token counts agree with the engine's, and that the CSV, JSON and the HTML
+report with its images are written.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from served import ROOT, build_repo, needs_triton, serve
+
+sys.path.insert(0, str(ROOT))  # loadtest/ is a top-level folder of the repository, not an installed package
+
+from loadtest import prometheus
+from loadtest.metrics import LevelWindow, RequestRecord, count_tokens, flat_summary, percentile, summarize
+from loadtest.workloads import (
+    CHAT_ASSISTANT_HEADER_TOKENS,
+    CHAT_DEFAULT_SYSTEM_TOKENS,
+    WORDS,
+    make_workload,
+    sample_turns,
+)
+from qwen_triton.serving import contract as c
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+def _record(**kw) -> RequestRecord:
+    base = {"level": 1, "protocol": "http_stream", "workload": "fixed", "user": 0, "session": 0, "turn": 1,
+            "start_s": 0.0, "input_tokens": 8, "requested_tokens": 5, "forced": True}
+    return RequestRecord(**{**base, **kw})
+
+
+def test_ttft_and_itl_follow_genai_perf_definitions():
+    r = _record()
+    # sent at t0=10.0; responses with 1, 2 and 2 tokens (a UTF-8 group) at 10.1, 10.2, 10.5
+    r.finish(10.5, 10.0, [(10.1, 1), (10.2, 2), (10.5, 2)], streaming=True)
+    assert r.output_tokens == 5
+    assert r.ttft_s == pytest.approx(0.1)
+    assert r.latency_s == pytest.approx(0.5)
+    assert r.itl_s == pytest.approx((0.5 - 0.1) / (5 - 1))  # first token excluded
+    assert r.max_gap_s == pytest.approx(0.3)
+    one = _record()
+    one.finish(10.2, 10.0, [(10.2, 1)], streaming=True)
+    assert one.ttft_s == pytest.approx(0.2) and one.itl_s is None
+    flat = _record()
+    flat.finish(10.4, 10.0, [(10.4, 5)], streaming=False)
+    assert flat.ttft_s is None and flat.itl_s is None and flat.output_tokens == 5
+
+
+def test_token_count_reads_output_log_probs_as_the_generate_extension_writes_it():
+    assert count_tokens(None) is None
+    assert count_tokens(0.0) == 1  # one token: a bare number
+    assert count_tokens([0.0, -1.5, -0.2]) == 3
+    assert count_tokens([[0.0, 0.0]]) == 2
+    assert count_tokens(np.zeros((1, 1, 4), np.float32)) == 4
+
+
+def test_summary_throughput_percentiles_and_failures():
+    records = []
+    for i in range(10):
+        r = _record(start_s=float(i), requested_tokens=11)
+        arrivals = [(0.1 + 0.01 * i + 0.05 * k, 1) for k in range(11)]
+        r.finish(1.0 + 0.01 * i, 0.0, arrivals, streaming=True)
+        r.ok = True
+        records.append(r)
+    bad = _record(start_s=3.0, error_kind="http_4xx", error="HTTP 400: max_tokens")
+    cut = _record(start_s=4.0, cancelled=True)
+    s = summarize(records + [bad, cut], LevelWindow(0.0, 11.0))
+    assert (s.requests, s.ok, s.failed, s.cancelled) == (12, 10, 1, 1)
+    assert s.errors == {"http_4xx": 1}
+    assert s.output_tokens == 110 and s.output_token_throughput == pytest.approx(10.0)
+    assert s.request_throughput == pytest.approx(10 / 11.0)
+    assert s.ttft_s["p50"] == pytest.approx(percentile([0.1 + 0.01 * i for i in range(10)], 50))
+    assert s.length_mismatches == 0
+    # tokens that arrived before the drain began (here at 5.5 s: requests started at 0..5, each lasting ~1 s)
+    steady = summarize(records, LevelWindow(0.0, 11.0, steady_end_s=5.5))
+    assert steady.steady_duration_s == pytest.approx(5.5)
+    expected = sum(n for r in records for t, n in r.token_times if t <= 5.5)
+    assert 50 < expected < 70 and steady.steady_output_token_throughput == pytest.approx(expected / 5.5)
+    assert s.steady_output_token_throughput is None
+    row = flat_summary(s)
+    assert row["ttft_ms_p50"] == pytest.approx(s.ttft_s["p50"] * 1000, abs=1e-3)
+    assert row["errors_http_4xx"] == 1
+    assert percentile([1, 2, 3, 4], 50) == pytest.approx(float(np.percentile([1, 2, 3, 4], 50)))
+    assert percentile([5.0, 1.0, 3.0], 99) == pytest.approx(float(np.percentile([5.0, 1.0, 3.0], 99)))
+
+
+# ------------------------------------------------------------------------------------------------ workloads
+def test_workloads_are_seeded_and_shaped():
+    for name in ("fixed", "sharegpt", "multiturn"):
+        wl = make_workload(name)
+        a, b = list(sample_turns(wl, 7, 30)), list(sample_turns(wl, 7, 30))
+        assert a == b
+        assert a != list(sample_turns(wl, 8, 30))
+    fixed = list(sample_turns(make_workload("fixed", input_len=32, output_len=16), 0, 5))
+    assert all(t.input_tokens == 32 and t.max_tokens == 16 and t.forced for t in fixed)
+    assert all(t.inputs()[c.MIN_TOKENS] == t.inputs()[c.MAX_TOKENS] == 16 for t in fixed)
+    share = list(sample_turns(make_workload("sharegpt"), 0, 2000))
+    ins = [t.input_tokens for t in share]
+    outs = [t.max_tokens for t in share]
+    assert 4 <= min(ins) and max(ins) <= 1024 and max(i + o for i, o in zip(ins, outs)) <= 2048
+    assert 120 < np.mean(ins) < 220 and np.median(ins) < np.mean(ins)  # heavy right tail, like ShareGPT
+    assert 250 < np.mean(outs) < 420
+    chat = list(sample_turns(make_workload("multiturn"), 0, 50))
+    assert any(len(t.messages) > 1 for t in chat) and all(t.messages[-1]["role"] == "user" for t in chat)
+    with pytest.raises(TypeError, match="no setting"):
+        make_workload("fixed", turns=3)
+
+
+def test_workload_token_counts_are_exact_for_qwen():
+    pytest.importorskip("tiktoken")
+    pytest.importorskip("dashscope")
+    from qwen_triton.chat import parse_messages, render_prompt
+    from qwen_triton.chat.tokenizer import QwenTiktokenTokenizer
+
+    tok = QwenTiktokenTokenizer()
+    assert all(len(tok.encode(w)) == 1 and len(tok.encode(" " + w)) == 1 for w in WORDS)
+    assert len(tok.encode("You are a helpful assistant.")) + 5 == CHAT_DEFAULT_SYSTEM_TOKENS
+    assert len(render_prompt(tok, parse_messages([{"role": "user", "content": "the"}]))) == (
+        CHAT_DEFAULT_SYSTEM_TOKENS + 1 + 5 + CHAT_ASSISTANT_HEADER_TOKENS)
+    for name in ("fixed", "sharegpt", "multiturn"):
+        for turn in sample_turns(make_workload(name), 3, 60):
+            if turn.text is not None:
+                n = len(tok.encode(turn.text))
+            else:
+                n = len(render_prompt(tok, parse_messages(list(turn.messages))))
+            assert n == turn.input_tokens, (name, turn)
+
+
+# ----------------------------------------------------------------------------------------------- prometheus
+METRICS_BEFORE = f"""# HELP nv_inference_request_success Number of successful inference requests
+nv_inference_request_success{{model="ensemble",version="1"}} 10
+nv_inference_request_failure{{model="ensemble",reason="BACKEND",version="1"}} 0
+nv_inference_queue_duration_us{{model="tensorrt_llm",version="1"}} 1000
+nv_inference_request_success{{model="tensorrt_llm",version="1"}} 10
+{c.METRIC_ENGINE}{{counter="generated_tokens"}} 100
+{c.METRIC_ENGINE}{{counter="steps"}} 50
+"""
+METRICS_AFTER = f"""nv_inference_request_success{{model="ensemble",version="1"}} 30
+nv_inference_request_failure{{model="ensemble",reason="BACKEND",version="1"}} 2
+nv_inference_queue_duration_us{{model="tensorrt_llm",version="1"}} 41000
+nv_inference_request_success{{model="tensorrt_llm",version="1"}} 30
+nv_inference_queue_summary_us{{model="tensorrt_llm",version="1",quantile="0.99"}} 5000
+{c.METRIC_ENGINE}{{counter="generated_tokens"}} 500
+{c.METRIC_ENGINE}{{counter="steps"}} 150
+{c.METRIC_ENGINE}{{counter="max_batch_seen"}} 8
+{c.METRIC_REQUESTS}{{request_type="scheduled"}} 4
+{c.METRIC_REQUESTS}{{request_type="waiting"}} 1
+{c.METRIC_KV_BLOCKS}{{kv_cache_block_type="used"}} 10
+{c.METRIC_KV_BLOCKS}{{kv_cache_block_type="max"}} 100
+"""
+
+
+def test_metrics_port_deltas_per_level():
+    before = prometheus.Snapshot(0.0, prometheus.parse(METRICS_BEFORE))
+    after = prometheus.Snapshot(10.0, prometheus.parse(METRICS_AFTER))
+    rows = [prometheus.timeseries_row(after, 4)]
+    assert rows[0]["scheduled"] == 4 and rows[0]["kv_used"] == 10 and rows[0]["level"] == 4
+    s = prometheus.level_server_summary(before, after, rows, duration_s=4.0)
+    ens, eng = s["models"][c.ENSEMBLE], s["models"][c.ENGINE]
+    assert ens["success"] == 20 and ens["failure"] == 2 and ens["failure_by_reason"] == {"BACKEND": 2}
+    assert eng["avg_queue_ms"] == pytest.approx(40000 / 20 / 1000) and eng["queue_p99_ms"] == 5.0
+    e = s["engine"]
+    assert e["generated_tokens"] == 400 and e["steps"] == 100 and e["tokens_per_step"] == 4
+    assert e["generated_token_throughput"] == 100 and e["kv_used_frac_max"] == pytest.approx(0.1)
+    assert prometheus.level_server_summary(before, prometheus.Snapshot(1.0, {}, ok=False), rows, 1.0) == {
+        "available": False}
+
+
+def test_report_of_a_run_without_server_data(tmp_path):
+    """The report copes with a run whose metrics port did not answer and with non-streaming users only."""
+    import loadtest_report  # tools/ is on sys.path (served.py)
+
+    records = []
+    for i in range(6):
+        r = _record(level=2, protocol="http", start_s=0.1 * i, requested_tokens=4)
+        r.finish(0.3, 0.0, [(0.3, 4)], streaming=False)
+        r.ok = True
+        records.append(r)
+    s = summarize(records).as_dict()
+    run = {"meta": {"workload": {"name": "fixed"}, "protocols": ["http"], "concurrency": [2]},
+           "server": {}, "levels": [{"concurrency": 2, "start_s": 0.0, "end_s": 1.0, "client": s,
+                                     "by_protocol": {"http": s}, "server": {"available": False}}]}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with open(tmp_path / "requests.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0].as_row()))
+        writer.writeheader()
+        writer.writerows(r.as_row() for r in records)
+    assert loadtest_report.main([str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "qwen-triton load test" in page
+
+
+# ---------------------------------------------------------------------------------------------------- server
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loadtest-build")
+    repo = build_repo(root)  # the default build
+    with serve(repo, root / "triton.log") as srv:
+        yield srv
+
+
+@pytest.mark.server
+@needs_triton
+def test_bounded_sweep_against_the_cpu_server(default_server, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "loadtest.run", "--http-port", str(default_server.http_port),
+           "--grpc-port", str(default_server.grpc_port), "--metrics-port", str(default_server.metrics_port),
+           "--concurrency", "1,6", "--duration", "5", "--drain-timeout", "30", "--timeout", "60",
+           "--input-len", "32", "--output-len", "16", "--protocol", "http_stream,grpc_stream,http",
+           "--label", "CI load test", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 45, "the bounded run took too long"
+
+    run = json.loads((out / "run.json").read_text())
+    assert [lv["concurrency"] for lv in run["levels"]] == [1, 6]
+    for lv in run["levels"]:
+        s = lv["client"]
+        assert s["failed"] == 0 and s["cancelled"] == 0, lv["error_samples"]
+        assert s["ok"] > 0 and s["output_token_throughput"] > 0 and s["request_throughput"] > 0
+        assert s["length_mismatches"] == 0  # forced 16 tokens, counted from output_log_probs
+        srv = lv["server"]
+        assert srv["available"]
+        assert srv["models"][c.ENSEMBLE]["success"] == s["ok"] and srv["models"][c.ENSEMBLE]["failure"] == 0
+        assert srv["engine"]["generated_tokens"] == pytest.approx(s["output_tokens"], rel=0.02)
+    top = run["levels"][-1]
+    assert set(top["by_protocol"]) == {"http_stream", "grpc_stream", "http"}
+    for protocol in ("http_stream", "grpc_stream"):
+        ps = top["by_protocol"][protocol]
+        assert ps["ok"] > 0 and 0 < ps["ttft_s"]["p50"] < ps["latency_s"]["p50"] and ps["itl_s"]["p50"] > 0
+    assert top["by_protocol"]["http"]["ttft_s"]["p50"] is None  # non-streaming: latency only
+    assert top["server"]["engine"]["scheduled_max"] >= 2  # the users shared engine steps
+
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["concurrency"] for r in rows if r["protocol"] == "all"] == ["1", "6"]
+    assert float(rows[0]["output_token_throughput"]) > 0 and rows[0]["ttft_ms_p50"]
+    with open(out / "requests.csv", newline="") as f:
+        requests = list(csv.DictReader(f))
+    assert len(requests) == sum(lv["client"]["requests"] for lv in run["levels"])
+    assert {r["token_source"] for r in requests} == {c.OUTPUT_LOG_PROBS}
+    with open(out / "server_timeseries.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) >= 5
+
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 4 and all(len(img) > 10_000 for img in images)
+    assert "CI load test" in page and "<table>" in page
+    assert not re.search(r'(src|href)="https?://', page)  # one self-contained file
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
+        "distributions.png", "latency.png", "queue.png", "server.png", "throughput.png"]
