@@ -204,7 +204,8 @@ def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir:
                      f"{seq_length} tokens is not promised (our engine implements both).\n")
     if t.tp_size > 1:
         notes.append(f"# tp_size {t.tp_size}: serve with one MPI rank per GPU, e.g. tensorrtllm_backend's\n"
-                     f"#   python3 scripts/launch_triton_server.py --world_size {t.tp_size} --model_repo <model_repo>\n")
+                     "#   python3 scripts/launch_triton_server.py"
+                     f" --world_size {t.tp_size} --model_repo <model_repo>\n")
 
     cd = ""
     if root is not None:

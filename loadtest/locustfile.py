@@ -36,7 +36,7 @@ def _add_arguments(parser) -> None:
     group.add_argument("--qt-workload", choices=sorted(WORKLOADS), default="fixed", help="what to send")
     group.add_argument("--qt-input-len", type=int, default=128, help="fixed: prompt tokens")
     group.add_argument("--qt-output-len", type=int, default=128, help="fixed: output tokens (forced)")
-    group.add_argument("--qt-scale", type=float, default=1.0, 
+    group.add_argument("--qt-scale", type=float, default=1.0,
                        help="sharegpt: scale both length distributions")
     group.add_argument("--qt-seed", type=int, default=0)
     group.add_argument("--qt-http-port", type=int, default=env_port("http"))

@@ -1,7 +1,13 @@
 """qwen-triton: serve Qwen and LLaMA chat models on NVIDIA Triton with inflight batching."""
 from .config import EngineConfig, ModelConfig
-from .errors import (CheckpointError, DuplicateRequestError, EngineDeadError, InvalidRequestError,
-                     QwenTritonError, UnsupportedModelError)
+from .errors import (
+    CheckpointError,
+    DuplicateRequestError,
+    EngineDeadError,
+    InvalidRequestError,
+    QwenTritonError,
+    UnsupportedModelError,
+)
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
 

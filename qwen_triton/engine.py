@@ -7,8 +7,8 @@ Single-threaded; `BackgroundEngine` (async_engine.py) runs it on a thread.
 from __future__ import annotations
 
 import itertools
-import operator
 import logging
+import operator
 import random
 from collections.abc import Sequence as Seq
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import queue
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
-from reference_chatml import (HISTORY, SCRIPTED_REPLY, as_messages, reference_encoder,
-                              reference_make_context)
+from reference_chatml import HISTORY, SCRIPTED_REPLY, as_messages, reference_encoder, reference_make_context
 from scripted_checkpoint import write_scripted_qwen2
 from served import build_repo, needs_triton, scrape, serve
 

@@ -6,11 +6,10 @@ import random
 
 import pytest
 import torch
-
-from qwen_triton import BackgroundEngine, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
-
 from checkpoints import VOCAB, convert_qwen2_to_qwen, write_llama, write_qwen2, write_qwen2_mha, write_qwen3
 from reference_qwen import QwenReference
+
+from qwen_triton import BackgroundEngine, EngineConfig, InvalidRequestError, LLMEngine, SamplingParams
 
 NEW_TOKENS = 64
 EOS = 2

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwen_triton.block_manager import BlockManager, OutOfBlocksError
-from qwen_triton.sampling_params import SamplingParams
 from qwen_triton.outputs import SampledToken
+from qwen_triton.sampling_params import SamplingParams
 from qwen_triton.scheduler import Scheduler
 from qwen_triton.sequence import Sequence, SequenceStatus
 

@@ -6,8 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from reference_chatml import (HISTORY, IM_END, SCRIPTED_REPLY, as_messages, reference_encoder,
-                              reference_make_context)
+from reference_chatml import HISTORY, IM_END, SCRIPTED_REPLY, as_messages, reference_encoder, reference_make_context
 from scripted_checkpoint import write_scripted_qwen2
 
 from qwen_triton import EngineConfig, InvalidRequestError
@@ -15,7 +14,7 @@ from qwen_triton.chat import QwenTiktokenTokenizer
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.engine_service import EngineResponse, EngineService
 from qwen_triton.serving.postprocess import Postprocessor, postprocess_arrays
-from qwen_triton.serving.preprocess import PreprocessRequest, Preprocessor, preprocess_arrays
+from qwen_triton.serving.preprocess import Preprocessor, PreprocessRequest, preprocess_arrays
 
 
 @pytest.fixture(scope="module")

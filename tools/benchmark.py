@@ -73,7 +73,6 @@ def copy_bandwidth() -> float:
     buf = torch.empty(2 << 30, dtype=torch.uint8, device="cuda")
     half = 1 << 30
     ms = do_bench(lambda: buf[:half].copy_(buf[half:]), warmup=100, rep=500, return_mode="median")
-    del buf
     return 2 * half / ms / 1e6
 
 
@@ -255,7 +254,8 @@ def table(res: dict) -> str:
         if ms is not None:
             rows.append((f"engine decode step GPU time {name}", f"{ms:.2f} ms (graph replay alone)"))
     s = e["sharegpt"]
-    rows.append((f"engine ShareGPT-like x{s['requests']}", f"{s['req_s']:.2f} req/s, {s['output_tok_s']:.0f} output tok/s"))
+    rows.append((f"engine ShareGPT-like x{s['requests']}",
+                 f"{s['req_s']:.2f} req/s, {s['output_tok_s']:.0f} output tok/s"))
     if hf:
         rows.append(("HF batch 1, 128/128", f"{hf['batch1']['ms_per_step']:.1f} ms/step, "
                      f"{hf['batch1']['output_tok_s']:.1f} tok/s"))

@@ -79,7 +79,8 @@ def check_layer_kernels(dtype):
         cos, sin = layers.rope_cos_sin(pos, layers.compute_inv_freq(layers.RopeConfig(theta=1e6), 128).to(DEV))
         ref_q, ref_k = layers.apply_rotary_qk(q.clone(), k.clone(), cos, sin)
         got_q, got_k = rotary.apply_rotary_(q, k, cos, sin)
-        check(f"rotary {tag} T{tokens} H{heads}/{kv_heads}", max(rel_err(got_q, ref_q), rel_err(got_k, ref_k)), tol(dtype))
+        check(f"rotary {tag} T{tokens} H{heads}/{kv_heads}", max(rel_err(got_q, ref_q), rel_err(got_k, ref_k)),
+              tol(dtype))
     gate_up = randn(1024, 2 * 11008, dtype=dtype)
     check(f"silu_and_mul {tag} 1024x11008", rel_err(activation.silu_and_mul(gate_up), layers.silu_and_mul(gate_up)),
           tol(dtype))
@@ -165,9 +166,9 @@ def check_backend(dtype):
 
 def check_engine():
     import checkpoints as ck
+    from test_engine import prompts
 
     from qwen_triton import EngineConfig, LLMEngine, SamplingParams
-    from test_engine import prompts
 
     root = tempfile.mkdtemp()
     mha = ck.write_qwen2_mha(os.path.join(root, "qwen2-mha"), seed=4)
@@ -256,7 +257,7 @@ def time_kernels(num_sms):
     buf = torch.empty(2 << 30, dtype=torch.uint8, device=DEV)
     copy_ms = do_bench(lambda: buf[: 1 << 30].copy_(buf[1 << 30:]), warmup=100, rep=500, return_mode="median")
     copy_bw = 2 * (1 << 30) / copy_ms / 1e6  # GB/s, bytes read + written
-    del buf
+    buf = None  # free the 2 GiB before the kernel timings
     out["copy_GBps"] = copy_bw
     print(f"time copy: {copy_bw:.0f} GB/s", flush=True)
     configs = [(64, 4, 2, True), (64, 4, 2, False), (128, 4, 2, True), (128, 4, 2, False), (128, 8, 2, True),
@@ -271,8 +272,9 @@ def time_kernels(num_sms):
                 turn = iter(range(1 << 30))
 
                 def call():
-                    q, cache, tables, _ = cases[next(turn) % 4]
-                    paged_decode_attention(q, cache, tables, ctx, 0.088, splits, block_n, warps, stages, v_with_k)
+                    q, cache, tables, _ = cases[next(turn) % 4]  # noqa: B023 (timed within this iteration)
+                    paged_decode_attention(q, cache, tables, ctx, 0.088, splits, block_n, warps, stages,  # noqa: B023
+                                           v_with_k)  # noqa: B023
 
                 us = graph_us(call)
                 key = (f"N{num_tokens} ctx{ctx_len} splits{splits} block_n{block_n} warps{warps} "

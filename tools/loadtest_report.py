@@ -241,9 +241,9 @@ def plot_throughput(levels_data: list[dict]) -> bytes:
         if all(p[2] is not None for p in pts):
             ax.plot(xs, [p[2] * 1000 for p in pts], marker="s", markersize=5, color=C_TTFT,
                     linestyle="--", linewidth=1.5, label="TTFT p50")
-        for x, y, _, lv in pts:
-            ax.annotate(f"{lv}", (x, y * 1000), textcoords="offset points", xytext=(5, -11), fontsize=8.5,
-                        color=MUTED)
+        for i, (x, y, _, lv) in enumerate(pts):  # alternate sides: neighbours at saturation sit close
+            ax.annotate(f"{lv}", (x, y * 1000), textcoords="offset points", xytext=(6, -12 if i % 2 else 5),
+                        fontsize=8.5, color=MUTED)
         ax.set_title("Latency against throughput", pad=10)
         ax.set_xlabel("output tokens / s  (points: users)")
         ax.set_xlim(left=0, right=max(xs) * 1.15)
@@ -481,6 +481,24 @@ footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
 """
 
 
+CAPTIONS = {
+    "throughput": (
+        "Left: output tokens per second of all successful requests over each level's duration (its start to "
+        "its last completion). Dotted: the tokens that arrived while every user was still in the loop, "
+        "per second of that time (the steady rate, without the tail of the last requests). Dashed: the "
+        "tokens the engine itself generated over the level (its <code>generated_tokens</code> counter); it "
+        "agrees with the client when the client counts every token and nothing else runs on the server. "
+        "Middle: completed requests per second. Right: what more users buy in throughput and cost in latency "
+        "(each point is a level)."),
+    "latency": (
+        "p50 / p90 / p99 over the successful requests of each level (shaded: p50 to p99). TTFT: send to the "
+        "first response carrying a token. ITL: (latency &minus; TTFT) / (output tokens &minus; 1), the first "
+        "token excluded. Latency: send to the last response."),
+    "distributions": ("The distribution of each request's value per level (violins), with p50, p90 and p99 "
+                      "marked."),
+}
+
+
 def img_tag(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -565,49 +583,52 @@ def server_table(levels_data: list[dict]) -> str:
     return table(groups, headers, rows, seps=(1, 3, 10))
 
 
+def badge(ok: bool) -> str:
+    return f'<span class="badge {"ok" if ok else "bad"}">{"met" if ok else "not met"}</span>'
+
+
+NO_REFERENCE = '<span class="badge info">no reference</span>'
+
+
 def targets_section(levels_data: list[dict], workload: dict, offline: dict[str, float] | None,
                     step_ms: float | None) -> str:
     if not levels_data:
         return ""
     items = []
     low = min(levels_data, key=lambda lv: lv["concurrency"])
+    at = f'at concurrency {low["concurrency"]}'
     ttft = get(low, "client", "ttft_s", "p50")
     itl = get(low, "client", "itl_s", "p50")
     mean_in = get(low, "client", "mean_input_tokens")
     if ttft is not None:
-        ok = ttft * 1000 <= 30.0
-        items.append(f'<li><b>T5, time to first token</b> at concurrency {low["concurrency"]} '
-                     f'(prompts of {fmt(mean_in, 0)} tokens on average; the target is stated for 128): '
-                     f'p50 {ms(ttft)} ms against 30 ms <span class="badge {"ok" if ok else "bad"}">'
-                     f'{"met" if ok else "not met"}</span></li>')
-    if itl is not None:
-        if step_ms:
-            ratio = itl * 1000 / step_ms
-            ok = ratio <= 1.1
-            items.append(f'<li><b>T5, inter-token latency</b> at concurrency {low["concurrency"]}: p50 {ms(itl, 2)} '
-                         f'ms = {ratio:.2f}x the batch-1 step of {step_ms:g} ms (target <= 1.1x) '
-                         f'<span class="badge {"ok" if ok else "bad"}">{"met" if ok else "not met"}</span></li>')
-        else:
-            items.append(f'<li><b>T5, inter-token latency</b> at concurrency {low["concurrency"]}: p50 {ms(itl, 2)} ms; '
-                         f'give <code>--batch1-step-ms</code> (the engine\'s batch-1 step) to compare with 1.1x '
-                         f'<span class="badge info">no reference</span></li>')
+        items.append(f"<li><b>T5, time to first token</b> {at} (prompts of {fmt(mean_in, 0)} tokens on "
+                     f"average; the target is stated for 128): p50 {ms(ttft)} ms against 30 ms "
+                     f"{badge(ttft * 1000 <= 30.0)}</li>")
+    if itl is not None and step_ms:
+        ratio = itl * 1000 / step_ms
+        items.append(f"<li><b>T5, inter-token latency</b> {at}: p50 {ms(itl, 2)} ms = {ratio:.2f}x the "
+                     f"batch-1 step of {step_ms:g} ms (target <= 1.1x) {badge(ratio <= 1.1)}</li>")
+    elif itl is not None:
+        items.append(f"<li><b>T5, inter-token latency</b> {at}: p50 {ms(itl, 2)} ms; give "
+                     f"<code>--batch1-step-ms</code> (the engine's batch-1 step) to compare with 1.1x "
+                     f"{NO_REFERENCE}</li>")
     if offline:
         for lv in levels_data:
             ref = offline.get(str(lv["concurrency"]))
-            got = get(lv, "client", "steady_output_token_throughput") or get(lv, "client", "output_token_throughput")
+            got = (get(lv, "client", "steady_output_token_throughput")
+                   or get(lv, "client", "output_token_throughput"))
             if ref and got:
                 ratio = got / ref
-                ok = ratio >= 0.9
                 items.append(f'<li><b>T3, throughput</b> at concurrency {lv["concurrency"]}: {fmt(got, 0)} '
-                             f'(steady) against the offline engine\'s {fmt(ref, 0)} tok/s = {ratio:.0%} (target >= 90%) '
-                             f'<span class="badge {"ok" if ok else "bad"}">{"met" if ok else "not met"}</span></li>')
+                             f"tok/s (steady) against the offline engine's {fmt(ref, 0)} tok/s = {ratio:.0%} "
+                             f"(target >= 90%) {badge(ratio >= 0.9)}</li>")
     else:
         items.append('<li><b>T3, throughput</b>: give <code>--offline offline.json</code> '
-                     '(<code>{"concurrency": output tok/s}</code> of the offline engine on the same prompts) to '
-                     'compare <span class="badge info">no reference</span></li>')
+                     '(<code>{"concurrency": output tok/s}</code> of the offline engine on the same prompts) '
+                     f"to compare {NO_REFERENCE}</li>")
     return ('<h2>Targets</h2><p class="note">The targets are stated for Qwen-7B shapes on an H100/H200 '
-            '(docs: <code>targets.md</code>); on other hardware or models these lines are for orientation.</p>'
-            f'<ul>{"".join(items)}</ul>')
+            "(docs: <code>targets.md</code>); on other hardware or models these lines are for "
+            f'orientation.</p><ul>{"".join(items)}</ul>')
 
 
 def meta_list(run: dict, title: str) -> str:
@@ -632,9 +653,9 @@ def meta_list(run: dict, title: str) -> str:
          + (" &middot; " + html.escape(", whichever first; ".join(bound)) if bound else "")
          + f" &middot; {meta.get('warmup', 0)} warm-up requests, seed {meta.get('seed', 0)}"),
         ("extra inputs", html.escape(json.dumps(meta.get("extra_inputs") or {})) or "–"),
-        ("server", html.escape(f"Triton {server.get('triton_version', '?')} at {server.get('http_url', '?')}, "
-                               f"model {server.get('model', '?')}, engine backend "
-                               f"{server.get('engine_backend', '?')}")),
+        ("server", html.escape(f"Triton {server.get('triton_version', '?')} at "
+                               f"{server.get('http_url', '?')}, model {server.get('model', '?')}, "
+                               f"engine backend {server.get('engine_backend', '?')}")),
         ("engine config", html.escape(eng_text)),
         ("client host", html.escape(f"{meta.get('host', '?')} ({meta.get('cpus', '?')} CPUs), "
                                     f"{meta.get('platform', '')}")),
@@ -657,23 +678,28 @@ def findings(levels_data: list[dict], run: dict) -> list[str]:
         sat = next((c for (c, v), (_, nxt) in itertools.pairwise(tput) if v > 0 and nxt < v * 1.1), None)
         text = f"Output throughput peaks at <b>{fmt(best, 0)} tok/s</b> with {best_c} users"
         if sat is not None and sat < max(c for c, _ in tput):
-            text += f"; beyond {sat} users it grows by less than 10% per step, so the server is saturated there"
+            text += (f"; beyond {sat} users it grows by less than 10% per step, so the server is saturated "
+                     "there")
         out.append(text + ".")
     low, high = levels_data[0], levels_data[-1]
     t_lo, t_hi = get(low, "client", "ttft_s", "p50"), get(high, "client", "ttft_s", "p50")
     i_lo, i_hi = get(low, "client", "itl_s", "p50"), get(high, "client", "itl_s", "p50")
     if len(levels_data) > 1 and t_lo and t_hi and i_lo and i_hi:
-        out.append(f"From {low['concurrency']} to {high['concurrency']} users, TTFT p50 goes from {ms(t_lo)} to "
-                   f"{ms(t_hi)} ms ({t_hi / t_lo:.1f}x) and ITL p50 from {ms(i_lo, 2)} to {ms(i_hi, 2)} ms "
-                   f"({i_hi / i_lo:.1f}x).")
+        out.append(f"From {low['concurrency']} to {high['concurrency']} users, TTFT p50 goes from "
+                   f"{ms(t_lo)} to {ms(t_hi)} ms ({t_hi / t_lo:.1f}x) and ITL p50 from {ms(i_lo, 2)} to "
+                   f"{ms(i_hi, 2)} ms ({i_hi / i_lo:.1f}x).")
     queued = [lv for lv in levels_data if (get(lv, "server", "engine", "waiting_max") or 0) > 0]
     if queued:
         lv = queued[0]
-        limit = get(run, "server", "engine_config", "max_num_seqs")
-        out.append(f"From {lv['concurrency']} users on, the engine queues requests (waiting peak "
+        seqs = get(run, "server", "engine_config", "max_num_seqs")
+        tokens = get(run, "server", "engine_config", "max_num_batched_tokens")
+        limits = ", ".join(f"{k} {v}" for k, v in (("max_num_seqs", seqs), ("max_num_batched_tokens", tokens))
+                           if v)
+        out.append(f"From {lv['concurrency']} users on, the engine holds requests back (waiting peak "
                    f"{fmt(get(lv, 'server', 'engine', 'waiting_max'), 0)}, batch peak "
                    f"{fmt(get(lv, 'server', 'engine', 'scheduled_max'), 0)}"
-                   + (f"; max_num_seqs is {limit}" if limit else "") + "): their wait is part of TTFT.")
+                   + (f"; limits: {limits}" if limits else "")
+                   + "): a full batch or a step's token budget for prompts; the wait is part of TTFT.")
     pre = sum(get(lv, "server", "engine", "preemptions") or 0 for lv in levels_data)
     if pre:
         out.append(f"The engine preempted {pre:.0f} sequences for lack of KV-cache blocks.")
@@ -720,8 +746,9 @@ def build_html(run: dict, requests: list[dict], series: list[dict], title: str,
     if levels_data:
         best = max(levels_data, key=lambda lv: lv["client"]["output_token_throughput"])
         low = levels_data[0]
-        cards.append(card("peak output throughput", fmt(best["client"]["output_token_throughput"], 0), "tok/s",
-                          f"at {best['concurrency']} users, {fmt(best['client']['request_throughput'], 2)} req/s"))
+        bc = best["client"]
+        cards.append(card("peak output throughput", fmt(bc["output_token_throughput"], 0), "tok/s",
+                          f"at {best['concurrency']} users, {fmt(bc['request_throughput'], 2)} req/s"))
         if get(low, "client", "ttft_s", "p50") is not None:
             cards.append(card("time to first token", ms(get(low, "client", "ttft_s", "p50")), "ms",
                               f"p50 at {low['concurrency']} user{'s' if low['concurrency'] > 1 else ''}; "
@@ -732,16 +759,16 @@ def build_html(run: dict, requests: list[dict], series: list[dict], title: str,
                               f"p99 {ms(get(low, 'client', 'itl_s', 'p99'), 2)} ms"))
         hi = levels_data[-1]
         if len(levels_data) > 1 and get(hi, "client", "ttft_s", "p50") is not None:
-            cards.append(card(f"TTFT at {hi['concurrency']} users", ms(get(hi, "client", "ttft_s", "p50")), "ms",
-                              f"p50; p99 {ms(get(hi, 'client', 'ttft_s', 'p99'))} ms"))
+            cards.append(card(f"TTFT at {hi['concurrency']} users", ms(get(hi, "client", "ttft_s", "p50")),
+                              "ms", f"p50; p99 {ms(get(hi, 'client', 'ttft_s', 'p99'))} ms"))
     cards.append(card("requests", fmt(total_ok, 0), "ok",
                       f"{total_cancelled} cancelled at level ends" if total_cancelled else "over all levels"))
     cards.append(card("failures", str(total_failed), "", f"server counted {srv_failed:.0f}",
                       "bad" if total_failed or srv_failed else "ok"))
 
     wl = meta.get("workload", {})
-    subtitle = (f"{html.escape(str(wl.get('name', '')))} workload &middot; "
-                f"{html.escape(', '.join(PROTO_NAMES.get(p, p) for p in meta.get('protocols', [])))} &middot; "
+    protocols = ", ".join(PROTO_NAMES.get(p, p) for p in meta.get("protocols", []))
+    subtitle = (f"{html.escape(str(wl.get('name', '')))} workload &middot; {html.escape(protocols)} &middot; "
                 f"concurrency {html.escape(', '.join(str(lv['concurrency']) for lv in levels_data))}")
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -758,21 +785,10 @@ def build_html(run: dict, requests: list[dict], series: list[dict], title: str,
     if not levels_data:
         parts.append("<p>No level completed: nothing to show.</p>")
     parts.append("<h2>Throughput</h2>")
-    parts.append(figure(figs.get("throughput"), "throughput against concurrency",
-                        "Left: output tokens per second of all successful requests over each level's duration (its "
-                        "start to its last completion). Dotted: the tokens that arrived while every user was still "
-                        "in the loop, per second of that time (the steady rate, without the tail of the last "
-                        "requests). Dashed: the tokens the engine itself generated over the level (its "
-                        "<code>generated_tokens</code> counter); it agrees with the client when the client counts "
-                        "every token and nothing else runs on the server. Middle: completed requests per second. "
-                        "Right: what more users buy in throughput and cost in latency (each point is a level)."))
+    parts.append(figure(figs.get("throughput"), "throughput against concurrency", CAPTIONS["throughput"]))
     parts.append("<h2>Latency</h2>")
-    parts.append(figure(figs.get("latency"), "latency percentiles against concurrency",
-                        "p50 / p90 / p99 over the successful requests of each level (shaded: p50 to p99). TTFT: send "
-                        "to the first response carrying a token. ITL: (latency &minus; TTFT) / (output tokens "
-                        "&minus; 1), the first token excluded. Latency: send to the last response."))
-    parts.append(figure(figs.get("distributions"), "latency distributions",
-                        "The distribution of each request's value per level (violins), with p50, p90 and p99 marked."))
+    parts.append(figure(figs.get("latency"), "latency percentiles against concurrency", CAPTIONS["latency"]))
+    parts.append(figure(figs.get("distributions"), "latency distributions", CAPTIONS["distributions"]))
     parts.append("<h3>Client view, per level</h3>")
     parts.append(client_table(levels_data))
     multi = [lv for lv in levels_data if len(lv.get("by_protocol", {})) > 1]
@@ -787,8 +803,8 @@ def build_html(run: dict, requests: list[dict], series: list[dict], title: str,
     parts.append("<h2>Server view</h2>")
     parts.append('<p class="note">Scraped from Triton\'s metrics port during the run: the engine\'s gauges '
                  f'(<code>{c.METRIC_REQUESTS}</code>, <code>{c.METRIC_KV_BLOCKS}</code>, '
-                 f'<code>{c.METRIC_ENGINE}</code>) and Triton\'s per-model counters (<code>nv_inference_*</code>), '
-                 'compared between the start and the end of each level.</p>')
+                 f"<code>{c.METRIC_ENGINE}</code>) and Triton's per-model counters "
+                 "(<code>nv_inference_*</code>), compared between the start and the end of each level.</p>")
     parts.append(figure(figs.get("server"), "server time series",
                         "The whole run; grey spans are the levels. Running: sequences in the engine's batch "
                         "(<code>scheduled</code>); waiting: requests the engine has queued (their sum is "
@@ -796,9 +812,10 @@ def build_html(run: dict, requests: list[dict], series: list[dict], title: str,
                         "generated_tokens counter between scrapes."))
     queue_fig = figure(figs.get("queue"), "Triton queue time per model",
                        "Triton's mean queue time per request of each model over each level.")
-    parts.append(f'<div class="row">{queue_fig}<div class="card notes"><b>Reading the server view</b><ul>'
-                 "<li>The engine batches inflight and keeps its own queue: requests held back by a full batch "
-                 "show as <i>waiting</i> in the engine's gauge, not in Triton's queue time.</li>"
+    parts.append(f'<div class="row">{queue_fig}<div class="card notes">'
+                 "<b>Reading the server view</b><ul><li>The engine batches inflight and keeps its own "
+                 "queue: requests held back by a full batch show as <i>waiting</i> in the engine's gauge, "
+                 "not in Triton's queue time.</li>"
                  "<li>Triton's queue time of pre- and postprocessing grows when their instances are "
                  "busy: every streamed token passes through postprocessing once.</li>"
                  "<li><i>Tokens / step</i> is the engine's mean batch while it generated; <i>KV peak</i> the "
@@ -818,19 +835,21 @@ def build_html(run: dict, requests: list[dict], series: list[dict], title: str,
         parts.append('<ul class="errors">' + "".join(f"<li>c={lv}: {html.escape(e)}</li>" for lv, e in errors)
                      + "</ul>")
     else:
-        parts.append(f'<p><span class="badge ok">none</span> every request of {total_ok} succeeded'
-                     + (f" ({total_cancelled} cut off at the end of a level)" if total_cancelled else "") + ".</p>")
+        cut = f" ({total_cancelled} cut off at the end of a level)" if total_cancelled else ""
+        parts.append(f'<p><span class="badge ok">none</span> every request of {total_ok} succeeded{cut}.</p>')
     mism = sum(lv["client"].get("length_mismatches", 0) for lv in levels_data)
     if mism:
-        parts.append(f'<p class="note"><span class="badge bad">{mism}</span> replies of forced length had a different '
-                     'token count than asked for: check the token counting (output_log_probs).</p>')
+        parts.append(f'<p class="note"><span class="badge bad">{mism}</span> replies of forced length had a '
+                     f"different token count than asked for: check the token counting "
+                     f"({c.OUTPUT_LOG_PROBS}).</p>")
     parts.append("<h2>Run</h2>")
     parts.append(meta_list(run, title))
     parts.append('<p class="note">Output tokens are the engine\'s count: the length of '
                  f'<code>{c.OUTPUT_LOG_PROBS}</code> in every response, not characters of text. Files: '
                  '<code>run.json</code>, <code>summary.csv</code>, '
                  '<code>requests.csv</code>, <code>server_timeseries.csv</code>, <code>plots/</code>.</p>')
-    parts.append("<footer>qwen-triton load test report &middot; tools/loadtest_report.py</footer></main></body></html>")
+    parts.append("<footer>qwen-triton load test report &middot; tools/loadtest_report.py</footer>"
+                 "</main></body></html>")
     return "\n".join(p for p in parts if p)
 
 
@@ -853,8 +872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.offline:
         offline = {str(k): float(v) for k, v in json.loads(args.offline.read_text()).items()}
     title = args.title or get(run, "meta", "label") or "qwen-triton load test"
-    page = build_html(run, read_csv(args.run_dir / "requests.csv"), read_csv(args.run_dir / "server_timeseries.csv"),
-                      title, offline, args.batch1_step_ms, None if args.no_plots_dir else args.run_dir / "plots")
+    page = build_html(run, read_csv(args.run_dir / "requests.csv"),
+                      read_csv(args.run_dir / "server_timeseries.csv"), title, offline, args.batch1_step_ms,
+                      None if args.no_plots_dir else args.run_dir / "plots")
     out = args.out or args.run_dir / "report.html"
     out.write_text(page, encoding="utf-8")
     print(f"[loadtest-report] wrote {out} ({len(page) / 1024:.0f} KiB)")

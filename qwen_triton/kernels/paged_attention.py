@@ -46,7 +46,7 @@ def _paged_decode_kernel(
     q = tl.load(q_ptr + n * q_t_stride + h * q_h_stride + dims).to(tl.float32) * scale  # [D]
     kv_head = (h // GROUP).to(tl.int64)
     m = tl.full((), float("-inf"), tl.float32)
-    l = tl.zeros((), tl.float32)
+    denom = tl.zeros((), tl.float32)
     acc = tl.zeros((HEAD_DIM,), tl.float32)
     for j0 in range(start, end, BLOCK_N):
         offs = j0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
@@ -64,18 +64,18 @@ def _paged_decode_kernel(
         if not V_WITH_K:
             v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0)
         v = v.to(tl.float32)
-        l = l * alpha + tl.sum(p, axis=0)
+        denom = denom * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m = m_new
 
     if SINGLE:
-        result = acc / tl.where(l > 0, l, 1.0)
+        result = acc / tl.where(denom > 0, denom, 1.0)
         tl.store(out_ptr + (n * num_heads + h) * HEAD_DIM + dims, result.to(out_ptr.dtype.element_ty))
     else:
         part = (n * num_heads + h) * num_splits + s
         tl.store(part_acc_ptr + part * HEAD_DIM + dims, acc)
         tl.store(part_ml_ptr + part * 2, m)
-        tl.store(part_ml_ptr + part * 2 + 1, l)
+        tl.store(part_ml_ptr + part * 2 + 1, denom)
 
 
 @triton.jit
@@ -88,10 +88,10 @@ def _merge_splits_kernel(
     valid = splits < num_splits
     part = row * num_splits + splits  # [BLOCK_S]
     m = tl.load(part_ml_ptr + part * 2, mask=valid, other=float("-inf"))
-    l = tl.load(part_ml_ptr + part * 2 + 1, mask=valid, other=0.0)
+    denom = tl.load(part_ml_ptr + part * 2 + 1, mask=valid, other=0.0)
     m_max = tl.max(m, axis=0)
     weight = tl.where(m > float("-inf"), tl.exp(m - m_max), 0.0)  # empty splits weigh 0
-    total = tl.sum(weight * l, axis=0)
+    total = tl.sum(weight * denom, axis=0)
     dims = tl.arange(0, HEAD_DIM)
     acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], mask=valid[:, None], other=0.0)
     result = tl.sum(weight[:, None] * acc, axis=0) / tl.where(total > 0, total, 1.0)

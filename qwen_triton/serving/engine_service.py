@@ -21,8 +21,14 @@ from ..chat import Tokenizer, load_tokenizer
 from ..config import EngineConfig
 from ..engine import LLMEngine
 from ..outputs import EngineStats, RequestOutput
-from .engine_io import (Arrays, EngineRequest, GenerationDefaults, ResponseAccumulator, Utf8TokenReleaser,
-                        parse_engine_request)
+from .engine_io import (
+    Arrays,
+    EngineRequest,
+    GenerationDefaults,
+    ResponseAccumulator,
+    Utf8TokenReleaser,
+    parse_engine_request,
+)
 
 log = logging.getLogger(__name__)
 

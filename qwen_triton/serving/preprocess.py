@@ -4,7 +4,7 @@ Triton-free: `model_repo/preprocessing/1/model.py` converts tensors and calls th
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +65,16 @@ class Preprocessor:
     @classmethod
     def from_dir(cls, tokenizer_dir: str, **kw) -> Preprocessor:
         return cls(load_tokenizer(tokenizer_dir), **kw)
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], resolve: Callable[[str], str]) -> Preprocessor:
+        """From a model's config parameters (contract.PARAM_*); `resolve` turns a path parameter into a path."""
+        def limit(key: str) -> int | None:
+            return int(params[key]) if params.get(key) else None
+
+        return cls.from_dir(resolve(params[c.PARAM_TOKENIZER_DIR]),
+                            default_system=params.get(c.PARAM_DEFAULT_SYSTEM) or DEFAULT_SYSTEM,
+                            max_input_len=limit(c.PARAM_MAX_INPUT_LEN), max_output_len=limit(c.PARAM_MAX_OUTPUT_LEN))
 
     def __call__(self, req: PreprocessRequest) -> PreprocessResult:
         if self.max_output_len is not None and req.output_len > self.max_output_len:
@@ -148,7 +158,9 @@ def preprocess_arrays(pre: Preprocessor, inputs: Arrays) -> dict[str, np.ndarray
             bad_words=tuple(texts(_row(inputs.get(c.PRE_BAD_WORDS_DICT), i), c.BAD_WORDS)),
             end_id=_optional_int(inputs.get(c.PRE_END_ID), i, c.END_ID),
             pad_id=_optional_int(inputs.get(c.PRE_PAD_ID), i, c.PAD_ID))))
-    col = lambda values: np.array(values, dtype=np.int32).reshape(batch, 1)  # noqa: E731
+    def col(values: list[int]) -> np.ndarray:
+        return np.array(values, dtype=np.int32).reshape(batch, 1)
+
     return {
         c.PRE_INPUT_ID: _pad([r.input_ids for r in results], results[0].pad_id),
         c.PRE_REQUEST_INPUT_LEN: col([len(r.input_ids) for r in results]),

@@ -3,16 +3,19 @@ inputs by contract name, the models' `parameters`, and BYTES tensors."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, QwenTritonError
 from ..outputs import EngineStats
 from . import contract as c
 from .contract import TensorSpec
+
+log = logging.getLogger(__name__)
 
 
 def read_inputs(specs: Iterable[TensorSpec], get: Callable[[str], Any]) -> dict[str, np.ndarray]:
@@ -83,3 +86,24 @@ def metric_values(stats: EngineStats, block_size: int) -> dict[tuple[str, str, s
         (e, "counter", "generated_tokens"): stats.num_generated_tokens,
         (e, "counter", "max_batch_seen"): stats.max_running_seen,
     }
+
+
+def triton_error(pb_utils, message: str, cancelled: bool = False):
+    """A pb_utils.TritonError, CANCELLED where the backend knows that code."""
+    if cancelled and hasattr(pb_utils.TritonError, "CANCELLED"):
+        return pb_utils.TritonError(message, pb_utils.TritonError.CANCELLED)
+    return pb_utils.TritonError(message)
+
+
+def respond(pb_utils, request, specs: Iterable[TensorSpec], compute: Callable[[dict], dict], what: str):
+    """One response of a non-decoupled model: read `specs`, run `compute`,
+    answer its arrays, or an error that names the bad input. Never raises."""
+    try:
+        inputs = read_inputs(specs, lambda n: pb_utils.get_input_tensor_by_name(request, n))
+        outputs = compute(inputs)
+    except QwenTritonError as exc:
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+    except Exception as exc:  # never crash the model on a request
+        log.exception("%s failed", what)
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{what} failed: {exc}"))
+    return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])

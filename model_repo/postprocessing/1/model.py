@@ -2,15 +2,11 @@
 
 Thin: tensors in and out; the logic is qwen_triton.serving.postprocess.
 """
-import logging
-
 import triton_python_backend_utils as pb_utils
 
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.postprocess import Postprocessor, postprocess_arrays
-from qwen_triton.serving.triton_io import as_bool, model_parameters, read_inputs, resolve_path
-
-log = logging.getLogger(__name__)
+from qwen_triton.serving.triton_io import as_bool, model_parameters, resolve_path, respond
 
 
 class TritonPythonModel:
@@ -20,13 +16,7 @@ class TritonPythonModel:
                                            skip_special=as_bool(params.get(c.PARAM_SKIP_SPECIAL), True))
 
     def execute(self, requests):
-        return [self._one(request) for request in requests]
+        return [respond(pb_utils, r, c.POSTPROCESSING_INPUTS, self._compute, "postprocessing") for r in requests]
 
-    def _one(self, request):
-        try:
-            inputs = read_inputs(c.POSTPROCESSING_INPUTS, lambda n: pb_utils.get_input_tensor_by_name(request, n))
-            outputs = postprocess_arrays(self.post, inputs)
-        except Exception as exc:  # never crash the model on a request
-            log.exception("postprocessing failed")
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"postprocessing failed: {exc}"))
-        return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])
+    def _compute(self, inputs):
+        return postprocess_arrays(self.post, inputs)

@@ -17,16 +17,21 @@ from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.engine_io import is_stop_request
 from qwen_triton.serving.engine_service import EngineResponse, EngineService
-from qwen_triton.serving.triton_io import as_bool, metric_values, model_parameters, read_inputs, resolve_path
+from qwen_triton.serving.triton_io import (
+    as_bool,
+    metric_values,
+    model_parameters,
+    read_inputs,
+    resolve_path,
+    triton_error,
+)
 
 log = logging.getLogger(__name__)
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 def _error(message, cancelled=False):
-    if cancelled and hasattr(pb_utils.TritonError, "CANCELLED"):
-        return pb_utils.TritonError(message, pb_utils.TritonError.CANCELLED)
-    return pb_utils.TritonError(message)
+    return triton_error(pb_utils, message, cancelled)
 
 
 class TritonPythonModel:
@@ -55,7 +60,6 @@ class TritonPythonModel:
     def execute(self, requests):
         for request in requests:
             self._submit(request)
-        return None
 
     def finalize(self):
         self.stopping.set()

@@ -11,12 +11,11 @@ import uuid
 
 import triton_python_backend_utils as pb_utils
 
-from qwen_triton.chat.template import DEFAULT_SYSTEM
 from qwen_triton.errors import QwenTritonError
 from qwen_triton.serving import bls
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.preprocess import Preprocessor
-from qwen_triton.serving.triton_io import as_bool, model_parameters, read_inputs, resolve_path
+from qwen_triton.serving.triton_io import as_bool, model_parameters, read_inputs, resolve_path, triton_error
 
 log = logging.getLogger(__name__)
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -27,25 +26,18 @@ def _tensors(arrays):
 
 
 def _error(message, cancelled=False):
-    if cancelled and hasattr(pb_utils.TritonError, "CANCELLED"):
-        return pb_utils.TritonError(message, pb_utils.TritonError.CANCELLED)
-    return pb_utils.TritonError(message)
+    return triton_error(pb_utils, message, cancelled)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args)
-        limit = lambda key: int(params[key]) if params.get(key) else None  # noqa: E731
-        self.pre = Preprocessor.from_dir(
-            resolve_path(params[c.PARAM_TOKENIZER_DIR], args),
-            default_system=params.get(c.PARAM_DEFAULT_SYSTEM) or DEFAULT_SYSTEM,
-            max_input_len=limit(c.PARAM_MAX_INPUT_LEN), max_output_len=limit(c.PARAM_MAX_OUTPUT_LEN))
+        self.pre = Preprocessor.from_parameters(params, lambda p: resolve_path(p, args))
         self.skip_special = as_bool(params.get(c.PARAM_SKIP_SPECIAL), True)
 
     def execute(self, requests):
         for request in requests:
             threading.Thread(target=self._serve, args=(request,), daemon=True).start()
-        return None
 
     def _serve(self, request):
         sender = request.get_response_sender()
