@@ -95,7 +95,11 @@ def is_current(path: str | Path) -> bool:
 
 
 def qwen_vocab_source() -> Path:
-    """dashscope's copy of the real Qwen vocabulary."""
+    """dashscope's copy of the real Qwen vocabulary, or the file $QWEN_TIKTOKEN names (machines
+    without dashscope, e.g. a GPU image the vocabulary is carried to)."""
+    override = os.environ.get("QWEN_TIKTOKEN")
+    if override:
+        return Path(override)
     try:
         import dashscope
     except ModuleNotFoundError:

@@ -9,7 +9,9 @@ Locust's statistics show each request's end-to-end latency (its "response time")
 "size"); ``--qt-out DIR`` also writes ``requests.csv`` and ``summary.json`` with TTFT, ITL and tokens/s
 at the end.
 The server is 127.0.0.1 at TRITON_HTTP_PORT / TRITON_GRPC_PORT (default 8000 / 8001); no ``--host`` needed.
-For concurrency sweeps, CSV/JSON and the HTML report use ``python -m loadtest.run`` instead.
+At the end, requests in flight may finish (up to 120 s unless ``--stop-timeout`` says otherwise): cutting a
+stream leaves it in flight in Triton's ensemble.  For concurrency sweeps, CSV/JSON and the HTML report use
+``python -m loadtest.run`` instead.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from loadtest.users import GrpcStreamUser, HttpGenerateUser, HttpStreamUser
 from loadtest.workloads import WORKLOADS, make_workload
 
 __all__ = ["GrpcStreamUser", "HttpGenerateUser", "HttpStreamUser"]
+DEFAULT_STOP_TIMEOUT_S = 120.0
 
 
 @events.init_command_line_parser.add_listener
@@ -56,6 +59,10 @@ def _context(environment, **_kw) -> None:
         workload = make_workload("sharegpt", scale=opts.qt_scale)
     else:
         workload = make_workload(opts.qt_workload)
+    if not opts.stop_timeout:
+        # let requests in flight finish when the run stops: a stream cut mid-way is left in flight by
+        # Triton 2.51's ensemble until the server stops (seen here, HTTP SSE and gRPC alike)
+        environment.stop_timeout = DEFAULT_STOP_TIMEOUT_S
     target = Target(http_port=opts.qt_http_port, grpc_port=opts.qt_grpc_port)
     environment.loadtest = LoadTestContext(target=target, workload=workload,
                                            level=max(1, opts.num_users or 1), seed=opts.qt_seed,
