@@ -4,6 +4,7 @@
 #   make serve          installs Triton from the pytriton wheel, builds when needed, starts, waits for ready
 #   make stop           stops the server
 #   make test           the whole test suite (starts its own servers on free ports)
+#   make loadtest       a Locust sweep against the running server (report under logs/loadtest/)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,6 +18,7 @@ MODEL_REPO ?= model_repo
 TRITON_MODEL_REPO = $(MODEL_REPO)
 TRITON_INSTALL_DEPS := install
 include tools/triton.mk
+include loadtest/loadtest.mk
 
 .PHONY: install build-engine serve stop status test test-fast lint clean
 
@@ -48,7 +50,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not server and not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check qwen_triton build tools clients tests model_repo
+	$(PY) -m ruff check qwen_triton build tools clients tests model_repo loadtest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
