@@ -186,42 +186,45 @@ def check_engine():
                 for name, kw in (("reference", reference), ("triton-graphs", {}))}
         check(f"engine {arch} fp32: fast (graphs) tokens == reference tokens",
               0.0 if runs["triton-graphs"] == runs["reference"] else 1.0, 0.5)
-        # bf16: graphs replay exactly what eager runs; vs the reference only rounding differs
-        runs = {}
-        for name, kw in (("reference", reference), ("triton-eager", dict(enforce_eager=True)),
-                         ("triton-graphs", {})):
-            engine = LLMEngine(path, EngineConfig(dtype="bfloat16", device="cuda", **fast, **kw))
-            runs[name] = engine.generate(ps, params)
-            if name == "triton-graphs":
-                check(f"engine {arch}: graphs captured", 0.0 if engine.runner.graphs else 1.0, 0.5)
-        check(f"engine {arch} bf16: graph tokens == eager tokens",
-              0.0 if runs["triton-graphs"] == runs["triton-eager"] else 1.0, 0.5)
-        first = [x[:8] == y[:8] for x, y in zip(runs["triton-graphs"], runs["reference"])]
-        check(f"engine {arch} bf16: sequences whose first 8 tokens differ from the reference",
-              1 - sum(first) / len(first), 0.5)
+        # bf16 and fp16: graphs replay exactly what eager runs; vs the reference only rounding differs
+        for dtype, tag in (("bfloat16", "bf16"), ("float16", "fp16")):
+            runs = {}
+            for name, kw in (("reference", reference), ("triton-eager", dict(enforce_eager=True)),
+                             ("triton-graphs", {})):
+                engine = LLMEngine(path, EngineConfig(dtype=dtype, device="cuda", **fast, **kw))
+                runs[name] = engine.generate(ps, params)
+                if name == "triton-graphs":
+                    check(f"engine {arch} {tag}: graphs captured", 0.0 if engine.runner.graphs else 1.0, 0.5)
+            check(f"engine {arch} {tag}: graph tokens == eager tokens",
+                  0.0 if runs["triton-graphs"] == runs["triton-eager"] else 1.0, 0.5)
+            first = [x[:8] == y[:8] for x, y in zip(runs["triton-graphs"], runs["reference"])]
+            check(f"engine {arch} {tag}: sequences whose first 8 tokens differ from the reference",
+                  1 - sum(first) / len(first), 0.5)
         if arch in ("qwen2", "qwen3"):
-            check_logits_vs_transformers(arch, path)
+            for dtype in (torch.bfloat16, torch.float16):
+                check_logits_vs_transformers(arch, path, dtype)
 
 
-def check_logits_vs_transformers(arch, path):
-    """Prefill logits of our bf16 model (fast kernels) vs transformers in float32."""
+def check_logits_vs_transformers(arch, path, dtype=torch.bfloat16):
+    """Prefill logits of our bf16 / fp16 model (fast kernels) vs transformers in float32."""
     from transformers import AutoModelForCausalLM
 
     from qwen_triton.model_runner import _dummy_prefill
     from qwen_triton.models import load_model, load_model_config
 
     config = load_model_config(path)
-    ours = load_model(path, config, torch.bfloat16, DEV, TritonAttentionBackend(DEV), layers.triton_layer_ops())
+    ours = load_model(path, config, dtype, DEV, TritonAttentionBackend(DEV), layers.triton_layer_ops())
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(DEV).eval()
     ids = torch.randint(3, config.vocab_size, (1, 70))
     host = _dummy_prefill([70], 16)
     host.ids[:] = ids[0].numpy()
-    caches = [torch.zeros(2, 8, 16, config.num_kv_heads, config.head_dim, dtype=torch.bfloat16, device=DEV)
+    caches = [torch.zeros(2, 8, 16, config.num_kv_heads, config.head_dim, dtype=dtype, device=DEV)
               for _ in range(config.num_layers)]
     with torch.inference_mode():
         got = ours.compute_logits(ours(host.to_device(DEV, 16), caches))
         ref = hf(ids.to(DEV)).logits[0].float()
-    check(f"prefill logits {arch}: ours bf16 vs transformers fp32", rel_err(got, ref), 3e-2)
+    tag = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    check(f"prefill logits {arch}: ours {tag} vs transformers fp32", rel_err(got, ref), 3e-2)
 
 
 # -- timings ----------------------------------------------------------------------------------

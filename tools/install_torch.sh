@@ -9,8 +9,13 @@ if "$PY" -c "import torch" 2>/dev/null; then
     echo "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
     exit 0
 fi
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "$PY" -m pip install -q "torch==${TORCH_VERSION}"
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+reachable() { "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" "$1/" \
+    >/dev/null 2>&1; }
+if ! has_gpu && reachable "$CPU_INDEX"; then
+    "$PY" -m pip install -q "torch==${TORCH_VERSION}" --extra-index-url "$CPU_INDEX"
 else
-    "$PY" -m pip install -q "torch==${TORCH_VERSION}" --extra-index-url https://download.pytorch.org/whl/cpu
+    # with a GPU; or where only PyPI is reachable (a machine whose pip is set up with a local CPU build)
+    "$PY" -m pip install -q "torch==${TORCH_VERSION}"
 fi
