@@ -148,3 +148,21 @@ def test_engine_bad_input_is_rejected_before_queueing(service, extra, field):
         service.submit("bad", engine_inputs([1, 2, 3], 8, **extra), lambda r: None)
     assert err.value.field == field
     assert service.stats().num_waiting == 0
+
+
+def test_coalesce_merges_each_requests_queued_outputs_in_order():
+    from qwen_triton.outputs import RequestOutput
+    from qwen_triton.serving.engine_service import coalesce
+
+    a, b = object(), object()
+
+    def out(rid, toks, lps=None, finished=False):
+        return RequestOutput(rid, toks, lps, finished, "length" if finished else None, 3, 0)
+
+    batch = [(a, out("a", [1], [-0.1])), (b, out("b", [7])), (a, out("a", [2], [-0.2])),
+             (a, out("a", [3], [-0.3], finished=True)), (b, out("b", [8]))]
+    merged = coalesce(batch)
+    assert [(live is a, o.new_token_ids, o.new_logprobs, o.finished) for live, o in merged] == [
+        (True, [1, 2, 3], [-0.1, -0.2, -0.3], True), (False, [7, 8], None, False)]
+    single = [(a, out("a", [5]))]
+    assert coalesce(single) == single

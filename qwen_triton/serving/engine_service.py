@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -136,11 +136,45 @@ class EngineService:
         return table[token_id] if 0 <= token_id < len(table) else b""
 
     def _send_loop(self) -> None:
-        while (item := self._outbox.get()) is not None:
-            live, out = item
+        while (batch := self._next_batch()) is not None:
+            for live, out in coalesce(batch):
+                try:
+                    live.handle(out)
+                except Exception:  # a broken client connection must not stop other requests' responses
+                    log.exception("sending a response for %s failed", out.request_id)
+                    if not out.finished:
+                        self.engine.abort(out.request_id)
+
+    def _next_batch(self) -> list[tuple[_Live, RequestOutput]] | None:
+        """Wait for one output, then take every output already queued (None: shut down)."""
+        first = self._outbox.get()
+        if first is None:
+            return None
+        batch = [first]
+        while True:
             try:
-                live.handle(out)
-            except Exception:  # a broken client connection must not stop other requests' responses
-                log.exception("sending a response for %s failed", out.request_id)
-                if not out.finished:
-                    self.engine.abort(out.request_id)
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return batch
+            if item is None:
+                self._outbox.put(None)  # shut down after this batch
+                return batch
+            batch.append(item)
+
+
+def coalesce(batch: list[tuple[_Live, RequestOutput]]) -> list[tuple[_Live, RequestOutput]]:
+    """Merge each request's queued outputs into one, in order: when sending falls behind the
+    engine (many streams at once), every request gets one response carrying all its new tokens
+    instead of one response per token. With nothing queued this is the identity."""
+    merged: dict[int, tuple[_Live, RequestOutput]] = {}
+    for live, out in batch:
+        key = id(live)
+        if key not in merged:
+            merged[key] = (live, out)
+            continue
+        prev = merged[key][1]
+        logprobs = None if prev.new_logprobs is None and out.new_logprobs is None else \
+            (prev.new_logprobs or []) + (out.new_logprobs or [])
+        merged[key] = (live, replace(out, new_token_ids=prev.new_token_ids + out.new_token_ids,
+                                     new_logprobs=logprobs))
+    return list(merged.values())
