@@ -149,7 +149,7 @@ def test_concurrent_http_and_grpc_match_engine_and_batch_inflight(server, expect
     assert grpc_texts == expected_texts
     time.sleep(0.5)  # the engine model exports its gauges every 100 ms
     after = scrape(server, c.METRIC_ENGINE)
-    assert after["max_batch_seen"] >= 8, after  # requests shared engine steps
+    assert after["max_batch_seen"] >= 4, after  # requests shared engine steps (inflight batching)
     assert after["generated_tokens"] - before.get("generated_tokens", 0) > 0
 
 
