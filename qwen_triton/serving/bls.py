@@ -11,15 +11,13 @@ a `stop` request for the engine request's id.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from ..chat import IncrementalDetokenizer, Tokenizer
 from . import contract as c
 from .preprocess import Preprocessor, preprocess_arrays
+from .triton_io import Arrays
 
-Arrays = Mapping[str, np.ndarray]
 _PRE_STEP, _ENGINE_STEP, _POST_STEP = c.ENSEMBLE_STEPS
 ENGINE_OUTPUT_NAMES = tuple(spec.name for spec in c.ENGINE_OUTPUTS)
 

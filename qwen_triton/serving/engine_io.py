@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +16,7 @@ from ..chat import complete_prefix_len, from_word_list
 from ..errors import InvalidRequestError
 from ..sampling_params import SamplingParams
 from . import contract as c
-
-Arrays = Mapping[str, np.ndarray]
+from .triton_io import Arrays
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,11 @@ class GenerationDefaults:
             return cls()
         with open(path) as f:
             cfg = json.load(f)
+        repetition_penalty = float(cfg.get("repetition_penalty") or 1.0)
         if not cfg.get("do_sample", False):
-            return cls(repetition_penalty=float(cfg.get("repetition_penalty", 1.0) or 1.0))
-        return cls(temperature=float(cfg.get("temperature", 1.0) or 1.0), top_k=int(cfg.get("top_k", 0) or 0),
-                   top_p=float(cfg.get("top_p", 1.0) or 1.0),
-                   repetition_penalty=float(cfg.get("repetition_penalty", 1.0) or 1.0))
+            return cls(repetition_penalty=repetition_penalty)
+        return cls(temperature=float(cfg.get("temperature") or 1.0), top_k=int(cfg.get("top_k") or 0),
+                   top_p=float(cfg.get("top_p") or 1.0), repetition_penalty=repetition_penalty)
 
 
 @dataclass(frozen=True)

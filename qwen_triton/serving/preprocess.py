@@ -13,9 +13,7 @@ from ..chat import Tokenizer, ids_to_word_list, load_tokenizer, parse_messages, 
 from ..chat.template import DEFAULT_SYSTEM
 from ..errors import InvalidRequestError
 from . import contract as c
-from .triton_io import texts
-
-Arrays = Mapping[str, np.ndarray]
+from .triton_io import Arrays, texts
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ def _pad_word_lists(lists: list[list[list[int]]]) -> np.ndarray:
 
 
 def _row(arr: np.ndarray | None, i: int) -> np.ndarray | None:
-    return None if arr is None else np.asarray(arr, dtype=object if arr.dtype == object else None)[i]
+    return None if arr is None else np.asarray(arr)[i]
 
 
 def _optional_int(arr: np.ndarray | None, i: int, field: str) -> int | None:

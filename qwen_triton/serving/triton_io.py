@@ -17,6 +17,8 @@ from .contract import TensorSpec
 
 log = logging.getLogger(__name__)
 
+Arrays = Mapping[str, np.ndarray]  # a request's or response's tensors by contract name
+
 
 def read_inputs(specs: Iterable[TensorSpec], get: Callable[[str], Any]) -> dict[str, np.ndarray]:
     """{name: array} of the inputs present; `get(name)` returns a tensor with
