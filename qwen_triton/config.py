@@ -46,8 +46,6 @@ class ModelConfig:
     seq_length: int = 0
     logn_attn: bool = False
     dynamic_ntk: bool = False
-    # the checkpoint's default end-of-text ids (config.json / generation_config.json)
-    eos_token_ids: tuple[int, ...] = ()
 
     @property
     def q_size(self) -> int:

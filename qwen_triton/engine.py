@@ -142,6 +142,41 @@ class LLMEngine:
                     tokens[out.request_id].extend(out.new_token_ids)
         return [tokens[rid] for rid in ids]
 
+    def score(self, token_ids: Seq[int]) -> list[float]:
+        """Teacher-forced log probabilities of a token sequence (perplexity, accuracy checks).
+
+        Returns n - 1 floats for n tokens: element i - 1 is the natural-log
+        log p(token_ids[i] | token_ids[:i]) from float32 logits, i = 1 .. n - 1.
+        The tokens run as one fresh sequence through exactly the model code a
+        prompt goes through (the runner's prefill over the paged KV cache,
+        chunked at max_num_batched_tokens), keeping every position's logits
+        instead of the last one's. Nothing is sampled and no request is created;
+        the KV blocks come from the pool and are freed before it returns, so
+        running requests are untouched. Call it from the thread that steps the
+        engine (not while a BackgroundEngine drives it). At most max_model_len
+        tokens: score longer texts in windows.
+        """
+        ids = _as_token_ids(token_ids)
+        if not ids:
+            raise InvalidRequestError("token_ids", "is empty")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError("token_ids", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        if len(ids) > self.max_model_len:
+            raise InvalidRequestError(
+                "token_ids", f"{len(ids)} tokens exceed the context of {self.max_model_len}; score windows")
+        blocks = self.scheduler.blocks
+        need = blocks.blocks_for(len(ids))
+        if need > blocks.num_free_blocks:
+            raise InvalidRequestError(
+                "token_ids", f"{len(ids)} tokens need {need} KV blocks, {blocks.num_free_blocks} are free")
+        table = blocks.allocate(need)
+        try:
+            return self.runner.score(ids, table, self.config.max_num_batched_tokens)
+        finally:
+            blocks.free(table)
+
     def stats(self) -> EngineStats:
         s = self.scheduler
         return EngineStats(

@@ -24,10 +24,13 @@ from .models.batch import ForwardBatch
 from .models.layers import get_layer_ops
 from .outputs import SampledToken
 from .sampler import Sampler, SamplingRow
+from .sampling_params import SamplingParams
 from .scheduler import ScheduledSeq, SchedulerOutput
 
 log = logging.getLogger(__name__)
 
+# Rows of logits LLMEngine.score computes at once (a Qwen vocabulary: 256 rows ~ 156 MB in float32).
+_SCORE_ROWS = 256
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -326,6 +329,30 @@ class ModelRunner:
             return None
         ends = host.cu[1:][sample_rows] - 1  # last packed token of each sampling sequence
         return self.model.compute_logits(hidden[torch.from_numpy(ends.astype(np.int64)).to(dev)])
+
+    @torch.inference_mode()
+    def score(self, token_ids: list[int], block_table: list[int], chunk_size: int) -> list[float]:
+        """log p(token i | tokens < i) for i = 1 .. n - 1 of one fresh sequence (LLMEngine.score).
+
+        The sequence runs as prefill chunks of at most `chunk_size` tokens with
+        its KV in `block_table` (which must hold n tokens), through the same
+        prepare_host -> model -> compute_logits path as execute(); logits are
+        computed _SCORE_ROWS rows at a time to bound memory at large vocabularies.
+        """
+        dev = self.settings.device
+        targets = torch.tensor(token_ids[1:], dtype=torch.int64, device=dev)  # [n - 1]
+        params = SamplingParams(max_tokens=1)
+        out: list[torch.Tensor] = []
+        for start in range(0, len(token_ids), chunk_size):
+            chunk = ScheduledSeq("score", token_ids[start:start + chunk_size], start, block_table, False,
+                                 params, 0, token_ids, [])
+            host = prepare_host([chunk], self.block_size)
+            hidden = self.model(host.to_device(dev, self.block_size), self.kv_caches)  # [t, hidden]
+            for row in range(0, hidden.shape[0], _SCORE_ROWS):
+                want = targets[start + row:start + row + _SCORE_ROWS]  # the tokens these rows predict
+                logits = self.model.compute_logits(hidden[row:row + len(want)])  # float32 [r, vocab]
+                out.append(torch.log_softmax(logits, dim=-1).gather(1, want[:, None])[:, 0])
+        return torch.cat(out).tolist() if out else []
 
 
 def _dummy_prefill(lens: list[int], block_size: int) -> HostBatch:

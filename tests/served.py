@@ -2,6 +2,8 @@
 tritonserver (from .triton/) on free ports: the fixtures of the end-to-end tests."""
 from __future__ import annotations
 
+import json
+import queue
 import re
 import subprocess
 import sys
@@ -9,12 +11,16 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from triton_server import TritonServer  # noqa: E402
+
+from qwen_triton.serving import contract as c  # noqa: E402
 
 TRITON_DIR = ROOT / ".triton"
 
@@ -22,12 +28,11 @@ needs_triton = pytest.mark.skipif(not (TRITON_DIR / ".installed.json").exists(),
                                   reason="Triton is not installed: run `make triton-install`")
 
 
-def build_repo(dest: Path, model: str | None = None, sets: tuple[str, ...] = ()) -> Path:
-    """Run `python -m build` into dest/model_repo (artifacts in dest/artifacts)."""
+def build_repo(dest: Path, model: str = "random", sets: tuple[str, ...] = (), artifacts: Path | None = None) -> Path:
+    """Run `python -m build` into dest/model_repo (artifacts in dest/artifacts unless given).
+    `model`: "random" (the random-weight Qwen2: fast), a checkpoint folder or a .gguf file."""
     cmd = [sys.executable, "-m", "build", "-q", "--model-repo", str(dest / "model_repo"),
-           "--artifacts", str(dest / "artifacts")]
-    if model:
-        cmd += ["--model", model]
+           "--artifacts", str(artifacts or dest / "artifacts"), "--model", model]
     for s in sets:
         cmd += ["--set", s]
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -51,3 +56,66 @@ def scrape(server: TritonServer, family: str) -> dict[str, float]:
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
     return {m.group(1): float(m.group(2))
             for m in re.finditer(rf'^{family}{{[a-z_]+="([^"]+)"}} (\S+)$', text, re.M)}
+
+
+def http_generate(server, body: dict, model: str = c.ENSEMBLE) -> requests.Response:
+    return requests.post(f"{server.http_url}/v2/models/{model}/generate", json=body, timeout=120)
+
+
+def http_stream(server, body: dict, model: str = c.ENSEMBLE) -> list[dict]:
+    r = requests.post(f"{server.http_url}/v2/models/{model}/generate_stream", json={**body, "stream": True},
+                      stream=True, timeout=120)
+    events = []
+    for line in r.iter_lines(decode_unicode=False):
+        if line.startswith(b"data: "):
+            events.append(json.loads(line[6:].decode("utf-8")))
+    return events
+
+
+def _grpc_input(name: str, arr: np.ndarray):
+    import tritonclient.grpc as grpcclient
+
+    dtype = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
+             np.dtype(bool): "BOOL"}[arr.dtype]
+    t = grpcclient.InferInput(name, list(arr.shape), dtype)
+    t.set_data_from_numpy(arr)
+    return t
+
+
+def grpc_stream(server, text: str | None = None, messages: str | None = None, max_tokens: int = 24,
+                cancel_after: int | None = None, model: str = c.ENSEMBLE, inputs: dict | None = None,
+                output: str = c.TEXT_OUTPUT) -> list:
+    """Stream over gRPC; return the chunks of `output` (cancel after `cancel_after` chunks if given)."""
+    import tritonclient.grpc as grpcclient
+
+    if inputs is None:
+        inputs = {c.MAX_TOKENS: np.array([[max_tokens]], np.int32), c.STREAM: np.array([[True]]),
+                  c.TEMPERATURE: np.array([[0.0]], np.float32)}
+        if text is not None:
+            inputs[c.TEXT_INPUT] = np.array([[text.encode()]], dtype=object)
+        if messages is not None:
+            inputs[c.MESSAGES] = np.array([[messages.encode()]], dtype=object)
+    chunks: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: chunks.put((result, error)))
+    client.async_stream_infer(model, [_grpc_input(k, v) for k, v in inputs.items()],
+                              enable_empty_final_response=True)
+    out: list = []
+    try:
+        while True:
+            result, error = chunks.get(timeout=120)
+            if error is not None:
+                raise RuntimeError(str(error))
+            final = result.get_response().parameters["triton_final_response"].bool_param
+            data = result.as_numpy(output)
+            if data is not None:
+                out.extend(x.decode("utf-8") if isinstance(x, bytes) else x for x in data.reshape(-1))
+            if final:
+                break
+            if cancel_after is not None and len(out) >= cancel_after:
+                client.stop_stream(cancel_requests=True)
+                return out
+    finally:
+        client.stop_stream()
+        client.close()
+    return out

@@ -490,7 +490,6 @@ def test_default_checkpoint_is_a_qwen2_with_the_real_vocab(default_checkpoint):
     assert (config.arch, config.hidden_size, config.num_layers, config.num_heads, config.num_kv_heads,
             config.intermediate_size, config.vocab_size, config.max_position) == \
         ("qwen2", 128, 2, 4, 2, 256, 151936, 4096)
-    assert config.eos_token_ids == (151645, 151643)
     assert (default_checkpoint / "model.safetensors").is_file()
     tokenizer = load_tokenizer(default_checkpoint)
     assert isinstance(tokenizer, QwenTiktokenTokenizer)
@@ -498,6 +497,7 @@ def test_default_checkpoint_is_a_qwen2_with_the_real_vocab(default_checkpoint):
     assert tokenizer.decode(ids) == "你好"
     assert tokenizer.im_end_id == 151645 and tokenizer.special_tokens["<|endoftext|>"] == 151643
     assert tokenizer.encode("<|im_end|>", allow_special=True) == [151645]
+    assert tokenizer.eos_ids == (151645, 151643) and not tokenizer.add_bos
 
 
 def test_default_checkpoint_runs_in_our_engine(default_checkpoint):
@@ -527,7 +527,8 @@ def test_default_checkpoint_is_idempotent(default_checkpoint, tmp_path):
 
 def test_cli_builds_a_repository_for_the_default_checkpoint(default_checkpoint, tmp_path):
     repo = tmp_path / "repo"
-    run = _cli("--artifacts", str(default_checkpoint.parent), "--model-repo", str(repo), "--set", "device=cpu")
+    run = _cli("--model", "random", "--artifacts", str(default_checkpoint.parent), "--model-repo", str(repo),
+               "--set", "device=cpu")
     assert run.returncode == 0, run.stderr
     assert "up to date" in run.stdout and "QwenTiktokenTokenizer" in run.stdout
     params = text_format.Parse((repo / c.ENGINE / "config.pbtxt").read_text(), mc.ModelConfig()).parameters
@@ -537,7 +538,8 @@ def test_cli_builds_a_repository_for_the_default_checkpoint(default_checkpoint, 
     run = _cli("--check", "--model-repo", str(repo), "-q")
     if all(render._source_files(m) for m in render.PYTHON_MODELS):
         assert run.returncode == 0, run.stderr
-    run = _cli("--engine", "tensorrtllm", "--artifacts", str(default_checkpoint.parent), "--model-repo",
+    run = _cli("--engine", "tensorrtllm", "--model", "random", "--artifacts", str(default_checkpoint.parent),
+               "--model-repo",
                str(tmp_path / "trt_repo"), "--set", "tp_size=1")
     assert run.returncode == 0, run.stderr
     assert (default_checkpoint.parent / "trtllm" / trtllm.SCRIPT_NAME).is_file()
@@ -577,7 +579,7 @@ def test_built_repository_serves_in_tritonserver(default_checkpoint, tmp_path):
         pytest.skip("model_repo/*/1/model.py are not all in this checkout")
     server_cls, triton_dir = triton
     repo = tmp_path / "repo"
-    run = _cli("--artifacts", str(default_checkpoint.parent), "--model-repo", str(repo), "-q",
+    run = _cli("--model", "random", "--artifacts", str(default_checkpoint.parent), "--model-repo", str(repo), "-q",
                "--set", "device=cpu", "--set", "max_num_seqs=4", "--set", "num_kv_blocks=256")
     assert run.returncode == 0, run.stderr
     with server_cls(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=triton_dir,

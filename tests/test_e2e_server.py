@@ -15,7 +15,7 @@ import pytest
 import requests
 from reference_chatml import HISTORY, SCRIPTED_REPLY, as_messages, reference_encoder, reference_make_context
 from scripted_checkpoint import write_scripted_qwen2
-from served import build_repo, needs_triton, scrape, serve
+from served import build_repo, grpc_stream, http_generate, http_stream, needs_triton, scrape, serve
 
 from qwen_triton import EngineConfig
 from qwen_triton.serving import contract as c
@@ -65,69 +65,6 @@ def expected_texts(default_build):
         return texts
     finally:
         svc.shutdown()
-
-
-def http_generate(server, body: dict) -> requests.Response:
-    return requests.post(f"{server.http_url}/v2/models/ensemble/generate", json=body, timeout=120)
-
-
-def http_stream(server, body: dict) -> list[dict]:
-    r = requests.post(f"{server.http_url}/v2/models/ensemble/generate_stream", json={**body, "stream": True},
-                      stream=True, timeout=120)
-    events = []
-    for line in r.iter_lines(decode_unicode=False):
-        if line.startswith(b"data: "):
-            events.append(json.loads(line[6:].decode("utf-8")))
-    return events
-
-
-def _grpc_input(name: str, arr: np.ndarray):
-    import tritonclient.grpc as grpcclient
-
-    dtype = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
-             np.dtype(bool): "BOOL"}[arr.dtype]
-    t = grpcclient.InferInput(name, list(arr.shape), dtype)
-    t.set_data_from_numpy(arr)
-    return t
-
-
-def grpc_stream(server, text: str | None = None, messages: str | None = None, max_tokens: int = MAX_TOKENS,
-                cancel_after: int | None = None, model: str = c.ENSEMBLE, inputs: dict | None = None,
-                output: str = c.TEXT_OUTPUT) -> list:
-    """Stream over gRPC; return the chunks of `output` (cancel after `cancel_after` chunks if given)."""
-    import tritonclient.grpc as grpcclient
-
-    if inputs is None:
-        inputs = {c.MAX_TOKENS: np.array([[max_tokens]], np.int32), c.STREAM: np.array([[True]]),
-                  c.TEMPERATURE: np.array([[0.0]], np.float32)}
-        if text is not None:
-            inputs[c.TEXT_INPUT] = np.array([[text.encode()]], dtype=object)
-        if messages is not None:
-            inputs[c.MESSAGES] = np.array([[messages.encode()]], dtype=object)
-    chunks: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    client.start_stream(callback=lambda result, error: chunks.put((result, error)))
-    client.async_stream_infer(model, [_grpc_input(k, v) for k, v in inputs.items()],
-                              enable_empty_final_response=True)
-    out: list = []
-    try:
-        while True:
-            result, error = chunks.get(timeout=120)
-            if error is not None:
-                raise RuntimeError(str(error))
-            final = result.get_response().parameters["triton_final_response"].bool_param
-            data = result.as_numpy(output)
-            if data is not None:
-                out.extend(x.decode("utf-8") if isinstance(x, bytes) else x for x in data.reshape(-1))
-            if final:
-                break
-            if cancel_after is not None and len(out) >= cancel_after:
-                client.stop_stream(cancel_requests=True)
-                return out
-    finally:
-        client.stop_stream()
-        client.close()
-    return out
 
 
 def test_concurrent_http_and_grpc_match_engine_and_batch_inflight(server, expected_texts):

@@ -207,7 +207,7 @@ def test_report_of_a_run_without_server_data(tmp_path):
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("loadtest-build")
-    repo = build_repo(root)  # the default build
+    repo = build_repo(root)  # the random-weight Qwen2: load tests measure the stack, not the model
     with serve(repo, root / "triton.log") as srv:
         yield srv
 

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import CheckpointError
+from .defaults import CheckpointJson, GenerationDefaults, TokenDefaults, post_processor_adds_bos, token_text
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -41,9 +42,7 @@ QWEN_PAT_STR = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
 
 QWEN_TIKTOKEN_FILE = "qwen.tiktoken"
 TOKENIZER_JSON = "tokenizer.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-GENERATION_CONFIG = "generation_config.json"
 
 # Control tokens that end a chat reply whenever the vocabulary has them.
 _CHAT_END_TOKENS = (IM_END, ENDOFTEXT, "<|eot_id|>")
@@ -55,12 +54,16 @@ class SpecialTokens:
 
     `by_text` maps each special token's surface form to its id; these are the tokens that user text
     can never produce and that `decode(..., skip_special=True)` leaves out. `eos_ids` are the ids
-    that end generation (for Qwen chat both `<|im_end|>` and `<|endoftext|>`), most important first.
+    that end generation (for Qwen chat both `<|im_end|>` and `<|endoftext|>`), most important first;
+    `add_bos` says whether a raw text prompt gets `bos_id` in front. The ids are decided by
+    `defaults.py` from the checkpoint's files (`SpecialTokens.of`).
     """
 
     by_text: Mapping[str, int]
     eos_ids: tuple[int, ...]
     bos_id: int | None = None
+    add_bos: bool = False
+    pad_id: int | None = None
     by_id: Mapping[int, str] = field(init=False)
     ids: frozenset[int] = field(init=False)
 
@@ -70,6 +73,11 @@ class SpecialTokens:
         set_(self, "by_id", MappingProxyType({i: text for text, i in self.by_text.items()}))
         set_(self, "ids", frozenset(self.by_id))
         set_(self, "eos_ids", tuple(dict.fromkeys(int(i) for i in self.eos_ids)))
+
+    @classmethod
+    def of(cls, by_text: Mapping[str, int], defaults: TokenDefaults) -> SpecialTokens:
+        return cls(by_text, eos_ids=defaults.eos_ids, bos_id=defaults.bos_id, add_bos=defaults.add_bos,
+                   pad_id=defaults.pad_id)
 
 
 class Tokenizer(ABC):
@@ -82,8 +90,10 @@ class Tokenizer(ABC):
     """
 
     def __init__(self, specials: SpecialTokens, chat_template: str | None = None,
-                 template_vars: Mapping[str, str] | None = None, strips_leading_space: bool = False):
+                 template_vars: Mapping[str, str] | None = None, strips_leading_space: bool = False,
+                 generation: GenerationDefaults | None = None):
         self._specials = specials
+        self._generation = generation or GenerationDefaults()
         self._chat_template = chat_template
         self._template_vars = MappingProxyType(dict(template_vars or {}))
         self._strips_leading_space = strips_leading_space
@@ -124,6 +134,20 @@ class Tokenizer(ABC):
     @property
     def bos_id(self) -> int | None:
         return self._specials.bos_id
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether a raw text prompt starts with `bos_id` (never for Qwen; LLaMA 2 yes)."""
+        return self._specials.add_bos
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._specials.pad_id
+
+    @property
+    def generation_defaults(self) -> GenerationDefaults:
+        """The checkpoint's default sampling (generation_config.json), for requests that set none."""
+        return self._generation
 
     @property
     def im_start_id(self) -> int | None:
@@ -212,10 +236,11 @@ class QwenTiktokenTokenizer(Tokenizer):
     """The original Qwen tokenizer, built offline with tiktoken exactly like `tokenization_qwen.py`.
 
     `path` is a `qwen.tiktoken` file; None uses the copy that the dashscope package ships.
-    Text is NFC-normalised before encoding, as the original does.
+    Text is NFC-normalised before encoding, as the original does. `files`: the checkpoint's
+    tokenizer_config.json / generation_config.json, if any.
     """
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, files: CheckpointJson | None = None):
         import tiktoken
 
         data = Path(path).read_bytes() if path is not None else default_qwen_vocab()
@@ -227,9 +252,11 @@ class QwenTiktokenTokenizer(Tokenizer):
         if self._enc.n_vocab != len(ranks) + len(specials):
             raise CheckpointError(f"qwen.tiktoken: {self._enc.n_vocab} ids != "
                                   f"{len(ranks)} ranks + {len(specials)} special tokens")
-        eos = (specials[IM_END], specials[ENDOFTEXT])
-        super().__init__(SpecialTokens(specials, eos_ids=eos),
-                         template_vars={"eos_token": ENDOFTEXT, "pad_token": ENDOFTEXT})
+        files = files or CheckpointJson()
+        defaults = files.tokens(specials.get, chat_end_ids=(specials[IM_END], specials[ENDOFTEXT]))
+        super().__init__(SpecialTokens.of(specials, defaults),
+                         template_vars={"eos_token": ENDOFTEXT, "pad_token": ENDOFTEXT},
+                         generation=files.generation)
 
     @property
     def vocab_size(self) -> int:
@@ -315,13 +342,6 @@ def _token_string_bytes(token: str, kind: DecoderKind, alphabet: Mapping[str, in
     return token.encode("utf-8")
 
 
-def _token_text(value: Any) -> str | None:
-    """A special token entry of tokenizer_config.json: a string or {"content": ...}."""
-    if isinstance(value, Mapping):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
 def _pick_chat_template(value: Any) -> str | None:
     if isinstance(value, str):
         return value
@@ -331,44 +351,28 @@ def _pick_chat_template(value: Any) -> str | None:
     return None
 
 
-def _as_id_list(value: Any) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [int(v) for v in value]
-
-
 @dataclass(frozen=True)
 class HFTokenizerFiles:
     """The contents of a checkpoint's tokenizer files, already read."""
 
     tokenizer_json: str
-    config: Mapping[str, Any] = field(default_factory=dict)
+    meta: CheckpointJson = field(default_factory=CheckpointJson)  # tokenizer / generation config
     chat_template: str | None = None          # chat_template.jinja, which wins over the config's
-    generation_eos_ids: tuple[int, ...] = ()  # generation_config.json eos_token_id
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """tokenizer_config.json."""
+        return self.meta.tokenizer_config
 
     @classmethod
     def read(cls, checkpoint_dir: str | Path) -> HFTokenizerFiles:
         root = Path(checkpoint_dir)
-        config = _read_json(root / TOKENIZER_CONFIG) or {}
-        generation = _read_json(root / GENERATION_CONFIG) or {}
         template_file = root / CHAT_TEMPLATE_FILE
         return cls(
             tokenizer_json=(root / TOKENIZER_JSON).read_text(encoding="utf-8"),
-            config=config,
+            meta=CheckpointJson.read(root),
             chat_template=template_file.read_text(encoding="utf-8") if template_file.is_file() else None,
-            generation_eos_ids=tuple(_as_id_list(generation.get("eos_token_id"))),
         )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON: {exc}") from exc
 
 
 class HFTokenizer(Tokenizer):
@@ -391,11 +395,14 @@ class HFTokenizer(Tokenizer):
         added = {int(t["id"]): t for t in spec.get("added_tokens", [])}
         specials = {t["content"]: i for i, t in added.items() if t.get("special")}
         self._bytes_by_id = self._build_byte_table(kind, added, set(specials.values()))
-        super().__init__(self._special_tokens(specials, files),
+        defaults = files.meta.tokens(self._tok.token_to_id,
+                                     chat_end_ids=[specials[t] for t in _CHAT_END_TOKENS if t in specials],
+                                     encoder_adds_bos=post_processor_adds_bos(spec.get("post_processor")))
+        super().__init__(SpecialTokens.of(specials, defaults),
                          chat_template=files.chat_template or _pick_chat_template(
                              files.config.get("chat_template")),
                          template_vars=self._template_vars_of(files.config),
-                         strips_leading_space=kind.strips_leading_space)
+                         strips_leading_space=kind.strips_leading_space, generation=files.meta.generation)
 
     @classmethod
     def from_dir(cls, checkpoint_dir: str | Path) -> HFTokenizer:
@@ -429,19 +436,10 @@ class HFTokenizer(Tokenizer):
                 table.append(_token_string_bytes(token, kind, alphabet))
         return tuple(table)
 
-    def _special_tokens(self, specials: Mapping[str, int], files: HFTokenizerFiles) -> SpecialTokens:
-        def known(text: str | None) -> int | None:
-            return None if text is None else self._tok.token_to_id(text)
-
-        eos = [known(_token_text(files.config.get("eos_token"))), *files.generation_eos_ids,
-               *(specials.get(t) for t in _CHAT_END_TOKENS)]
-        return SpecialTokens(specials, eos_ids=tuple(i for i in eos if i is not None),
-                             bos_id=known(_token_text(files.config.get("bos_token"))))
-
     @staticmethod
     def _template_vars_of(config: Mapping[str, Any]) -> dict[str, str]:
         names = ("bos_token", "eos_token", "unk_token", "pad_token")
-        values = {name: _token_text(config.get(name)) for name in names}
+        values = {name: token_text(config.get(name)) for name in names}
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -449,7 +447,7 @@ def load_tokenizer(checkpoint_dir: str | Path) -> Tokenizer:
     """The tokenizer of a checkpoint folder: `qwen.tiktoken` when present, else `tokenizer.json`."""
     root = Path(checkpoint_dir)
     if (root / QWEN_TIKTOKEN_FILE).is_file():
-        return QwenTiktokenTokenizer(root / QWEN_TIKTOKEN_FILE)
+        return QwenTiktokenTokenizer(root / QWEN_TIKTOKEN_FILE, files=CheckpointJson.read(root))
     if (root / TOKENIZER_JSON).is_file():
         return HFTokenizer.from_dir(root)
     if not root.is_dir():

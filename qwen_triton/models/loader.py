@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
@@ -25,7 +25,6 @@ from .decoder import DecoderForCausalLM
 from .layers import TORCH_OPS, LayerOps
 
 CONFIG_FILE = "config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 # A folder with config.json and this file (and no safetensors) holds no weights:
@@ -72,14 +71,6 @@ def _read_json(path: str) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
-
-
-def _eos_ids(value) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, int):
-        return (value,)
-    return tuple(int(v) for v in value)
 
 
 def _parse_rope(cfg: _ConfigReader) -> RopeConfig:
@@ -155,7 +146,6 @@ def _parse_llama_family(cfg: _ConfigReader, arch: str) -> ModelConfig:
         mlp_bias=bool(cfg.get("mlp_bias", False)) if arch == "llama" else False,
         qk_norm=arch == "qwen3",
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        eos_token_ids=_eos_ids(cfg.get("eos_token_id")),
     )
 
 
@@ -187,7 +177,6 @@ def _parse_qwen(cfg: _ConfigReader, arch: str) -> ModelConfig:
         seq_length=seq_length,
         logn_attn=bool(cfg.get("use_logn_attn", True)),
         dynamic_ntk=bool(cfg.get("use_dynamic_ntk", True)),
-        eos_token_ids=_eos_ids(cfg.get("eos_token_id")),
     )
 
 
@@ -276,7 +265,7 @@ def _arch_spec(arch: str, where: str) -> ArchSpec:
 
 
 def load_model_config(path: str | os.PathLike) -> ModelConfig:
-    """Read `path`/config.json (and generation_config.json's eos ids, which win when present)."""
+    """Read `path`/config.json. (End ids and other token defaults: qwen_triton/chat/defaults.py.)"""
     path = os.fspath(path)
     config_path = os.path.join(path, CONFIG_FILE)
     cfg = _ConfigReader(_read_json(config_path), config_path)
@@ -287,11 +276,6 @@ def load_model_config(path: str | os.PathLike) -> ModelConfig:
             f"{config_path}: num_attention_heads {config.num_heads} is not a multiple of "
             f"num_key_value_heads {config.num_kv_heads}"
         )
-    gen_path = os.path.join(path, GENERATION_CONFIG_FILE)
-    if os.path.exists(gen_path):
-        eos = _eos_ids(_read_json(gen_path).get("eos_token_id"))
-        if eos:
-            config = replace(config, eos_token_ids=eos)
     return config
 
 

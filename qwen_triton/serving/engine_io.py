@@ -5,42 +5,17 @@ with reshape [] arrive as [B]). Triton-free and torch-free.
 """
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..chat import complete_prefix_len, from_word_list
+from ..chat.defaults import GenerationDefaults
 from ..errors import InvalidRequestError
 from ..sampling_params import SamplingParams
 from . import contract as c
 from .triton_io import Arrays
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Sampling used when a request sets none: the checkpoint's own
-    generation_config.json when it asks for sampling, else greedy."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-
-    @classmethod
-    def from_dir(cls, checkpoint_dir: str) -> GenerationDefaults:
-        path = os.path.join(checkpoint_dir, "generation_config.json")
-        if not os.path.exists(path):
-            return cls()
-        with open(path) as f:
-            cfg = json.load(f)
-        repetition_penalty = float(cfg.get("repetition_penalty") or 1.0)
-        if not cfg.get("do_sample", False):
-            return cls(repetition_penalty=repetition_penalty)
-        return cls(temperature=float(cfg.get("temperature") or 1.0), top_k=int(cfg.get("top_k") or 0),
-                   top_p=float(cfg.get("top_p") or 1.0), repetition_penalty=repetition_penalty)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from ..outputs import EngineStats, RequestOutput
 from .engine_io import (
     Arrays,
     EngineRequest,
-    GenerationDefaults,
     ResponseAccumulator,
     Utf8TokenReleaser,
     parse_engine_request,
@@ -93,7 +92,7 @@ class EngineService:
     def __init__(self, model_path: str, engine_config: EngineConfig, tokenizer_dir: str | None = None,
                  exclude_input_default: bool = True, tokenizer: Tokenizer | None = None):
         self.tokenizer = tokenizer or load_tokenizer(tokenizer_dir or model_path)
-        self.defaults = GenerationDefaults.from_dir(model_path)
+        self.defaults = self.tokenizer.generation_defaults
         self.exclude_input_default = exclude_input_default
         self.engine = BackgroundEngine(LLMEngine(model_path, engine_config))
         self._token_bytes = self.tokenizer.token_bytes_table()

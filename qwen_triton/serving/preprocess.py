@@ -46,9 +46,13 @@ class Preprocessor:
     that write ChatML by hand keep working (as with tensorrtllm_backend).
     `messages` go through the checkpoint's chat template (ChatML with Qwen's
     default system prompt for Qwen), where user text can never become a
-    control token. When the request names no end id, the tokenizer's end ids
-    are used (Qwen chat: <|im_end|> and <|endoftext|>); the ones after the
-    first travel as single-token stop words, which either engine honours.
+    control token. A raw text prompt gets the BOS in front only when the
+    checkpoint asks for one (`Tokenizer.add_bos`: LLaMA 2 yes, Qwen never).
+    When the request names no end id, the tokenizer's end ids are used (Qwen
+    chat: <|im_end|> and <|endoftext|>); the ones after the first travel as
+    single-token stop words, which either engine honours. Every default id
+    comes from the tokenizer, which read them from the checkpoint
+    (`qwen_triton/chat/defaults.py`).
     """
 
     def __init__(self, tokenizer: Tokenizer, default_system: str = DEFAULT_SYSTEM,
@@ -85,7 +89,7 @@ class Preprocessor:
         end_id = req.end_id if req.end_id is not None else self.tokenizer.eos_ids[0]
         extra_ends = [] if req.end_id is not None else [[t] for t in self.tokenizer.eos_ids[1:]]
         stop = self._words(req.stop_words, c.STOP_WORDS) + extra_ends
-        pad_id = req.pad_id if req.pad_id is not None else end_id
+        pad_id = next(i for i in (req.pad_id, self.tokenizer.pad_id, end_id) if i is not None)
         return PreprocessResult(ids, req.output_len, ids_to_word_list(stop),
                                 ids_to_word_list(self._words(req.bad_words, c.BAD_WORDS)), end_id, pad_id)
 
@@ -99,7 +103,7 @@ class Preprocessor:
             raise InvalidRequestError(c.TEXT_INPUT, "is missing or empty (or send chat `messages`)")
         ids = self.tokenizer.encode(req.text, allow_special=True)
         bos = self.tokenizer.bos_id
-        if bos is not None and ids[:1] != [bos]:
+        if self.tokenizer.add_bos and ids[:1] != [bos]:
             ids.insert(0, bos)
         return ids
 

