@@ -348,8 +348,9 @@ class ModelRunner:
                                  params, 0, token_ids, [])
             host = prepare_host([chunk], self.block_size)
             hidden = self.model(host.to_device(dev, self.block_size), self.kv_caches)  # [t, hidden]
-            for row in range(0, hidden.shape[0], _SCORE_ROWS):
-                want = targets[start + row:start + row + _SCORE_ROWS]  # the tokens these rows predict
+            num = hidden.shape[0]
+            for row in range(0, num, _SCORE_ROWS):
+                want = targets[start + row:start + min(row + _SCORE_ROWS, num)]  # what these rows predict
                 logits = self.model.compute_logits(hidden[row:row + len(want)])  # float32 [r, vocab]
                 out.append(torch.log_softmax(logits, dim=-1).gather(1, want[:, None])[:, 0])
         return torch.cat(out).tolist() if out else []

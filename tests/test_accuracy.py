@@ -65,11 +65,13 @@ def hf_logprobs(path: str, ids: list[int]) -> torch.Tensor:
 # -- LLMEngine.score -------------------------------------------------------------------------------
 
 
-def test_score_matches_transformers_log_softmax(tiny_qwen2):
-    rng = random.Random(0)
-    engine = engine_for(tiny_qwen2)
+@pytest.mark.parametrize("chunk, lengths", [(16, (70, 5)), (300, (450,))])
+def test_score_matches_transformers_log_softmax(tiny_qwen2, chunk, lengths):
+    """Prefill chunks smaller and larger than the runner's block of logits rows (256)."""
+    rng = random.Random(chunk)
+    engine = engine_for(tiny_qwen2, max_num_batched_tokens=chunk)
     free = engine.stats().num_free_blocks
-    for n in (70, 5):
+    for n in lengths:
         ids = [rng.randrange(3, VOCAB) for _ in range(n)]
         ours = torch.tensor(engine.score(ids))
         assert ours.shape == (n - 1,)

@@ -20,7 +20,7 @@ from reference_qwen import QwenReference
 from safetensors.torch import load_file, save_file
 
 from qwen_triton.attention import AttentionMetadata
-from qwen_triton.attention.torch_backend import TorchAttentionBackend
+from qwen_triton.attention.torch_backend import TorchAttentionBackend, causal_attention, sdpa_causal_attention
 from qwen_triton.config import RopeConfig
 from qwen_triton.errors import CheckpointError, UnsupportedModelError
 from qwen_triton.models import (
@@ -502,3 +502,13 @@ def test_torch_backend_matches_dense_attention(num_kv_heads, group, head_dim, bl
     torch.testing.assert_close(out.double(), torch.cat(expect), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(flat[0, meta.slot_mapping], torch.cat(ks))  # this step's K/V stored
     torch.testing.assert_close(flat[1, meta.slot_mapping], torch.cat(vs))
+
+
+@pytest.mark.parametrize("num_q, seq_len", [(1, 1), (1, 37), (9, 9), (5, 23)])
+def test_sdpa_attention_equals_the_dense_reference(num_q, seq_len):
+    """The backend's fused path against `causal_attention`: decode, a whole prompt, a chunk."""
+    gen = torch.Generator().manual_seed(num_q * 100 + seq_len)
+    q = torch.randn(num_q, 6, 16, generator=gen)
+    k, v = torch.randn(2, seq_len, 2, 16, generator=gen)
+    torch.testing.assert_close(sdpa_causal_attention(q, k, v, 0.25), causal_attention(q, k, v, 0.25),
+                               atol=1e-5, rtol=1e-5)
