@@ -8,7 +8,8 @@ Measures, in this order (every figure a median over --runs):
   bound       weight bytes read per decode token (every linear weight and the LM head; one embedding row)
               and the tokens/s that the read bandwidth allows at best
   engine      LLMEngine, one request: time to first token of a short chat (prefill + first token) and
-              decode tokens/s over --new-tokens forced tokens
+              decode tokens/s over --new-tokens forced tokens (--dense-attention: again with the
+              backend's dense reference attention, the before of the SDPA step)
   hf          transformers `generate` on the same checkpoint and prompt: the same two figures
   served      (with --served HOST:PORT) the same chat through the ensemble over gRPC streaming at one user:
               time to the first chunk and decode tokens/s, as a client sees them
@@ -56,7 +57,22 @@ def weight_bytes_per_token(model_dir: str) -> int:
     return 4 * (cfg.num_layers * per_layer + cfg.vocab_size * cfg.hidden_size)
 
 
-def engine_speed(model_dir: str, prompt: list[int], new_tokens: int, runs: int) -> dict[str, float]:
+def engine_speed(model_dir: str, prompt: list[int], new_tokens: int, runs: int,
+                 dense_attention: bool = False) -> dict[str, float]:
+    """`dense_attention`: the backend attends through the dense reference `causal_attention` (what it
+    did before the SDPA step), for a before/after in one run."""
+    from qwen_triton.attention import torch_backend
+
+    fused = torch_backend.sdpa_causal_attention
+    if dense_attention:
+        torch_backend.sdpa_causal_attention = torch_backend.causal_attention
+    try:
+        return _engine_speed(model_dir, prompt, new_tokens, runs)
+    finally:
+        torch_backend.sdpa_causal_attention = fused
+
+
+def _engine_speed(model_dir: str, prompt: list[int], new_tokens: int, runs: int) -> dict[str, float]:
     from qwen_triton import EngineConfig, LLMEngine, SamplingParams
 
     engine = LLMEngine(model_dir, EngineConfig(device="cpu", dtype="float32", max_num_seqs=4))
@@ -121,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--served", metavar="HOST:PORT", help="also measure a running server over gRPC")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--dense-attention", action="store_true",
+                   help="also time the engine with the dense reference attention (the backend before SDPA)")
     p.add_argument("--json", metavar="OUT")
     args = p.parse_args(argv)
     if args.threads:
@@ -134,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                        "max_tok_s": result["bandwidth"]["read_GBps"] * 1e9 / nbytes}
     print(json.dumps(result, indent=1), flush=True)
     stages = [("engine", lambda: engine_speed(args.model, prompt, args.new_tokens, args.runs))]
+    if args.dense_attention:
+        stages.append(("engine_dense_attention",
+                       lambda: engine_speed(args.model, prompt, args.new_tokens, args.runs, dense_attention=True)))
     if not args.skip_hf:
         stages.append(("hf", lambda: hf_speed(args.model, prompt, args.new_tokens, args.runs)))
     if args.served:
