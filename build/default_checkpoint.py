@@ -12,13 +12,14 @@ special tokens, chat template) is Qwen's, which is what serving tests and load t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .gguf_import import sha256_file
 
 DIRNAME = "default-qwen2-tiny"
 MARKER = "qwen_triton_default.json"
@@ -62,14 +63,6 @@ class DefaultCheckpoint:
     created: bool  # False: an existing folder matched its marker
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _wanted_marker_head() -> dict[str, Any]:
     return {"version": VERSION, "seed": SEED, "spec": SPEC, "generation_config": GENERATION_CONFIG}
 
@@ -91,7 +84,7 @@ def is_current(path: str | Path) -> bool:
     files = marker.get("files")
     if not isinstance(files, dict) or not files:
         return False
-    return all((root / name).is_file() and _sha256(root / name) == digest for name, digest in files.items())
+    return all((root / name).is_file() and sha256_file(root / name) == digest for name, digest in files.items())
 
 
 def qwen_vocab_source() -> Path:
@@ -142,7 +135,7 @@ def ensure_default_checkpoint(artifacts: str | Path, force: bool = False) -> Def
     tmp.mkdir()
     try:
         _write(tmp)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         marker = {**_wanted_marker_head(), "files": files}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if dest.exists():

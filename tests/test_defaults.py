@@ -40,6 +40,8 @@ def test_end_pad_and_bos_ids_in_order_of_authority():
     assert t.eos_ids == (8, 7, 2) and t.pad_id == 7 and t.bos_id == 1
     t = _tokens({}, {"eos_token_id": 2, "bos_token_id": 1})
     assert (t.eos_ids, t.bos_id, t.pad_id) == ((2,), 1, None)
+    original_qwen = _tokens({}, {"eos_token_id": 7, "pad_token_id": 7}, chat_end_ids=(8, 7))
+    assert original_qwen.eos_ids == (8, 7)  # <|im_end|> first: it ends a chat reply
 
 
 def test_post_processor_reading():

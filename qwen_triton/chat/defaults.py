@@ -81,7 +81,9 @@ class CheckpointJson:
             text = token_text(tc.get(key))
             return None if text is None else token_id(text)
 
-        eos = [by_text("eos_token"), *as_id_list(gc.get("eos_token_id")), *chat_end_ids]
+        # chat end tokens before generation_config's ids: the original Qwen's says <|endoftext|>, yet a
+        # chat reply ends on <|im_end|> first
+        eos = [by_text("eos_token"), *chat_end_ids, *as_id_list(gc.get("eos_token_id"))]
         bos = by_text("bos_token")
         bos = bos if bos is not None else _optional_int(gc.get("bos_token_id"))
         pad = _optional_int(gc.get("pad_token_id"))
