@@ -1,6 +1,7 @@
 """Chat layer for the CPU pre/postprocessing models: tokenizers, chat templates, streaming
 detokenization and stop/bad word lists. Plain Python, no torch."""
 from .detokenizer import IncrementalDetokenizer, complete_prefix_len, utf8_incomplete_tail
+from .hf_tokenizer import HFTokenizer, HFTokenizerFiles
 from .template import (
     CHATML_TEMPLATE,
     DEFAULT_MAX_WINDOW_SIZE,
@@ -20,8 +21,6 @@ from .tokenizer import (
     IM_START,
     QWEN_PAT_STR,
     QWEN_SPECIAL_TOKENS,
-    HFTokenizer,
-    HFTokenizerFiles,
     QwenTiktokenTokenizer,
     SpecialTokens,
     Tokenizer,
