@@ -54,6 +54,7 @@ class TritonPythonModel:
         self.stopping = threading.Event()
         self.metrics = self._metric_families()
         self.metric_cache = {}
+        self._export_metrics()  # the gauges exist once the model is ready, not a poll period later
         self.poller = threading.Thread(target=self._poll, name="qwen-triton-poll", daemon=True)
         self.poller.start()
 
