@@ -44,18 +44,13 @@ def resolve_model(model: str | None, artifacts: Path, say=print) -> ModelSource:
 
 
 def _pinned_default(artifacts: Path, say) -> ModelSource:
-    from .gguf_import import sha256_file
     from .pinned_models import QWEN25_CODER_05B, FetchError, fetch
 
     try:
-        gguf = fetch(QWEN25_CODER_05B, say=say)
+        gguf = fetch(QWEN25_CODER_05B, say=say)  # checked against the pinned sha256
     except FetchError as exc:
         raise RuntimeError(str(exc)) from None
-    digest = sha256_file(gguf)
-    if digest != QWEN25_CODER_05B.sha256:  # the cached copy changed since it was checked
-        gguf.unlink()
-        raise RuntimeError(f"the cached {gguf} was corrupt and has been removed; run the build again")
-    source = _imported(gguf, artifacts, say, digest=digest)
+    source = _imported(gguf, artifacts, say, digest=QWEN25_CODER_05B.sha256)
     return ModelSource(source.checkpoint, f"{QWEN25_CODER_05B.description}; {source.note}")
 
 

