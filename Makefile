@@ -1,6 +1,7 @@
 # qwen-triton
 #   make install        virtual environment with everything (CPU torch where no GPU)
-#   make build-engine   default random-weight Qwen2 with the real Qwen vocabulary, or MODEL=/path/to/ckpt
+#   make build-engine   the real default model, or MODEL=/path/to/ckpt (MODEL=random: random weights);
+#                       DECOUPLED=false: unary /infer and ModelInfer instead of streaming
 #   make serve          installs Triton from the pytriton wheel, builds when needed, starts, waits for ready
 #   make stop           stops the server
 #   make test           the whole test suite (starts its own servers on free ports)
@@ -13,6 +14,7 @@ PYTEST_ARGS ?=
 MODEL ?=
 ENGINE ?= qwen_triton
 BUILD_ARGS ?=
+DECOUPLED ?=
 MODEL_REPO ?= model_repo
 
 TRITON_MODEL_REPO = $(MODEL_REPO)
@@ -32,7 +34,8 @@ $(VENV)/.installed: pyproject.toml tools/install_torch.sh
 	touch $@
 
 build-engine: install
-	$(PY) -m build $(if $(MODEL),--model $(MODEL)) --engine $(ENGINE) --model-repo $(MODEL_REPO) $(BUILD_ARGS)
+	$(PY) -m build $(if $(MODEL),--model $(MODEL)) --engine $(ENGINE) --model-repo $(MODEL_REPO) \
+		$(if $(DECOUPLED),--set decoupled=$(DECOUPLED)) $(BUILD_ARGS)
 
 $(MODEL_REPO)/ensemble/config.pbtxt:
 	$(MAKE) build-engine

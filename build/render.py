@@ -40,7 +40,8 @@ from .settings import Settings
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the project holding build/ and model_repo/
 SOURCE_REPO = PACKAGE_ROOT / "model_repo"  # where the model.py files live
 MODELS = (c.PREPROCESSING, c.ENGINE, c.POSTPROCESSING, c.ENSEMBLE, c.BLS)
-PYTHON_MODELS = (c.PREPROCESSING, c.ENGINE, c.POSTPROCESSING, c.BLS)
+PYTHON_MODELS = MODELS
+ENTRY_MODELS = (c.ENSEMBLE, c.BLS)
 VERSION = "1"
 CONFIG = "config.pbtxt"
 MODEL_FILE = "model.py"
@@ -56,11 +57,12 @@ REQUIRED_PARAMS = {
     c.ENGINE: (c.PARAM_TOKENIZER_DIR, c.PARAM_MODEL_PATH, c.PARAM_ENGINE_CONFIG, c.PARAM_EXCLUDE_INPUT,
                c.PARAM_CANCEL_PERIOD_MS),
     c.POSTPROCESSING: (c.PARAM_TOKENIZER_DIR, c.PARAM_SKIP_SPECIAL),
-    c.BLS: (c.PARAM_TOKENIZER_DIR, c.PARAM_DEFAULT_SYSTEM, c.PARAM_MAX_INPUT_LEN, c.PARAM_MAX_OUTPUT_LEN,
-            c.PARAM_SKIP_SPECIAL),
+    **{m: (c.PARAM_TOKENIZER_DIR, c.PARAM_DEFAULT_SYSTEM, c.PARAM_MAX_INPUT_LEN, c.PARAM_MAX_OUTPUT_LEN,
+           c.PARAM_SKIP_SPECIAL, c.PARAM_ENGINE_MODEL, c.PARAM_MAX_REQUESTS, c.PARAM_CANCEL_PERIOD_MS)
+       for m in ENTRY_MODELS},
 }
 BOOL_PARAMS = (c.PARAM_EXCLUDE_INPUT, c.PARAM_SKIP_SPECIAL)
-INT_PARAMS = (c.PARAM_MAX_INPUT_LEN, c.PARAM_MAX_OUTPUT_LEN, c.PARAM_CANCEL_PERIOD_MS)
+INT_PARAMS = (c.PARAM_MAX_INPUT_LEN, c.PARAM_MAX_OUTPUT_LEN, c.PARAM_CANCEL_PERIOD_MS, c.PARAM_MAX_REQUESTS)
 
 
 class BuildError(RuntimeError):
@@ -136,7 +138,7 @@ def dtype_name(value: int) -> str:
     return "BYTES" if name == "STRING" else name
 
 
-def _add_inputs(cfg: mc.ModelConfig, specs: Iterable[TensorSpec], ragged: bool = False) -> None:
+def _add_inputs(cfg: mc.ModelConfig, specs: Iterable[TensorSpec]) -> None:
     for spec in specs:
         tensor = cfg.input.add(name=spec.name, data_type=data_type(spec.dtype), dims=list(spec.dims))
         if spec.optional:
@@ -144,7 +146,7 @@ def _add_inputs(cfg: mc.ModelConfig, specs: Iterable[TensorSpec], ragged: bool =
         if spec.reshape is not None:
             tensor.reshape.SetInParent()  # reshape: { shape: [ ] } marks a scalar
             tensor.reshape.shape.extend(spec.reshape)
-        if ragged and -1 in spec.dims:
+        if spec.ragged:
             tensor.allow_ragged_batch = True
 
 
@@ -157,31 +159,18 @@ def _add_outputs(cfg: mc.ModelConfig, specs: Iterable[TensorSpec]) -> None:
 
 
 def _model(name: str, *, backend: str, settings: Settings, inputs: Sequence[TensorSpec],
-           outputs: Sequence[TensorSpec], count: int, params: Mapping[str, str], decoupled: bool = False,
-           ragged: bool = False) -> mc.ModelConfig:
+           outputs: Sequence[TensorSpec], count: int, params: Mapping[str, str], decoupled: bool = False
+           ) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=name, backend=backend, max_batch_size=settings.serving.triton_max_batch_size)
     if decoupled:
         cfg.model_transaction_policy.decoupled = True
     cfg.dynamic_batching.SetInParent()  # requests of one execute() may differ in shape: see ragged inputs
     cfg.dynamic_batching.max_queue_delay_microseconds = settings.serving.max_queue_delay_microseconds
-    _add_inputs(cfg, inputs, ragged)
+    _add_inputs(cfg, inputs)
     _add_outputs(cfg, outputs)
     cfg.instance_group.add(count=count, kind=mc.ModelInstanceGroup.KIND_CPU)
     for key, value in params.items():
         cfg.parameters[key].string_value = value
-    return cfg
-
-
-def _ensemble(settings: Settings, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-              steps: Sequence[tuple[str, Mapping[str, str], Mapping[str, str]]]) -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=c.ENSEMBLE, platform="ensemble",
-                         max_batch_size=settings.serving.triton_max_batch_size)
-    _add_inputs(cfg, inputs)
-    _add_outputs(cfg, outputs)
-    for model, input_map, output_map in steps:
-        step = cfg.ensemble_scheduling.step.add(model_name=model, model_version=-1)
-        step.input_map.update(input_map)
-        step.output_map.update(output_map)
     return cfg
 
 
@@ -190,50 +179,54 @@ def _bool(value: bool) -> str:
 
 
 def model_configs(settings: Settings, paths: BuildPaths) -> dict[str, mc.ModelConfig]:
-    """The four models' configs for `settings` (engine qwen_triton or tensorrtllm)."""
+    """The five models' configs for `settings` (engine qwen_triton or tensorrtllm)."""
     s = settings.serving
     tokenizer_dir = paths.param_path(paths.checkpoint)
     prompt_params = {c.PARAM_TOKENIZER_DIR: tokenizer_dir, c.PARAM_DEFAULT_SYSTEM: s.default_system_prompt,
                      c.PARAM_MAX_INPUT_LEN: str(s.max_input_len), c.PARAM_MAX_OUTPUT_LEN: str(s.max_output_len)}
+    entry_params = {**prompt_params, c.PARAM_SKIP_SPECIAL: _bool(s.skip_special_tokens),
+                    c.PARAM_ENGINE_MODEL: c.ENGINE, c.PARAM_MAX_REQUESTS: str(s.max_concurrent_requests),
+                    c.PARAM_CANCEL_PERIOD_MS: str(s.cancellation_check_period_ms)}
+    trt = settings.engine == "tensorrtllm"
+
+    def specs(model: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        ins, outs = c.MODEL_SPECS[model]
+        return (trtllm.with_logits_dtype(ins, settings), trtllm.with_logits_dtype(outs, settings)) if trt \
+            else (ins, outs)
+
+    def python(model: str, count: int, params: Mapping[str, str], decoupled: bool = False) -> mc.ModelConfig:
+        ins, outs = specs(model)
+        return _model(model, backend="python", settings=settings, inputs=ins, outputs=outs, count=count,
+                      params=params, decoupled=decoupled)
+
     configs = {
-        c.PREPROCESSING: _model(
-            c.PREPROCESSING, backend="python", settings=settings, inputs=c.PREPROCESSING_INPUTS,
-            outputs=c.PREPROCESSING_OUTPUTS, count=s.preprocessing_instance_count, params=prompt_params),
-        # the ensemble's interface in code, forwarding cancellation to the engine (serving/bls.py)
-        c.BLS: _model(
-            c.BLS, backend="python", settings=settings, inputs=c.ENSEMBLE_INPUTS, outputs=c.ENSEMBLE_OUTPUTS,
-            count=s.preprocessing_instance_count, decoupled=True,
-            params={**prompt_params, c.PARAM_SKIP_SPECIAL: _bool(s.skip_special_tokens)}),
-        c.POSTPROCESSING: _model(
-            c.POSTPROCESSING, backend="python", settings=settings, inputs=c.POSTPROCESSING_INPUTS,
-            outputs=c.POSTPROCESSING_OUTPUTS, count=s.postprocessing_instance_count,
-            params={c.PARAM_TOKENIZER_DIR: tokenizer_dir, c.PARAM_SKIP_SPECIAL: _bool(s.skip_special_tokens)}),
+        c.PREPROCESSING: python(c.PREPROCESSING, s.preprocessing_instance_count, prompt_params),
+        # the entry points: upstream's pipeline in code, forwarding cancellation to the engine (serving/bls.py)
+        c.ENSEMBLE: python(c.ENSEMBLE, s.entry_instance_count, entry_params, s.decoupled),
+        c.BLS: python(c.BLS, s.entry_instance_count, entry_params, s.decoupled),
+        c.POSTPROCESSING: python(c.POSTPROCESSING, s.postprocessing_instance_count,
+                                 {c.PARAM_TOKENIZER_DIR: tokenizer_dir,
+                                  c.PARAM_SKIP_SPECIAL: _bool(s.skip_special_tokens)}),
     }
-    if settings.engine == "tensorrtllm":
+    if trt:
         assert paths.engine_dir is not None
+        ins, outs = specs(c.ENGINE)
         configs[c.ENGINE] = _model(
-            c.ENGINE, backend=trtllm.BACKEND, settings=settings, inputs=trtllm.engine_inputs(),
-            outputs=trtllm.engine_outputs(settings), count=s.engine_instance_count,
-            params=trtllm.engine_parameters(settings, paths.engine_dir.as_posix()), decoupled=s.decoupled,
-            ragged=True)
-        configs[c.ENSEMBLE] = _ensemble(settings, c.ENSEMBLE_INPUTS, trtllm.ensemble_outputs(settings),
-                                        trtllm.ensemble_steps())
+            c.ENGINE, backend=trtllm.BACKEND, settings=settings, inputs=ins, outputs=outs,
+            count=s.engine_instance_count, params=trtllm.engine_parameters(settings, paths.engine_dir.as_posix()),
+            decoupled=s.decoupled)
     else:
-        configs[c.ENGINE] = _model(
-            c.ENGINE, backend="python", settings=settings, inputs=c.ENGINE_INPUTS, outputs=c.ENGINE_OUTPUTS,
-            count=s.engine_instance_count, decoupled=True, ragged=True,
-            params={c.PARAM_TOKENIZER_DIR: tokenizer_dir,
-                    c.PARAM_MODEL_PATH: paths.param_path(paths.checkpoint),
-                    c.PARAM_ENGINE_CONFIG: settings.engine_config_json(),
-                    c.PARAM_EXCLUDE_INPUT: _bool(s.exclude_input_in_output),
-                    c.PARAM_CANCEL_PERIOD_MS: str(s.cancellation_check_period_ms)})
-        configs[c.ENSEMBLE] = _ensemble(settings, c.ENSEMBLE_INPUTS, c.ENSEMBLE_OUTPUTS, c.ENSEMBLE_STEPS)
+        configs[c.ENGINE] = python(c.ENGINE, s.engine_instance_count, {
+            c.PARAM_TOKENIZER_DIR: tokenizer_dir, c.PARAM_MODEL_PATH: paths.param_path(paths.checkpoint),
+            c.PARAM_ENGINE_CONFIG: settings.engine_config_json(),
+            c.PARAM_EXCLUDE_INPUT: _bool(s.exclude_input_in_output),
+            c.PARAM_CANCEL_PERIOD_MS: str(s.cancellation_check_period_ms)}, s.decoupled)
     return {name: configs[name] for name in MODELS}
 
 
 # Top-level fields in reading order (text_format alone prints them by field number, backend last).
-FIELD_ORDER = ("name", "platform", "backend", "max_batch_size", "model_transaction_policy", "dynamic_batching",
-               "input", "output", "instance_group", "parameters", "ensemble_scheduling")
+FIELD_ORDER = ("name", "backend", "max_batch_size", "model_transaction_policy", "dynamic_batching",
+               "input", "output", "instance_group", "parameters")
 
 
 def _ordered_text(cfg: mc.ModelConfig) -> str:
@@ -564,21 +557,32 @@ def check_repository(model_repo: str | Path, strict: bool = True) -> CheckReport
             elif engine_dir and not os.path.isdir(engine_dir):
                 report.warnings.append(f"{name}: engine folder {engine_dir} does not exist here yet "
                                        "(build it with the generated build_engine.sh on a GPU machine)")
-        elif name != c.ENSEMBLE:
+        else:
             report.errors.append(f"{name}: unexpected backend {cfg.backend!r}")
+    _check_entry_points(report)
+    return report
+
+
+def _check_entry_points(report: CheckReport) -> None:
+    """The entry models run upstream's pipeline (contract.PIPELINE_STEPS) over the repository's
+    preprocessing, engine and postprocessing: it must wire up, and they must call the engine the way
+    it is built (decoupled or not)."""
     engine = report.configs.get(c.ENGINE)
-    if engine is not None and engine.backend == "python" and not engine.model_transaction_policy.decoupled:
-        report.errors.append(f"{c.ENGINE}: our engine model must be decoupled")
+    models = {name: ModelIO.from_config(cfg) for name, cfg in report.configs.items() if name not in ENTRY_MODELS}
+    for name in ENTRY_MODELS:
+        entry = report.configs.get(name)
+        if entry is None:
+            continue
+        if entry.backend != "python":
+            report.errors.append(f"{name}: must be our Python entry model, got backend {entry.backend!r}")
+        if engine is not None and entry.model_transaction_policy.decoupled != engine.model_transaction_policy.decoupled:
+            report.errors.append(f"{name}: decoupled={entry.model_transaction_policy.decoupled} but {c.ENGINE} "
+                                 f"has decoupled={engine.model_transaction_policy.decoupled}; build them alike")
+        for model, _, _ in c.PIPELINE_STEPS:
+            cfg = report.configs.get(model)
+            if cfg is not None and cfg.max_batch_size < entry.max_batch_size:
+                report.errors.append(f"{name}: max_batch_size {entry.max_batch_size} exceeds "
+                                     f"{model}'s {cfg.max_batch_size}")
     ensemble = report.configs.get(c.ENSEMBLE)
     if ensemble is not None:
-        if ensemble.platform != "ensemble":
-            report.errors.append(f"{c.ENSEMBLE}: platform must be 'ensemble', got {ensemble.platform!r}")
-        steps = [(s.model_name, dict(s.input_map), dict(s.output_map)) for s in ensemble.ensemble_scheduling.step]
-        models = {name: ModelIO.from_config(cfg) for name, cfg in report.configs.items() if name != c.ENSEMBLE}
-        report.errors.extend(check_wiring(models, ModelIO.from_config(ensemble), steps))
-        for model, _, _ in steps:
-            cfg = report.configs.get(model)
-            if cfg is not None and cfg.max_batch_size < ensemble.max_batch_size:
-                report.errors.append(f"{c.ENSEMBLE}: max_batch_size {ensemble.max_batch_size} exceeds "
-                                     f"{model}'s {cfg.max_batch_size}")
-    return report
+        report.errors.extend(check_wiring(models, ModelIO.from_config(ensemble), c.PIPELINE_STEPS))

@@ -115,8 +115,13 @@ class ServingSettings(_Group):
     preprocessing_instance_count: int = _field(1, "instances of the preprocessing model (CPU)", min=1)
     postprocessing_instance_count: int = _field(1, "instances of the postprocessing model (CPU)", min=1)
     engine_instance_count: int = _field(1, "instances of the engine model (each loads the weights once)", min=1)
-    decoupled: bool = _field(True, "engine model_transaction_policy decoupled (needed for streaming)")
-    exclude_input_in_output: bool = _field(True, "default when a request does not send exclude_input_in_output")
+    entry_instance_count: int = _field(1, "instances of each entry model (ensemble, tensorrt_llm_bls)", min=1)
+    max_concurrent_requests: int = _field(512, "ours: requests each entry model instance serves at once "
+                                               "(more wait their turn)", min=1)
+    decoupled: bool = _field(True, "decoupled engine and entry models (upstream's decoupled_mode): streaming; "
+                                   "false serves unary gRPC ModelInfer and HTTP /infer instead, never streams")
+    exclude_input_in_output: bool = _field(False, "engine default when a request does not send "
+                                                  "exclude_input_in_output (upstream's default: false)")
     skip_special_tokens: bool = _field(True, "postprocessing leaves <|im_end|> and other control tokens out")
     default_system_prompt: str = _field("You are a helpful assistant.",
                                         "system prompt for chat `messages` that bring none")
@@ -149,6 +154,8 @@ class EngineLimits(_Group):
                                 choices=("auto", "torch", "triton"))
     enforce_eager: bool = _field(False, "ours: no CUDA graphs for decode steps")
     cuda_graph_max_batch: int = _field(256, "ours: largest decode batch replayed as a CUDA graph", min=1)
+    max_logits_bytes: int = _field(256 << 20, "ours: bytes of context or generation logits (float32, vocab wide "
+                                              "per token) one request may ask for", min=1)
 
 
 @dataclass(frozen=True)
@@ -355,9 +362,6 @@ class Settings:
             if t.tp_size != 1:
                 raise SettingsError("tp_size is a TensorRT-LLM setting; our engine runs one GPU per instance "
                                     "(set engine=tensorrtllm, or raise engine_instance_count)")
-            if not s.decoupled:
-                raise SettingsError("decoupled=false: our engine model is always decoupled "
-                                    "(model_repo/tensorrt_llm/1/model.py streams its responses)")
         else:
             if lim.device == "cpu":
                 raise SettingsError("device=cpu: TensorRT-LLM runs on GPUs only (use engine=qwen_triton on a CPU)")
@@ -407,6 +411,7 @@ class Settings:
             "layer_kernels": lim.layer_kernels,
             "enforce_eager": lim.enforce_eager,
             "cuda_graph_max_batch": lim.cuda_graph_max_batch,
+            "max_logits_bytes": lim.max_logits_bytes,
         }
         if lim.kv_cache_max_bytes is not None:
             fields["kv_cache_max_bytes"] = lim.kv_cache_max_bytes
@@ -431,7 +436,7 @@ class Settings:
             group, unused = self.trtllm, [f.name for f in dataclasses.fields(TrtllmSettings)]
         else:
             group, unused = self.limits, ["kv_cache_max_bytes", "device", "attention_backend", "layer_kernels",
-                                          "enforce_eager", "cuda_graph_max_batch"]
+                                          "enforce_eager", "cuda_graph_max_batch", "max_logits_bytes"]
         default = type(group)()
         return [name for name in unused if getattr(group, name) != getattr(default, name)]
 

@@ -1,12 +1,11 @@
-"""The TensorRT-LLM variant: NVIDIA's C++ `tensorrtllm` backend behind our ensemble.
+"""The TensorRT-LLM variant: NVIDIA's C++ `tensorrtllm` backend as the engine model.
 
 Nothing here can run on the machines this project is developed on (no GPU, no TensorRT-LLM), so
-it is right by construction: the names below are those of tensorrtllm_backend's
-`all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt` (today under `triton_backend/` in the
-TensorRT-LLM repository), and the engine build script uses the flags of TensorRT-LLM's
+it is right by construction: the engine model's tensors are the contract's, which are those of
+tensorrtllm_backend's `all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt` (checked against a
+copy in tests/upstream/), and the engine build script uses the flags of TensorRT-LLM's
 `examples/models/core/{qwen,llama}/convert_checkpoint.py`, `examples/quantization/quantize.py`
-and `trtllm-build`. preprocessing, postprocessing and the ensemble stay ours; the ensemble also
-passes the backend's `context_logits` / `generation_logits` through.
+and `trtllm-build`. preprocessing, postprocessing and the entry models stay ours.
 
 Plain data and text: the protobuf rendering lives in render.py.
 """
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from qwen_triton.serving import contract as c
@@ -26,50 +26,18 @@ GPT_MODEL_TYPE = "inflight_fused_batching"
 EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
 SCRIPT_NAME = "build_engine.sh"
 
-CONTEXT_LOGITS = "context_logits"
-GENERATION_LOGITS = "generation_logits"
 _LOGITS_TYPES = {"float32": "FP32", "float16": "FP16"}
-
-# Inputs of the upstream tensorrt_llm model beyond our contract that make sense for a decoder-only
-# chat model; the ensemble does not wire them, clients of tensorrt_llm itself may send them.
-UPSTREAM_EXTRA_INPUTS = (
-    TensorSpec("embedding_bias", "FP32", (-1,), optional=True),
-    TensorSpec("runtime_top_p_min", "FP32", (1,), optional=True, reshape=()),
-    TensorSpec("runtime_top_p_decay", "FP32", (1,), optional=True, reshape=()),
-    TensorSpec("runtime_top_p_reset_ids", "INT32", (1,), optional=True, reshape=()),
-    TensorSpec("early_stopping", "BOOL", (1,), optional=True, reshape=()),
-    TensorSpec("beam_search_diversity_rate", "FP32", (1,), optional=True, reshape=()),
-)
+_LOGITS_TENSORS = (c.CONTEXT_LOGITS, c.GENERATION_LOGITS, "draft_logits")
 
 # The model_type of a checkpoint -> the TensorRT-LLM example folder that converts it.
 EXAMPLE_FAMILY = {"qwen": "qwen", "qwen2": "qwen", "llama": "llama"}
 
 
-def logits_specs(settings: Settings) -> tuple[TensorSpec, ...]:
+def with_logits_dtype(specs: tuple[TensorSpec, ...], settings: Settings) -> tuple[TensorSpec, ...]:
+    """`specs` with the logits tensors in the dtype the engine was built to return (upstream's
+    ${logits_datatype}); the contract's own is FP32."""
     dtype = _LOGITS_TYPES[settings.trtllm.logits_dtype]
-    return (TensorSpec(CONTEXT_LOGITS, dtype, (-1, -1)), TensorSpec(GENERATION_LOGITS, dtype, (-1, -1, -1)))
-
-
-def engine_inputs() -> tuple[TensorSpec, ...]:
-    return c.ENGINE_INPUTS + UPSTREAM_EXTRA_INPUTS
-
-
-def engine_outputs(settings: Settings) -> tuple[TensorSpec, ...]:
-    return c.ENGINE_OUTPUTS + logits_specs(settings)
-
-
-def ensemble_outputs(settings: Settings) -> tuple[TensorSpec, ...]:
-    return c.ENSEMBLE_OUTPUTS + logits_specs(settings)
-
-
-def ensemble_steps() -> tuple:
-    """contract.ENSEMBLE_STEPS with the engine's logits passed through to the ensemble outputs."""
-    steps = []
-    for model, inputs, outputs in c.ENSEMBLE_STEPS:
-        if model == c.ENGINE:
-            outputs = {**outputs, CONTEXT_LOGITS: CONTEXT_LOGITS, GENERATION_LOGITS: GENERATION_LOGITS}
-        steps.append((model, dict(inputs), dict(outputs)))
-    return tuple(steps)
+    return tuple(replace(s, dtype=dtype) if s.name in _LOGITS_TENSORS else s for s in specs)
 
 
 def _bool(value: bool) -> str:

@@ -16,9 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .triton_client import ClientError, GenerateRequest, RequestStats, make_client
-
-DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
+from .triton_client import DEFAULT_URLS, ClientError, GenerateRequest, RequestStats, make_client
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -33,11 +31,11 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="0 is greedy")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="sent as random_seed")
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--presence-penalty", type=float)
     p.add_argument("--frequency-penalty", type=float)
-    p.add_argument("--min-tokens", type=int)
+    p.add_argument("--min-tokens", type=int, help="sent as min_length")
     p.add_argument("--stop", action="append", default=[], metavar="WORD",
                    help="stop word (repeatable); backslash escapes such as \\n are understood")
     p.add_argument("--bad-word", action="append", default=[], metavar="WORD", help="bad word (repeatable)")

@@ -44,11 +44,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ __all__ = [
     "ServerError", "TextStream", "make_client", "parse_sse",
 ]
 
-# (GenerateRequest attribute, ensemble input). Every ensemble input has a field.
+# (GenerateRequest attribute, ensemble input). Every ensemble input this engine supports has a field
+# (Python names of our own: min_tokens and seed go on the wire as min_length and random_seed).
 REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
     ("text", c.TEXT_INPUT),
     ("messages", c.MESSAGES),
@@ -75,8 +77,8 @@ REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
     ("repetition_penalty", c.REPETITION_PENALTY),
     ("presence_penalty", c.PRESENCE_PENALTY),
     ("frequency_penalty", c.FREQUENCY_PENALTY),
-    ("min_tokens", c.MIN_TOKENS),
-    ("seed", c.SEED),
+    ("min_tokens", c.MIN_LENGTH),
+    ("seed", c.RANDOM_SEED),
     ("beam_width", c.BEAM_WIDTH),
     ("num_return_sequences", c.NUM_RETURN_SEQUENCES),
     ("stream", c.STREAM),
@@ -84,14 +86,15 @@ REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
     ("return_log_probs", c.RETURN_LOG_PROBS),
     ("return_context_logits", c.RETURN_CONTEXT_LOGITS),
     ("return_generation_logits", c.RETURN_GENERATION_LOGITS),
+    ("return_perf_metrics", c.RETURN_PERF_METRICS),
+    ("embedding_bias_words", c.EMBEDDING_BIAS_WORDS),
+    ("embedding_bias_weights", c.EMBEDDING_BIAS_WEIGHTS),
 )
 INPUT_SPECS: dict[str, c.TensorSpec] = {spec.name: spec for spec in c.ENSEMBLE_INPUTS}
-NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32,
-                "BOOL": np.bool_}
-PYTHON_TYPES: dict[str, Callable[[Any], Any]] = {"BYTES": str, "INT32": int, "UINT64": int, "FP32": float,
-                                                 "BOOL": bool}
 OUTPUT_NAMES = frozenset(spec.name for spec in c.ENSEMBLE_OUTPUTS)
-FINAL_PARAMETER = "triton_final_response"
+# Where the clients connect by default: Triton's default ports on this machine.
+DEFAULT_URLS: Mapping[str, str] = MappingProxyType({kind: f"localhost:{wire.DEFAULT_PORTS[kind]}"
+                                                    for kind in ("http", "grpc")})
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -145,17 +148,20 @@ class GenerateRequest:
     beam_width: int | None = None
     num_return_sequences: int | None = None
     stream: bool = False
-    exclude_input_in_output: bool | None = None
+    exclude_input_in_output: bool | None = True  # the reply only (upstream echoes the prompt when not streaming)
     return_log_probs: bool | None = None
     return_context_logits: bool | None = None
     return_generation_logits: bool | None = None
+    return_perf_metrics: bool | None = None
+    embedding_bias_words: Sequence[str] = ()
+    embedding_bias_weights: Sequence[float] = ()
     request_id: str | None = None  # gRPC request id (HTTP generate has none)
 
     def __post_init__(self) -> None:
         if (self.text is None) == (self.messages is None):
             raise ValueError("give exactly one of text or messages")
-        if isinstance(self.stop, str) or isinstance(self.bad_words, str):
-            raise TypeError("stop and bad_words are sequences of strings, not one string")
+        if any(isinstance(words, str) for words in (self.stop, self.bad_words, self.embedding_bias_words)):
+            raise TypeError("stop, bad_words and embedding_bias_words are sequences of strings, not one string")
 
     def messages_json(self) -> str | None:
         """``messages`` as the JSON text the ``messages`` input carries."""
@@ -164,8 +170,8 @@ class GenerateRequest:
         return json.dumps([dict(m) for m in self.messages], ensure_ascii=False)
 
     def values(self, stream: bool | None = None) -> dict[str, Any]:
-        """{ensemble input name: Python value (scalar, or list for word lists)} of the fields that are set;
-        ``stream`` overrides the request's own flag."""
+        """{ensemble input name: Python value (scalar, or list for word lists)} of the fields that are set
+        (empty lists are not sent); ``stream`` overrides the request's own flag."""
         out: dict[str, Any] = {}
         for attr, name in REQUEST_FIELDS:
             value = self.messages_json() if attr == "messages" else getattr(self, attr)
@@ -173,13 +179,9 @@ class GenerateRequest:
                 value = stream
             if value is None:
                 continue
-            spec = INPUT_SPECS[name]
-            if spec.dims == (-1,):  # word lists
-                if not value:
-                    continue
-                out[name] = [str(v) for v in value]
-            else:
-                out[name] = PYTHON_TYPES[spec.dtype](value)
+            value = wire.python_value(INPUT_SPECS[name], value)
+            if not (isinstance(value, list) and not value):
+                out[name] = value
         return out
 
     def to_json(self, stream: bool | None = None) -> dict[str, Any]:
@@ -189,17 +191,8 @@ class GenerateRequest:
     def to_arrays(self, stream: bool | None = None, batched: bool = True) -> dict[str, np.ndarray]:
         """{name: numpy array} for the infer API: every ensemble model is batched, so each tensor gets a
         leading batch dimension of 1 unless ``batched=False``."""
-        arrays = {}
-        for name, value in self.values(stream).items():
-            spec = INPUT_SPECS[name]
-            dtype = NUMPY_DTYPES[spec.dtype]
-            if spec.dtype == "BYTES":
-                items = value if isinstance(value, list) else [value]
-                arr = np.array([v.encode("utf-8") for v in items], dtype=np.object_)
-            else:
-                arr = np.array([value], dtype=dtype)
-            arrays[name] = arr[None, :] if batched else arr
-        return arrays
+        return {name: wire.to_array(INPUT_SPECS[name], value, batched)
+                for name, value in self.values(stream).items()}
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -375,75 +368,17 @@ def _collect(chunks: Iterable[_Chunk]) -> tuple[list[str], dict[str, Any]]:
     return texts, outputs
 
 
-def _host_port(url: str, default_port: int) -> tuple[str, int, str]:
-    """'host:port', 'http://host:port' or 'grpc://host:port' -> (host, port, scheme)."""
-    if "://" not in url:
-        url = "http://" + url
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise ValueError(f"no host in url {url!r}")
-    return parts.hostname, parts.port or default_port, parts.scheme
-
-
 # --------------------------------------------------------------------------------------------------- SSE
 def parse_sse(lines: Iterable[bytes | str], raise_errors: bool = True) -> Iterator[dict[str, Any]]:
-    """Server-Sent Events -> their JSON ``data`` objects.
-
-    Multi-line data is joined with newlines, comments (``:``) and other fields are ignored, a blank line
-    ends an event and so does the end of input.  An object with an ``"error"`` key raises
-    :class:`ServerError` with that message (or is yielded as is with ``raise_errors=False``)."""
-    data: list[str] = []
-
-    def dispatch() -> dict[str, Any] | None:
-        if not data:
-            return None
-        payload = "\n".join(data)
-        data.clear()
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            raise ClientError(f"malformed server-sent event: {payload[:200]!r}") from None
-        if not isinstance(event, dict):
-            raise ClientError(f"server-sent event is not a JSON object: {payload[:200]!r}")
-        if raise_errors and "error" in event:
-            raise ServerError(str(event["error"]), 200)
-        return event
-
-    for raw in lines:
-        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        line = line.rstrip("\r\n")
-        if not line:
-            event = dispatch()
-            if event is not None:
-                yield event
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value.removeprefix(" "))
-    event = dispatch()
-    if event is not None:
-        yield event
-
-
-def _error_text(body: bytes) -> str:
-    """The server's message from an error body: JSON ``{"error": ...}``, SSE ``data: {"error": ...}``,
-    or the raw text."""
-    text = body.decode("utf-8", errors="replace").strip()
+    """Server-Sent Events -> their JSON ``data`` objects (``qwen_triton.wire.parse_sse``) with this
+    library's errors: an ``"error"`` object raises :class:`ServerError` with that message (or is yielded as
+    is with ``raise_errors=False``); data that is not a JSON object raises :class:`ClientError`."""
     try:
-        obj = json.loads(text)
-        if isinstance(obj, dict) and "error" in obj:
-            return str(obj["error"])
-    except ValueError:
-        pass
-    try:
-        for event in parse_sse(text.splitlines(), raise_errors=False):
-            if "error" in event:
-                return str(event["error"])
-    except ClientError:
-        pass
-    return text or "(empty error body)"
+        yield from wire.parse_sse(lines, raise_errors=raise_errors)
+    except wire.ErrorReply as exc:
+        raise ServerError(exc.message, 200) from None
+    except wire.WireError as exc:
+        raise ClientError(str(exc)) from None
 
 
 def _split_outputs(obj: Mapping[str, Any]) -> _Chunk:
@@ -456,9 +391,9 @@ def _split_outputs(obj: Mapping[str, Any]) -> _Chunk:
 class HttpClient:
     """The ensemble over Triton's HTTP generate extension.  ``url``: ``host:port`` or ``http(s)://...``."""
 
-    def __init__(self, url: str = "localhost:8000", model: str = c.ENSEMBLE, timeout: float | None = 600.0):
+    def __init__(self, url: str = DEFAULT_URLS["http"], model: str = c.ENSEMBLE, timeout: float | None = 600.0):
         self.url = url
-        self.host, self.port, scheme = _host_port(url, 8000)
+        self.host, self.port, scheme = wire.split_url(url, wire.DEFAULT_PORTS["http"])
         self.https = scheme == "https"
         self.model = model
         self.timeout = timeout
@@ -467,9 +402,8 @@ class HttpClient:
         cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
         return cls(self.host, self.port, timeout=self.timeout)
 
-    def _send(self, conn: http.client.HTTPConnection, endpoint: str, body: dict[str, Any],
-              accept: str) -> None:
-        path = f"/v2/models/{self.model}/{endpoint}"
+    def _send(self, conn: http.client.HTTPConnection, stream: bool, body: dict[str, Any], accept: str) -> None:
+        path = wire.generate_path(self.model, stream)
         with self._errors(conn):
             conn.request("POST", path, body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
                          headers={"Content-Type": "application/json", "Accept": accept})
@@ -492,14 +426,8 @@ class HttpClient:
 
     def ready(self) -> bool:
         """True when ``/v2/health/ready`` answers 200."""
-        conn = self._connection()
-        try:
-            conn.request("GET", "/v2/health/ready")
-            return conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        scheme = "https" if self.https else "http"
+        return wire.is_ready(f"{scheme}://{self.host}:{self.port}", timeout=self.timeout)
 
     def generate(self, req: GenerateRequest) -> GenerateResult:
         """The whole reply.  ``req.stream`` false: one ``/generate`` call; true: the stream, accumulated
@@ -509,7 +437,7 @@ class HttpClient:
         stats = RequestStats()
         conn = self._connection()
         try:
-            self._send(conn, "generate", req.to_json(stream=False), "application/json")
+            self._send(conn, False, req.to_json(stream=False), "application/json")
             resp = self._response(conn)
             try:
                 body = resp.read()
@@ -518,15 +446,13 @@ class HttpClient:
         finally:
             conn.close()
         if resp.status != 200:
-            raise ServerError(_error_text(body), resp.status)
+            raise ServerError(wire.error_message(body), resp.status)
         try:
-            obj = json.loads(body)
-        except ValueError:
-            raise ClientError(f"reply is not JSON: {body[:200]!r}") from None
-        if not isinstance(obj, dict):
-            raise ClientError(f"reply is not a JSON object: {body[:200]!r}")
-        if "error" in obj:  # several responses: 200 with an error in the body
-            raise ServerError(str(obj["error"]), resp.status)
+            obj = wire.parse_reply(body)
+        except wire.ErrorReply as exc:  # several responses: 200 with an error in the body
+            raise ServerError(exc.message, resp.status) from None
+        except wire.WireError as exc:
+            raise ClientError(str(exc)) from None
         texts, outputs = _split_outputs(obj)
         stats.responses = 1
         stats.mark_chunk()
@@ -549,13 +475,13 @@ class HttpClient:
                     pass
 
         # The request goes out now (so the stats time it from here); its reply is read as iterated.
-        self._send(conn, "generate_stream", req.to_json(stream=True), "text/event-stream")
+        self._send(conn, True, req.to_json(stream=True), "text/event-stream")
 
         def chunks() -> Iterator[_Chunk]:
             try:
                 resp = self._response(conn)
                 if resp.status != 200:
-                    raise ServerError(_error_text(resp.read()), resp.status)
+                    raise ServerError(wire.error_message(resp.read()), resp.status)
                 try:
                     for event in parse_sse(iter(resp.readline, b"")):
                         yield _split_outputs(event)
@@ -626,7 +552,7 @@ class _GrpcCall:
                         if out.name != c.TEXT_OUTPUT:
                             other[out.name] = _flat(result.as_numpy(out.name))
                     yield _texts(result.as_numpy(c.TEXT_OUTPUT)), other
-                param = response.parameters.get(FINAL_PARAMETER)
+                param = response.parameters.get(wire.FINAL_RESPONSE)
                 if param is not None and param.bool_param:
                     finished = True
                     return
@@ -673,9 +599,9 @@ class GrpcClient:
     """The ensemble over gRPC bidirectional streaming.  ``url``: ``host:port`` (a ``grpc://`` prefix is
     accepted).  ``timeout``: the stream's deadline in seconds (None: none)."""
 
-    def __init__(self, url: str = "localhost:8001", model: str = c.ENSEMBLE, timeout: float | None = 600.0,
+    def __init__(self, url: str = DEFAULT_URLS["grpc"], model: str = c.ENSEMBLE, timeout: float | None = 600.0,
                  verbose: bool = False, channel_args: list[tuple[str, Any]] | None = None):
-        host, port, _ = _host_port(url, 8001)
+        host, port, _ = wire.split_url(url, wire.DEFAULT_PORTS["grpc"])
         self.url = f"{host}:{port}"
         self.model = model
         self.timeout = timeout

@@ -2,24 +2,17 @@
 how many requests may still start, and the records of those that ran.  Plain Python (no gevent)."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from qwen_triton.serving import contract as c
+from qwen_triton.wire import env_port
 
 from .metrics import RequestRecord
 from .workloads import Workload, user_rng
 
 PROTOCOLS = ("http_stream", "grpc_stream", "http")
-
-
-def env_port(kind: str) -> int:
-    """TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT, else 8000 / 8001 / 8002."""
-    name, default = {"http": ("TRITON_HTTP_PORT", 8000), "grpc": ("TRITON_GRPC_PORT", 8001),
-                     "metrics": ("TRITON_METRICS_PORT", 8002)}[kind]
-    return int(os.environ.get(name) or default)
 
 
 @dataclass

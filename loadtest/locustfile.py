@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` from
 
 from locust import events
 
-from loadtest.context import LoadTestContext, Target, env_port
+from loadtest.context import LoadTestContext, Target
 from loadtest.metrics import RECORD_FIELDS, summarize
 from loadtest.users import GrpcStreamUser, HttpGenerateUser, HttpStreamUser
 from loadtest.workloads import WORKLOADS, make_workload
+from qwen_triton.wire import env_port
 
 __all__ = ["GrpcStreamUser", "HttpGenerateUser", "HttpStreamUser"]
 DEFAULT_STOP_TIMEOUT_S = 120.0

@@ -12,12 +12,12 @@ the successful requests; **output tokens/s** = all output tokens of successful r
 **requests/s** = successful requests / duration, where the duration runs from the level's first request
 to its last completion; and the count of failures by kind.
 
-Output tokens are counted from the engine's outputs, never from text: every response of the ensemble
-carries ``output_log_probs`` with one value per token in that response (zeros unless ``return_log_probs``
-is asked for; our engine always fills it, grouping tokens only to keep UTF-8 characters whole), so the
-count is the length of that tensor -- the HTTP generate extension writes one element as a bare number,
-several as a list.  Should a server leave ``output_log_probs`` out, each non-empty response counts as one
-token and the record says so (``token_source="responses"``).
+Output tokens are counted from the engine's outputs, never from text: the load test asks for
+``return_log_probs``, so every response of the ensemble carries ``output_log_probs`` with one value per
+token in that response (our engine groups tokens only to keep UTF-8 characters whole), and the count is
+the length of that tensor -- the HTTP generate extension writes one element as a bare number, several as
+a list.  Should a server leave ``output_log_probs`` out, each non-empty response counts as one token and
+the record says so (``token_source="responses"``).
 
 Plain Python (no numpy needed), so the report and the tests can import it without gevent.
 """
@@ -48,7 +48,7 @@ class RequestRecord:
     start_s: float
     input_tokens: int  # the workload's count (exact for text_input, template estimate for messages)
     requested_tokens: int  # max_tokens sent
-    forced: bool  # min_tokens == max_tokens: the reply must have exactly requested_tokens tokens
+    forced: bool  # min_length == max_tokens: the reply must have exactly requested_tokens tokens
     ok: bool = False
     cancelled: bool = False  # cut off by the drain timeout at the end of a level: neither ok nor failed
     error: str = ""

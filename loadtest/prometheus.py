@@ -6,17 +6,17 @@ counters) are compared between the start and the end of a level (:func:`level_se
 into a time series (:func:`timeseries_row`).
 
 Triton's own metric names are Triton's (they are not part of our contract); the engine's families come
-from ``qwen_triton.serving.contract``.  Plain Python: fetching uses urllib, which gevent makes cooperative
-once the standard library is patched.
+from ``qwen_triton.serving.contract``; any label set is read (the engine's families carry ``model`` and
+``version`` as tensorrtllm_backend's do).  Plain Python: scraping and parsing are ``qwen_triton.wire``'s
+(urllib, which gevent makes cooperative once the standard library is patched).
 """
 from __future__ import annotations
 
-import re
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
 # Triton 2.51's families (``nv_inference_first_response_histogram_ms`` does not exist in this build).
@@ -36,73 +36,39 @@ GPU_MEM_TOTAL = "nv_gpu_memory_total_bytes"
 GPU_POWER = "nv_gpu_power_usage"
 CPU_UTIL = "nv_cpu_utilization"
 
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-Key = tuple[str, tuple[tuple[str, str], ...]]
-
-
-def parse(text: str) -> dict[Key, float]:
-    """Prometheus text -> {(name, sorted label pairs): value}; comments and unparsable lines are skipped."""
-    out: dict[Key, float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        name, labels, value = m.groups()
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        pairs = tuple(sorted(_LABEL.findall(labels or "")))
-        out[(name, pairs)] = number
-    return out
-
 
 @dataclass
 class Snapshot:
-    """One scrape; ``t`` is seconds since the run's start, ``ok`` False if the port did not answer."""
+    """One scrape; ``t`` is seconds since the run's start, ``values`` the families as
+    ``qwen_triton.wire.parse_metrics`` gives them, ``ok`` False if the port did not answer."""
 
     t: float
-    values: dict[Key, float] = field(default_factory=dict)
+    values: dict[str, dict[wire.Labels, float]] = field(default_factory=dict)
     ok: bool = True
 
-    def get(self, name: str, **labels: str) -> float | None:
+    def get(self, name: str, /, **labels: str) -> float | None:
         """The value of the one series with exactly these labels (None if absent)."""
-        return self.values.get((name, tuple(sorted(labels.items()))))
+        return self.values.get(name, {}).get(tuple(sorted(labels.items())))
 
-    def select(self, name: str, **match: str) -> list[tuple[dict[str, str], float]]:
+    def select(self, name: str, /, **match: str) -> list[tuple[dict[str, str], float]]:
         """Every series of a family whose labels include ``match``."""
-        out = []
-        for (n, pairs), v in self.values.items():
-            if n != name:
-                continue
-            labels = dict(pairs)
-            if all(labels.get(k) == val for k, val in match.items()):
-                out.append((labels, v))
-        return out
+        return wire.metric_series(self.values, name, **match)
 
-    def total(self, name: str, **match: str) -> float | None:
+    def total(self, name: str, /, **match: str) -> float | None:
         series = self.select(name, **match)
         return sum(v for _, v in series) if series else None
 
-    def by_label(self, name: str, label: str, **match: str) -> dict[str, float]:
-        return {labels[label]: v for labels, v in self.select(name, **match) if label in labels}
+    def by_label(self, name: str, label: str, /, **match: str) -> dict[str, float]:
+        return wire.metric_values(self.values, name, label, **match)
 
     def models(self) -> list[str]:
-        return sorted({dict(pairs).get("model", "") for (n, pairs) in self.values if n == SUCCESS} - {""})
+        return sorted({dict(labels).get("model", "") for labels in self.values.get(SUCCESS, {})} - {""})
 
 
 def fetch(url: str, t: float, timeout: float = 5.0) -> Snapshot:
     """Scrape once; a failure gives an empty snapshot with ok=False rather than an exception."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return Snapshot(t, parse(resp.read().decode("utf-8", "replace")))
-    except (OSError, ValueError):
-        return Snapshot(t, {}, ok=False)
+    families = wire.fetch_metrics(url, timeout)
+    return Snapshot(t, {}, ok=False) if families is None else Snapshot(t, families)
 
 
 # Columns of the gauge time series (server_timeseries.csv), in order.

@@ -39,8 +39,6 @@ import platform
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +46,10 @@ from typing import Any
 import gevent
 from locust.env import Environment
 
+from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
-from .context import PROTOCOLS, LoadTestContext, Target, env_port
+from .context import PROTOCOLS, LoadTestContext, Target
 from .metrics import RECORD_FIELDS, LevelWindow, RequestRecord, flat_summary, summarize
 from .prometheus import TIMESERIES_FIELDS, Snapshot, fetch, flat_server, level_server_summary, timeseries_row
 from .users import USER_CLASSES
@@ -73,25 +72,12 @@ INPUT_SPECS = {spec.name: spec for spec in c.ENSEMBLE_INPUTS}
 
 # ------------------------------------------------------------------------------------------- server
 def http_json(url: str, timeout: float = 5.0) -> Any:
+    """The JSON of a GET that answered 200, else None."""
+    status, body = wire.http_get(url, timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError, urllib.error.URLError):
+        return json.loads(body) if status == 200 else None
+    except ValueError:
         return None
-
-
-def wait_ready(target: Target, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{target.http_url}/v2/health/ready", timeout=2.0) as resp:
-                if resp.status == 200:
-                    return True
-        except (OSError, urllib.error.URLError):
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        gevent.sleep(0.5)
 
 
 def server_info(target: Target) -> dict[str, Any]:
@@ -341,15 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "the server's default, greedy for the default build)")
     w.add_argument("--top-p", type=float, default=None)
     w.add_argument("--top-k", type=int, default=None)
-    w.add_argument("--return-log-probs", action="store_true",
-                   help="ask for log probs (token counts do not need them with our engine)")
+    w.add_argument("--no-log-probs", action="store_true",
+                   help="do not ask for log probs: tokens are then counted as one per non-empty response")
     w.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
-                   help="any other ensemble input sent with every request, e.g. --input seed=1")
+                   help="any other ensemble input sent with every request, e.g. --input random_seed=1")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--http-port", type=int, default=env_port("http"))
-    s.add_argument("--grpc-port", type=int, default=env_port("grpc"))
-    s.add_argument("--metrics-port", type=int, default=env_port("metrics"))
+    s.add_argument("--http-port", type=int, default=wire.env_port("http"))
+    s.add_argument("--grpc-port", type=int, default=wire.env_port("grpc"))
+    s.add_argument("--metrics-port", type=int, default=wire.env_port("metrics"))
     s.add_argument("--model", default=c.ENSEMBLE)
     s.add_argument("--ready-timeout", type=float, default=30.0,
                    help="seconds to wait for the server (default 30)")
@@ -370,8 +356,10 @@ def extra_inputs(args: argparse.Namespace) -> dict[str, Any]:
     for name, value in ((c.TEMPERATURE, args.temperature), (c.TOP_P, args.top_p), (c.TOP_K, args.top_k)):
         if value is not None:
             extra[name] = value
-    if args.return_log_probs:
-        extra[c.RETURN_LOG_PROBS] = True
+    # token counts come from output_log_probs, which upstream's contract returns only when asked;
+    # replies leave the prompt out (upstream echoes it in replies that are not streamed)
+    extra[c.RETURN_LOG_PROBS] = not args.no_log_probs
+    extra[c.EXCLUDE_INPUT_IN_OUTPUT] = True
     for name, value in key_values(args.input, "--input").items():
         if name not in INPUT_SPECS:
             raise SystemExit(f"--input {name}: the ensemble has no such input")
@@ -407,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or ROOT / "logs" / "loadtest" / time.strftime("%Y%m%d-%H%M%S")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
-    if not wait_ready(target, args.ready_timeout):
+    if not wire.wait_ready(target.http_url, args.ready_timeout):  # time.sleep is gevent's here
         print(f"[loadtest] the server at {target.http_url} is not ready (GET /v2/health/ready); start it "
               f"with `make serve` or set TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT",
               file=sys.stderr)

@@ -28,18 +28,17 @@ import json
 import os
 import queue
 import socket
-import struct
 import time
 import uuid
 from typing import Any
 
 import gevent
 import grpc
-import numpy as np
 from geventhttpclient import HTTPClient
 from grpc.experimental import gevent as grpc_gevent
 from locust import User, constant, task
 
+from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
 from .context import LoadTestContext
@@ -63,9 +62,6 @@ import tritonclient.grpc as grpcclient  # after init_gevent
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 INPUT_SPECS = {spec.name: spec for spec in c.ENSEMBLE_INPUTS}
-NUMPY_DTYPES = {"BYTES": np.object_, "INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32,
-                "BOOL": np.bool_}
-FINAL = "triton_final_response"
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 SSE_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
 
@@ -100,16 +96,13 @@ class Reply:
             self.arrivals.append((now, n))
 
 
-def _error_message(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    for candidate in (text, text.removeprefix("data:").strip()):
-        try:
-            obj = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and "error" in obj:
-            return str(obj["error"])
-    return text[:500] or "(empty body)"
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """(error kind, message) of a failed request."""
+    if isinstance(exc, RequestFailed):
+        return exc.kind, exc.message
+    if isinstance(exc, wire.ErrorReply):  # the server's {"error": ...} (an SSE event or a /generate reply)
+        return "server", exc.message
+    return _exception_kind(exc), f"{type(exc).__name__}: {exc}"
 
 
 def _exception_kind(exc: BaseException) -> str:
@@ -117,7 +110,7 @@ def _exception_kind(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, (ConnectionError, OSError)):
         return "connection"
-    if isinstance(exc, ValueError):
+    if isinstance(exc, ValueError):  # wire.WireError included: not JSON, not a JSON object
         return "protocol"
     return "client"
 
@@ -205,8 +198,8 @@ class LoadTestUser(User):
             exc = e
             record.finish(time.perf_counter(), t0, reply.arrivals, self.streaming)
             record.ok = False
-            record.error_kind = e.kind if isinstance(e, RequestFailed) else _exception_kind(e)
-            record.error = (e.message if isinstance(e, RequestFailed) else f"{type(e).__name__}: {e}")[:500]
+            record.error_kind, message = _failure(e)
+            record.error = message[:500]
             self.reset()
         record.responses = reply.responses
         record.token_source = reply.token_source
@@ -237,14 +230,13 @@ class _HttpBase(LoadTestUser):
             http.close()
             self.http = None
 
-    def _post(self, endpoint: str, inputs: dict[str, Any], headers: dict[str, str]):
-        path = f"/v2/models/{self.ctx.target.model}/{endpoint}"
+    def _post(self, stream: bool, inputs: dict[str, Any], headers: dict[str, str]):
+        path = wire.generate_path(self.ctx.target.model, stream)
         body = json.dumps(inputs, ensure_ascii=False).encode("utf-8")
         resp = self.http.post(path, body=body, headers=headers)
         if resp.status_code != 200:
-            body = resp.read()
             kind = "http_5xx" if resp.status_code >= 500 else "http_4xx"
-            raise RequestFailed(kind, f"HTTP {resp.status_code}: {_error_message(body)}")
+            raise RequestFailed(kind, f"HTTP {resp.status_code}: {wire.error_message(resp.read())}"[:500])
         return resp
 
 
@@ -255,20 +247,10 @@ class HttpStreamUser(_HttpBase):
     streaming = True
 
     def send(self, inputs: dict[str, Any], reply: Reply) -> None:
-        resp = self._post("generate_stream", inputs, SSE_HEADERS)
-        while True:
-            line = resp.readline(b"\n")
-            if not line:
-                break
-            if not line.startswith(b"data:"):
-                continue
-            now = time.perf_counter()
-            event = json.loads(line[5:].strip())
-            if not isinstance(event, dict):
-                raise RequestFailed("protocol", f"event is not an object: {line[:200]!r}")
-            if "error" in event:
-                raise RequestFailed("server", str(event["error"])[:500])
-            reply.add(now, event.get(c.TEXT_OUTPUT), count_tokens(event.get(c.OUTPUT_LOG_PROBS)))
+        resp = self._post(True, inputs, SSE_HEADERS)
+        # an error event raises wire.ErrorReply ("server"), data that is no JSON object wire.WireError
+        for event in wire.parse_sse(iter(lambda: resp.readline(b"\n"), b""), raise_errors=True):
+            reply.add(time.perf_counter(), event.get(c.TEXT_OUTPUT), count_tokens(event.get(c.OUTPUT_LOG_PROBS)))
 
 
 class HttpGenerateUser(_HttpBase):
@@ -278,24 +260,11 @@ class HttpGenerateUser(_HttpBase):
     streaming = False
 
     def send(self, inputs: dict[str, Any], reply: Reply) -> None:
-        resp = self._post("generate", inputs, JSON_HEADERS)
+        resp = self._post(False, inputs, JSON_HEADERS)
         body = resp.read()
         now = time.perf_counter()
-        obj = json.loads(body)
-        if not isinstance(obj, dict):
-            raise RequestFailed("protocol", f"reply is not an object: {body[:200]!r}")
-        if "error" in obj:  # e.g. several responses: Triton answers 200 with an error in the body
-            raise RequestFailed("server", str(obj["error"])[:500])
+        obj = wire.parse_reply(body)  # e.g. several responses: Triton answers 200 with an error in the body
         reply.add(now, obj.get(c.TEXT_OUTPUT), count_tokens(obj.get(c.OUTPUT_LOG_PROBS)))
-
-
-def _tensor_bytes(spec: c.TensorSpec, value: Any) -> tuple[list[int], bytes]:
-    """(shape, raw little-endian content) of one ensemble input with a batch dimension of 1; BYTES
-    elements are each a 4-byte length and the bytes, as Triton's raw format wants."""
-    if spec.dtype == "BYTES":
-        items = [str(v).encode("utf-8") for v in (value if isinstance(value, list) else [value])]
-        return [1, len(items)], b"".join(struct.pack("<I", len(b)) + b for b in items)
-    return [1, 1], np.array([value], dtype=NUMPY_DTYPES[spec.dtype]).tobytes()
 
 
 def grpc_request(model: str, inputs: dict[str, Any], request_id: str) -> Any:
@@ -304,10 +273,10 @@ def grpc_request(model: str, inputs: dict[str, Any], request_id: str) -> Any:
     req = service_pb2.ModelInferRequest(model_name=model, id=request_id)
     for name, value in inputs.items():
         spec = INPUT_SPECS[name]
-        shape, raw = _tensor_bytes(spec, value)
-        req.inputs.add(name=name, datatype=spec.dtype, shape=shape)
-        req.raw_input_contents.append(raw)
-    req.parameters["triton_enable_empty_final_response"].bool_param = True
+        arr = wire.to_array(spec, value)  # a batch of one: [1, 1], or [1, N] for a list
+        req.inputs.add(name=name, datatype=spec.dtype, shape=list(arr.shape))
+        req.raw_input_contents.append(wire.raw_contents(arr))
+    req.parameters[wire.ENABLE_EMPTY_FINAL_RESPONSE].bool_param = True
     return req
 
 
@@ -411,7 +380,7 @@ class GrpcStreamUser(LoadTestUser):
                     chunk = "".join(t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
                                     for t in text.reshape(-1)) if text is not None else ""
                     reply.add(now, chunk, _output_size(response, c.OUTPUT_LOG_PROBS))
-                final = response.parameters.get(FINAL)
+                final = response.parameters.get(wire.FINAL_RESPONSE)
                 if final is not None and final.bool_param:
                     return
         except grpc.RpcError as exc:

@@ -1,7 +1,7 @@
 """What the load test sends: seeded, reproducible workloads, with nothing downloaded.
 
 * ``fixed`` -- every request has ``input_len`` prompt tokens and exactly ``output_len`` output tokens
-  (``min_tokens = max_tokens``, so an end token cannot cut a reply short): the shape of the targets
+  (``min_length = max_tokens``, so an end token cannot cut a reply short): the shape of the targets
   (128 in / 128 out).
 * ``sharegpt`` -- lengths drawn from a seeded distribution shaped like ShareGPT's as vLLM's serving
   benchmark uses it (prompt 4..1024 tokens, prompt + reply <= 2048; the vLLM paper gives means of 161
@@ -80,7 +80,7 @@ def make_text(rng: random.Random, n_tokens: int) -> str:
 
 @dataclass(frozen=True)
 class Turn:
-    """One request: ``text`` or chat ``messages``, ``max_tokens``, and ``forced`` (min_tokens too)."""
+    """One request: ``text`` or chat ``messages``, ``max_tokens``, and ``forced`` (min_length too)."""
 
     max_tokens: int
     input_tokens: int
@@ -96,7 +96,7 @@ class Turn:
         else:
             out[c.TEXT_INPUT] = self.text or ""
         if self.forced:
-            out[c.MIN_TOKENS] = int(self.max_tokens)
+            out[c.MIN_LENGTH] = int(self.max_tokens)
         return out
 
 

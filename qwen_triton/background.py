@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class _Add:
     prompt: list[int]
     params: SamplingParams
     deliver: OutputCallback
+    arrival_time_ns: int  # when submit() accepted it (perf metrics date requests from here)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class BackgroundEngine:
             if request_id in self._live:
                 raise DuplicateRequestError(request_id)
             self._live[request_id] = deliver
-        self._inbox.put(_Add(request_id, prompt, params, deliver))
+        self._inbox.put(_Add(request_id, prompt, params, deliver, time.time_ns()))
         return stream
 
     def abort(self, request_id: str) -> None:
@@ -153,7 +155,7 @@ class BackgroundEngine:
             self.engine.abort_request(cmd.request_id)
             return
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params)
+            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, arrival_time_ns=cmd.arrival_time_ns)
         except QwenTritonError as exc:  # e.g. a race on the id: that request alone fails
             self._deliver([RequestOutput(cmd.request_id, [], None, True, "error", len(cmd.prompt), 0,
                                          str(exc))], deliver=cmd.deliver)

@@ -90,9 +90,13 @@ class EngineConfig:
     layer_kernels: str = "auto"  # "auto", "torch", "triton"
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 256
+    # bytes of context or generation logits one request may ask for (float32, vocab wide per token):
+    # 256 MiB is 441 tokens of a Qwen vocabulary (151,936)
+    max_logits_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_batch"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_batch",
+                     "max_logits_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

@@ -10,6 +10,7 @@ import itertools
 import logging
 import operator
 import random
+import time
 from collections.abc import Sequence as Seq
 
 from .block_manager import BlockManager
@@ -66,12 +67,12 @@ class LLMEngine:
         if n == 0:
             raise InvalidRequestError("prompt", "is empty")
         vocab = self.model_config.vocab_size
-        bad = [t for t in _as_token_ids(prompt_token_ids) if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError("prompt", f"token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
-        bad = [t for t in params.all_token_ids() if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError("sampling", f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+        named = (("prompt", _as_token_ids(prompt_token_ids)), ("logit_bias", [t for t, _ in params.logit_bias]),
+                 ("sampling", params.all_token_ids()))
+        for field, ids in named:
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise InvalidRequestError(field, f"token id {bad[0]!r} is outside the vocabulary [0, {vocab})")
         if n >= self.max_model_len:
             raise InvalidRequestError(
                 "prompt", f"{n} tokens leave no room to generate in the context of {self.max_model_len}")
@@ -84,15 +85,35 @@ class LLMEngine:
         if need > blocks.num_blocks:
             raise InvalidRequestError(
                 "max_tokens", f"the request needs {need} KV blocks, the pool has {blocks.num_blocks}")
+        self._check_logits_size(n, params)
 
-    def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams) -> None:
-        """Queue a request; it joins the running batch at the next step."""
+    def _check_logits_size(self, prompt_len: int, params: SamplingParams) -> None:
+        """Context / generation logits are float32 [tokens, vocab] held on the host: cap them."""
+        cap, row = self.config.max_logits_bytes, self.model_config.vocab_size * 4
+        wanted = (("return_context_logits", params.return_context_logits, prompt_len, "prompt"),
+                  ("return_generation_logits", params.return_generation_logits, params.max_tokens, "max_tokens"))
+        for name, asked, tokens, what in wanted:
+            if asked and tokens * row > cap:
+                raise InvalidRequestError(
+                    name, f"{tokens} tokens ({what}) x {self.model_config.vocab_size} vocab x 4 bytes = "
+                    f"{tokens * row} bytes exceed max_logits_bytes {cap} (at most {cap // row} tokens)")
+
+    def add_request(self, request_id: str, prompt_token_ids: Seq[int], params: SamplingParams,
+                    arrival_time_ns: int | None = None) -> None:
+        """Queue a request; it joins the running batch at the next step.
+
+        arrival_time_ns (time.time_ns) lets a caller date the request from when
+        it reached the server; default now, and never later than now.
+        """
+        now = time.time_ns()
         if request_id in self.scheduler.requests:
             raise DuplicateRequestError(request_id)
         prompt = _as_token_ids(prompt_token_ids)
         self.validate(prompt, params)
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
-        self.scheduler.add(Sequence(request_id, prompt, params, seed, next(self._arrivals)))
+        arrival = now if arrival_time_ns is None else min(arrival_time_ns, now)
+        self.scheduler.add(Sequence(request_id, prompt, params, seed, next(self._arrivals),
+                                    arrival_time_ns=arrival))
 
     def abort_request(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; its final output comes
@@ -114,12 +135,12 @@ class LLMEngine:
         if sched.is_empty:
             return outputs
         try:
-            sampled = self.runner.execute(sched)
+            result = self.runner.execute(sched)
         except Exception as exc:  # a failed step ends its requests, never the engine
             log.exception("engine step failed; ending the %d requests in it", len(sched.scheduled))
             return outputs + self._fail(sched, exc)
         self._num_steps += 1
-        new = self.scheduler.update(sched, sampled)
+        new = self.scheduler.update(sched, result.sampled, result.context_logits)
         self._num_generated += sum(len(o.new_token_ids) for o in new)
         return outputs + new
 
@@ -183,7 +204,8 @@ class LLMEngine:
             num_running=len(s.running), num_waiting=len(s.waiting),
             num_free_blocks=s.blocks.num_free_blocks, num_total_blocks=s.blocks.num_blocks,
             num_steps=self._num_steps, num_preemptions=s.num_preemptions,
-            max_running_seen=s.max_running_seen, num_generated_tokens=self._num_generated)
+            max_running_seen=s.max_running_seen, num_generated_tokens=self._num_generated,
+            num_prefilling=sum(1 for seq in list(s.running) if seq.num_computed_tokens < seq.num_prompt_tokens))
 
 
 def _as_token_ids(tokens: Seq[int]) -> list[int]:

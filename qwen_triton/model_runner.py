@@ -1,5 +1,7 @@
 """The only module that touches the device: packs a step's tokens into
-tensors, runs the model over the paged KV cache, and samples.
+tensors, runs the model over the paged KV cache, samples, and brings back to
+the host the context / generation logits requests asked for (step_logits.py
+decides which rows go through the lm_head).
 
 Switchable steps on top of the plain model (EngineConfig):
   attention_backend  "torch" (reference) or "triton" (flash prefill, Triton decode)
@@ -22,15 +24,14 @@ from .config import EngineConfig, ModelConfig
 from .models import load_model
 from .models.batch import ForwardBatch
 from .models.layers import get_layer_ops
-from .outputs import SampledToken
+from .outputs import SampledToken, StepOutput
 from .sampler import Sampler, SamplingRow
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSeq, SchedulerOutput
+from .step_logits import LOGITS_ROWS, LogitsFn, LogitsPlan, context_logits, generation_logits
 
 log = logging.getLogger(__name__)
 
-# Rows of logits LLMEngine.score computes at once (a Qwen vocabulary: 256 rows ~ 156 MB in float32).
-_SCORE_ROWS = 256
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -302,33 +303,38 @@ class ModelRunner:
     # -- one step ------------------------------------------------------------
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> dict[str, SampledToken]:
-        """Compute every scheduled chunk; sample for chunks that reach their end."""
+    def execute(self, out: SchedulerOutput) -> StepOutput:
+        """Compute every scheduled chunk; sample for chunks that reach their end;
+        bring back to the CPU the logits requests asked for."""
         host = prepare_host(out.scheduled, self.block_size)
-        sample_rows = [i for i, s in enumerate(out.scheduled) if s.samples]
-        logits = self._logits(host, sample_rows)  # float32 [N, vocab]
-        if not sample_rows:
-            return {}
-        sampling = [out.scheduled[i] for i in sample_rows]
+        plan = LogitsPlan.build(out.scheduled, host.cu)
+        logits_of = self._forward(host)
+        sample_logits = logits_of(plan.sample_rows) if plan.samplers else None  # float32 [S, vocab]
+        context = context_logits(plan, logits_of, sample_logits, self.model_config.vocab_size)
+        if not plan.samplers:
+            return StepOutput({}, context)
         rows = [SamplingRow(s.params, s.seed, s.prompt_token_ids, s.output_token_ids)
-                for s in sampling]
-        tokens = self.sampler(logits, rows)
-        return {s.request_id: t for s, t in zip(sampling, tokens)}
+                for s in plan.samplers]
+        tokens = self.sampler(sample_logits, rows)  # leaves sample_logits raw
+        raw = generation_logits(plan, sample_logits)
+        sampled = {s.request_id: SampledToken(t.token_id, t.logprob, r)
+                   for s, t, r in zip(plan.samplers, tokens, raw)}
+        return StepOutput(sampled, context)
 
-    def _logits(self, host: HostBatch, sample_rows: list[int]) -> torch.Tensor | None:
-        """Run the step (graph replay or eager) and return logits of the sampling rows."""
+    def _forward(self, host: HostBatch) -> LogitsFn:
+        """Run the step (graph replay or eager); return what turns packed token
+        rows into their float32 logits."""
         dev = self.settings.device
         size = self.graphs.bucket(host.num_seqs) if self.graphs and host.is_decode_only else None
         if size is not None:
-            logits = self.graphs.run(host, size)  # [B, vocab]: every row of a decode step
-            if len(sample_rows) == host.num_seqs:
-                return logits
-            return logits[torch.tensor(sample_rows, device=dev)] if sample_rows else None
+            logits = self.graphs.run(host, size)  # [B, vocab]: every row of a decode step (T == B)
+
+            def from_graph(rows: np.ndarray) -> torch.Tensor:
+                # rows are increasing and distinct, so B of them are all of them, in order
+                return logits if len(rows) == host.num_seqs else logits[torch.from_numpy(rows).to(dev)]
+            return from_graph
         hidden = self.model(host.to_device(dev, self.block_size), self.kv_caches)  # [T, hidden]
-        if not sample_rows:
-            return None
-        ends = host.cu[1:][sample_rows] - 1  # last packed token of each sampling sequence
-        return self.model.compute_logits(hidden[torch.from_numpy(ends.astype(np.int64)).to(dev)])
+        return lambda rows: self.model.compute_logits(hidden[torch.from_numpy(rows).to(dev)])
 
     @torch.inference_mode()
     def score(self, token_ids: list[int], block_table: list[int], chunk_size: int) -> list[float]:
@@ -337,7 +343,7 @@ class ModelRunner:
         The sequence runs as prefill chunks of at most `chunk_size` tokens with
         its KV in `block_table` (which must hold n tokens), through the same
         prepare_host -> model -> compute_logits path as execute(); logits are
-        computed _SCORE_ROWS rows at a time to bound memory at large vocabularies.
+        computed LOGITS_ROWS rows at a time to bound memory at large vocabularies.
         """
         dev = self.settings.device
         targets = torch.tensor(token_ids[1:], dtype=torch.int64, device=dev)  # [n - 1]
@@ -349,8 +355,8 @@ class ModelRunner:
             host = prepare_host([chunk], self.block_size)
             hidden = self.model(host.to_device(dev, self.block_size), self.kv_caches)  # [t, hidden]
             num = hidden.shape[0]
-            for row in range(0, num, _SCORE_ROWS):
-                want = targets[start + row:start + min(row + _SCORE_ROWS, num)]  # what these rows predict
+            for row in range(0, num, LOGITS_ROWS):
+                want = targets[start + row:start + min(row + LOGITS_ROWS, num)]  # what these rows predict
                 logits = self.model.compute_logits(hidden[row:row + len(want)])  # float32 [r, vocab]
                 out.append(torch.log_softmax(logits, dim=-1).gather(1, want[:, None])[:, 0])
         return torch.cat(out).tolist() if out else []

@@ -1,7 +1,9 @@
 """What the engine hands back to its callers after each step."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -10,6 +12,40 @@ class SampledToken:
 
     token_id: int
     logprob: float | None = None  # log prob of token_id when the request asked for it
+    # float32 [vocab]: the raw model logits it was sampled from, when the request asked for generation logits
+    logits: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What the model runner computed in one step, by request id (Scheduler.update's input).
+
+    sampled: the token of every sequence whose chunk reached its end. context_logits: float32
+    [len(ScheduledSeq.context_positions), vocab] numpy, the logits of the prompt positions the
+    scheduler asked for (only requests that want context logits appear).
+    """
+
+    sampled: dict[str, SampledToken]
+    context_logits: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestMetrics:
+    """Per-request timing and KV-cache figures (TensorRT-LLM's request perf metrics).
+
+    Times are wall-clock nanoseconds since the epoch (time.time_ns): arrival when the engine
+    accepted the request, first_scheduled when it first ran, first_token / last_token when its first
+    and latest output tokens were sampled (0: not yet). Blocks: new_blocks allocated for it, blocks
+    reused from a prefix cache (0 while there is none), total_blocks it holds or held at most.
+    """
+
+    arrival_time_ns: int
+    first_scheduled_time_ns: int = 0
+    first_token_time_ns: int = 0
+    last_token_time_ns: int = 0
+    kv_new_blocks: int = 0
+    kv_reused_blocks: int = 0
+    kv_total_blocks: int = 0
 
 
 @dataclass(frozen=True)
@@ -18,6 +54,12 @@ class RequestOutput:
 
     finish_reason is "stop", "length", "abort" or "error" once finished; `error`
     then carries the message of an engine failure.
+
+    When the request asked for them: `context_logits` float32 [prompt tokens, vocab], the logits at
+    every prompt position, on the output that carries the first token (once); `generation_logits`
+    float32 [len(new_token_ids), vocab], the raw model logits that produced each new token (a step
+    that ends on an end id adds no row, as it adds no token). `metrics` on every output when the
+    request asked for perf metrics (else None).
     """
 
     request_id: str
@@ -28,6 +70,9 @@ class RequestOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     error: str | None = None
+    context_logits: np.ndarray | None = None
+    generation_logits: np.ndarray | None = None
+    metrics: RequestMetrics | None = None
 
 
 @dataclass(frozen=True)
@@ -42,3 +87,4 @@ class EngineStats:
     num_preemptions: int
     max_running_seen: int  # most sequences that shared one step so far
     num_generated_tokens: int
+    num_prefilling: int = 0  # running sequences whose prompt is not computed yet (TRT-LLM: "context")

@@ -2,6 +2,8 @@
 
 Pipeline, in the order transformers applies its processors:
 
+    logit_bias  fixed per-token additions to the raw logits (first, as
+                TensorRT-LLM's embedding_bias)
     penalties   repetition (prompt + output), presence / frequency (output),
                 min_tokens (end ids -> -inf), bad words (completions -> -inf)
     greedy rows argmax of the penalised logits
@@ -48,7 +50,8 @@ class Sampler:
     scaled distribution, so it stays comparable across different top-k / top-p
     settings and is never -inf for a token that could be chosen.
 
-    The caller's logits tensor is never modified.
+    The caller's logits tensor is never modified (the runner hands the same
+    rows back as raw generation logits).
     """
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
@@ -56,7 +59,7 @@ class Sampler:
             raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], got {tuple(logits.shape)}")
         if not rows:
             return []
-        logits = apply_penalties(logits.float(), rows)               # [N, V]
+        logits = apply_penalties(apply_logit_bias(logits.float(), rows), rows)  # [N, V]
         device = logits.device
         tokens = torch.empty(len(rows), dtype=torch.long, device=device)       # [N]
         logprobs = torch.zeros(len(rows), dtype=torch.float32, device=device)  # [N]
@@ -88,6 +91,26 @@ class Sampler:
 
 
 # --------------------------------------------------------------------- penalties
+
+def apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """logits[r, t] += bias for each (t, bias) in rows[r].params.logit_bias.
+
+    logits: float32 [N, V]. Returns `logits` itself when no row has a bias (no
+    copy, no device work), else a biased copy. Ids are unique per row
+    (SamplingParams sums repeats) and checked against the vocabulary by the
+    engine; any >= V are dropped here.
+    """
+    vocab = logits.shape[-1]
+    pairs = [(i, t, b) for i, r in enumerate(rows) for t, b in r.params.logit_bias if 0 <= t < vocab]
+    if not pairs:
+        return logits
+    row_of, token, bias = zip(*pairs)
+    device = logits.device
+    logits = logits.clone()
+    logits.index_put_((torch.tensor(row_of, device=device), torch.tensor(token, device=device)),
+                      torch.tensor(bias, dtype=logits.dtype, device=device), accumulate=True)
+    return logits
+
 
 def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
     """Repetition, presence/frequency, min_tokens and bad-word penalties.

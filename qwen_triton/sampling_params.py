@@ -20,6 +20,18 @@ def _word_lists(name: str, words) -> tuple[TokenIds, ...]:
     return tuple(out)
 
 
+def _logit_bias(bias) -> tuple[tuple[int, float], ...]:
+    """{token id: bias} or (id, bias) pairs -> sorted pairs; a repeated id adds up; biases must be finite."""
+    pairs = bias.items() if isinstance(bias, dict) else bias or ()
+    total: dict[int, float] = {}
+    for token, value in pairs:
+        value = float(value)
+        if not math.isfinite(value):
+            raise InvalidRequestError("logit_bias", f"biases must be finite numbers, got {value} for token {token}")
+        total[int(token)] = total.get(int(token), 0.0) + value
+    return tuple(sorted(total.items()))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request is decoded.
@@ -34,6 +46,14 @@ class SamplingParams:
     many tokens exist. `bad_token_ids` are sequences that are never completed.
     A request without `seed` gets one drawn at admission, so every request's
     randomness depends only on its own seed and step, never on its batch.
+    `logit_bias` adds a fixed amount to chosen tokens' raw logits before every
+    other step (TensorRT-LLM's embedding_bias, OpenAI's logit_bias).
+
+    Output options: `logprobs` returns each chosen token's log probability;
+    `return_context_logits` the float32 logits of every prompt position and
+    `return_generation_logits` those that produced each output token (see
+    RequestOutput); both are bounded by EngineConfig.max_logits_bytes.
+    `return_perf_metrics` attaches RequestMetrics to every output.
     """
 
     max_tokens: int = 16
@@ -49,12 +69,17 @@ class SamplingParams:
     stop_token_ids: tuple[TokenIds, ...] = ()
     bad_token_ids: tuple[TokenIds, ...] = ()
     logprobs: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    return_context_logits: bool = False
+    return_generation_logits: bool = False
+    return_perf_metrics: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise in place once
         set_(self, "end_ids", tuple(int(t) for t in self.end_ids))
         set_(self, "stop_token_ids", _word_lists("stop_words", self.stop_token_ids))
         set_(self, "bad_token_ids", _word_lists("bad_words", self.bad_token_ids))
+        set_(self, "logit_bias", _logit_bias(self.logit_bias))
         self._check()
 
     def _check(self) -> None:
@@ -76,8 +101,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not math.isfinite(value) or abs(value) > 2.0:
                 raise InvalidRequestError(name, f"must be in [-2, 2], got {value}")
-        if self.seed is not None and not (0 <= self.seed < 2**63):
-            raise InvalidRequestError("seed", f"must be in [0, 2**63), got {self.seed}")
+        if self.seed is not None and not (0 <= self.seed < 2**64):
+            raise InvalidRequestError("seed", f"must be in [0, 2**64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -85,7 +110,7 @@ class SamplingParams:
 
     def all_token_ids(self) -> set[int]:
         """Every token id this request names, for checking against the vocabulary."""
-        ids = set(self.end_ids)
+        ids = set(self.end_ids) | {t for t, _ in self.logit_bias}
         for word in self.stop_token_ids + self.bad_token_ids:
             ids.update(word)
         return ids

@@ -6,11 +6,19 @@ prefills take a chunk), then waiting ones join in arrival order while budget,
 sequence slots and KV blocks last. When a running sequence needs a block and
 none is free, the newest running sequence is preempted: its blocks are freed
 and it waits, first in line, to be recomputed from its tokens.
+
+`update` also hands each request what it asked for besides tokens: context
+logits (collected per sequence, delivered once with the first token),
+generation logits and RequestMetrics.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from .block_manager import BlockManager
 from .outputs import RequestOutput, SampledToken
@@ -25,7 +33,9 @@ class ScheduledSeq:
     token_ids are the tokens to compute, at positions start_pos onwards.
     When `samples` is set the chunk reaches the sequence's end, so the runner
     samples its next token. prompt_token_ids / output_token_ids are the
-    sequence's own lists (read them, never write them).
+    sequence's own lists (read them, never write them). context_positions are
+    the prompt positions of this chunk whose logits the request still wants
+    (empty unless it asked for context logits).
     """
 
     request_id: str
@@ -37,6 +47,7 @@ class ScheduledSeq:
     seed: int
     prompt_token_ids: list[int]
     output_token_ids: list[int]
+    context_positions: range = range(0)
 
     @property
     def num_tokens(self) -> int:
@@ -94,7 +105,7 @@ class Scheduler:
         self._release(seq)
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
         del self.requests[seq.request_id]
-        return _output(seq, [], None, error)
+        return _output(seq, [], None, error=error)
 
     @property
     def has_unfinished(self) -> bool:
@@ -120,24 +131,34 @@ class Scheduler:
         self.max_running_seen = max(self.max_running_seen, len(scheduled))
         return SchedulerOutput(scheduled, preempted)
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, SampledToken]) -> list[RequestOutput]:
-        """Advance each scheduled sequence past its computed chunk, append the
-        sampled tokens, and finish what ended. Returns the new tokens per request."""
+    def update(self, out: SchedulerOutput, sampled: Mapping[str, SampledToken],
+               context_logits: Mapping[str, np.ndarray] | None = None) -> list[RequestOutput]:
+        """Advance each scheduled sequence past its computed chunk, collect the
+        context logits it asked for (float32 [len(context_positions), vocab] by
+        request id), append the sampled tokens, and finish what ended. Returns
+        the new tokens per request."""
         outputs = []
+        now = time.time_ns()
         for s in out.scheduled:
             seq = self.requests.get(s.request_id)
             if seq is None:
                 continue  # finished by an abort during the step
             seq.num_computed_tokens += s.num_tokens
+            if context_logits and s.request_id in context_logits:
+                seq.add_context_logits(context_logits[s.request_id])
             tok = sampled.get(s.request_id)
             if tok is None:
                 continue  # a prefill chunk that does not reach the end yet
+            seq.record_sample(now)
             n_before = len(seq.output_token_ids)
             reason = seq.append_token(tok.token_id, tok.logprob, self.max_model_len)
             if reason is not None:
                 self.finish(seq, reason)
+            new = seq.output_token_ids[n_before:]
             logprobs = seq.output_logprobs[n_before:] if seq.params.logprobs else None
-            outputs.append(_output(seq, seq.output_token_ids[n_before:], logprobs))
+            # [1, vocab] for a token that joined the output, [0, vocab] for an end id
+            gen = tok.logits[None][:len(new)] if tok.logits is not None else None
+            outputs.append(_output(seq, new, logprobs, seq.take_context_logits(), gen))
         return outputs
 
     # -- internals -----------------------------------------------------------
@@ -145,7 +166,7 @@ class Scheduler:
     def _reserve_or_preempt(self, seq: Sequence, n: int, preempted: list[str]) -> bool:
         """Make room in `seq`'s block table for n more computed tokens,
         preempting the newest running sequences until it fits."""
-        while not self.blocks.grow(seq.block_table, seq.num_computed_tokens + n):
+        while not self._grow(seq, seq.num_computed_tokens + n):
             victim = self.running[-1]
             self._preempt(victim)
             preempted.append(victim.request_id)
@@ -157,7 +178,7 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             n = min(seq.num_uncomputed_tokens, budget)
-            if not self.blocks.grow(seq.block_table, seq.num_computed_tokens + n):
+            if not self._grow(seq, seq.num_computed_tokens + n):
                 break  # first come, first served: nobody overtakes the head
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
@@ -165,6 +186,14 @@ class Scheduler:
             scheduled.append(_view(seq, n))
             budget -= n
         return budget
+
+    def _grow(self, seq: Sequence, num_tokens: int) -> bool:
+        """BlockManager.grow for seq's table, counting the blocks it gains."""
+        held = len(seq.block_table)
+        if not self.blocks.grow(seq.block_table, num_tokens):
+            return False
+        seq.record_blocks(len(seq.block_table) - held)
+        return True
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -181,6 +210,9 @@ class Scheduler:
 
 
 def _view(seq: Sequence, n: int) -> ScheduledSeq:
+    """The next n tokens of seq as the runner's work; stamps seq's first scheduling."""
+    if not seq.first_scheduled_time_ns:
+        seq.first_scheduled_time_ns = time.time_ns()
     start = seq.num_computed_tokens
     return ScheduledSeq(
         request_id=seq.request_id,
@@ -192,11 +224,15 @@ def _view(seq: Sequence, n: int) -> ScheduledSeq:
         seed=seq.seed,
         prompt_token_ids=seq.prompt_token_ids,
         output_token_ids=seq.output_token_ids,
+        context_positions=seq.context_positions(start, start + n),
     )
 
 
 def _output(seq: Sequence, new: list[int], logprobs: list[float] | None,
+            context_logits: np.ndarray | None = None, generation_logits: np.ndarray | None = None,
             error: str | None = None) -> RequestOutput:
     reason = seq.finish_reason.value if seq.finish_reason else None
+    metrics = seq.metrics() if seq.params.return_perf_metrics else None
     return RequestOutput(seq.request_id, new, logprobs, seq.is_finished, reason,
-                         seq.num_prompt_tokens, len(seq.output_token_ids), error)
+                         seq.num_prompt_tokens, len(seq.output_token_ids), error,
+                         context_logits, generation_logits, metrics)

@@ -1,13 +1,18 @@
 """One request's state inside the engine: its tokens, its KV blocks, its progress.
 
-Plain Python, free of torch: the scheduler owns every Sequence and is the only
-writer; the model runner sees read-only views of them (`ScheduledSeq`).
+Free of torch: the scheduler owns every Sequence and is the only writer; the
+model runner sees read-only views of them (`ScheduledSeq`). The context logits
+a request asked for arrive here chunk by chunk as numpy arrays.
 """
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from .outputs import RequestMetrics
 from .sampling_params import SamplingParams
 
 
@@ -29,13 +34,17 @@ class Sequence:
     """A request in flight. `num_computed_tokens` counts tokens whose K/V sit in
     the cache; the rest of `prompt + output` still has to be computed (a prompt
     not yet prefilled, the newest sampled token, or everything after a
-    preemption)."""
+    preemption).
+
+    Timing (time.time_ns, 0 until it happens) and KV figures feed RequestMetrics;
+    context logits are collected in prompt order, each position once, however
+    the prompt is chunked or recomputed after a preemption."""
 
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     seed: int
-    arrival: int
+    arrival: int  # admission order
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
@@ -43,6 +52,15 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    arrival_time_ns: int = field(default_factory=time.time_ns)
+    first_scheduled_time_ns: int = 0
+    first_token_time_ns: int = 0
+    last_token_time_ns: int = 0
+    num_new_blocks: int = 0  # KV blocks allocated for it over its life (a recompute allocates again)
+    max_blocks: int = 0  # most KV blocks it held at once
+    context_chunks: list[np.ndarray] = field(default_factory=list)  # float32 [rows, vocab] each
+    num_context_rows: int = 0  # prompt positions collected: always the first ones
+    context_taken: bool = False
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -90,3 +108,45 @@ class Sequence:
     def _ends_with_stop_sequence(self) -> bool:
         out = self.output_token_ids
         return any(len(w) <= len(out) and tuple(out[-len(w):]) == w for w in self.params.stop_token_ids)
+
+    # -- KV blocks, timing and logits the request may ask for ----------------
+
+    def record_blocks(self, num_new: int) -> None:
+        """Count `num_new` blocks just added to block_table."""
+        self.num_new_blocks += num_new
+        self.max_blocks = max(self.max_blocks, len(self.block_table))
+
+    def record_sample(self, now_ns: int) -> None:
+        """A token (an end id too) was sampled for it at `now_ns`."""
+        if not self.first_token_time_ns:
+            self.first_token_time_ns = now_ns
+        self.last_token_time_ns = now_ns
+
+    def metrics(self) -> RequestMetrics:
+        return RequestMetrics(
+            arrival_time_ns=self.arrival_time_ns, first_scheduled_time_ns=self.first_scheduled_time_ns,
+            first_token_time_ns=self.first_token_time_ns, last_token_time_ns=self.last_token_time_ns,
+            kv_new_blocks=self.num_new_blocks, kv_reused_blocks=0,  # no prefix cache yet
+            kv_total_blocks=self.max_blocks)
+
+    def context_positions(self, start: int, stop: int) -> range:
+        """Prompt positions in [start, stop) whose logits the request still needs:
+        none unless it asked, none once delivered, and after a preemption none it
+        already holds (the recomputed prompt would repeat them)."""
+        if not self.params.return_context_logits or self.context_taken:
+            return range(0)
+        return range(max(start, self.num_context_rows), min(stop, self.num_prompt_tokens))
+
+    def add_context_logits(self, rows: np.ndarray) -> None:
+        """Append float32 [k, vocab]: the logits of the next k prompt positions."""
+        self.context_chunks.append(rows)
+        self.num_context_rows += rows.shape[0]
+
+    def take_context_logits(self) -> np.ndarray | None:
+        """float32 [prompt tokens, vocab] once the whole prompt is in, exactly once; else None."""
+        if self.context_taken or not self.params.return_context_logits:
+            return None
+        if self.num_context_rows < self.num_prompt_tokens:
+            return None
+        chunks, self.context_chunks, self.context_taken = self.context_chunks, [], True
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

@@ -2,12 +2,9 @@
 tritonserver (from .triton/) on free ports: the fixtures of the end-to-end tests."""
 from __future__ import annotations
 
-import json
 import queue
-import re
 import subprocess
 import sys
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +17,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from triton_server import TritonServer  # noqa: E402
 
+from qwen_triton import wire  # noqa: E402
 from qwen_triton.serving import contract as c  # noqa: E402
 
 TRITON_DIR = ROOT / ".triton"
@@ -52,32 +50,28 @@ def serve(repo: Path, log: Path):
 
 
 def scrape(server: TritonServer, family: str) -> dict[str, float]:
-    """{label value: number} of one metric family from the metrics port."""
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(rf'^{family}{{[a-z_]+="([^"]+)"}} (\S+)$', text, re.M)}
+    """{label value: number} of one metric family from the metrics port: the value of each series' one
+    label besides model and version (see qwen_triton.wire.metric_values)."""
+    families = wire.fetch_metrics(server.metrics_url)
+    assert families is not None, f"{server.metrics_url} did not answer"
+    return wire.metric_values(families, family)
 
 
 def http_generate(server, body: dict, model: str = c.ENSEMBLE) -> requests.Response:
-    return requests.post(f"{server.http_url}/v2/models/{model}/generate", json=body, timeout=120)
+    return requests.post(server.http_url + wire.generate_path(model), json=body, timeout=120)
 
 
 def http_stream(server, body: dict, model: str = c.ENSEMBLE) -> list[dict]:
-    r = requests.post(f"{server.http_url}/v2/models/{model}/generate_stream", json={**body, "stream": True},
+    """Every event of one /generate_stream request, error events ({"error": ...}) included."""
+    r = requests.post(server.http_url + wire.generate_path(model, stream=True), json={**body, "stream": True},
                       stream=True, timeout=120)
-    events = []
-    for line in r.iter_lines(decode_unicode=False):
-        if line.startswith(b"data: "):
-            events.append(json.loads(line[6:].decode("utf-8")))
-    return events
+    return list(wire.parse_sse(r.iter_lines(decode_unicode=False)))
 
 
 def _grpc_input(name: str, arr: np.ndarray):
     import tritonclient.grpc as grpcclient
 
-    dtype = {np.dtype(object): "BYTES", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
-             np.dtype(bool): "BOOL"}[arr.dtype]
-    t = grpcclient.InferInput(name, list(arr.shape), dtype)
+    t = grpcclient.InferInput(name, list(arr.shape), wire.triton_dtype(arr.dtype))
     t.set_data_from_numpy(arr)
     return t
 
@@ -106,7 +100,7 @@ def grpc_stream(server, text: str | None = None, messages: str | None = None, ma
             result, error = chunks.get(timeout=120)
             if error is not None:
                 raise RuntimeError(str(error))
-            final = result.get_response().parameters["triton_final_response"].bool_param
+            final = result.get_response().parameters[wire.FINAL_RESPONSE].bool_param
             data = result.as_numpy(output)
             if data is not None:
                 out.extend(x.decode("utf-8") if isinstance(x, bytes) else x for x in data.reshape(-1))

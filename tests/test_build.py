@@ -48,36 +48,9 @@ GOLDEN_TRTLLM = {"engine": "tensorrtllm", "engine_dir": "/opt/qwen-triton/engine
                  "batch_scheduler_policy": "max_utilization", "enable_kv_cache_reuse": True,
                  "gpu_device_ids": [0], "quantization": "int4_wo", "decoding_mode": "top_k_top_p"}
 
-# From tensorrtllm_backend's all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt: the inputs,
-# outputs and parameters our variant may use, with their upstream dtype and dims (None: not checked).
-UPSTREAM_INPUTS = {
-    "input_ids": ("INT32", (-1,)), "input_lengths": ("INT32", (1,)), "request_output_len": ("INT32", (1,)),
-    "num_return_sequences": ("INT32", (1,)), "end_id": ("INT32", (1,)), "pad_id": ("INT32", (1,)),
-    "stop_words_list": ("INT32", (2, -1)), "bad_words_list": ("INT32", (2, -1)), "embedding_bias": ("FP32", (-1,)),
-    "beam_width": ("INT32", (1,)), "temperature": ("FP32", (1,)), "runtime_top_k": ("INT32", (1,)),
-    "runtime_top_p": ("FP32", (1,)), "runtime_top_p_min": ("FP32", (1,)), "runtime_top_p_decay": ("FP32", (1,)),
-    "runtime_top_p_reset_ids": ("INT32", (1,)), "len_penalty": ("FP32", (1,)), "early_stopping": ("BOOL", (1,)),
-    "repetition_penalty": ("FP32", (1,)), "min_tokens": ("INT32", (1,)),
-    "beam_search_diversity_rate": ("FP32", (1,)), "presence_penalty": ("FP32", (1,)),
-    "frequency_penalty": ("FP32", (1,)), "seed": ("UINT64", (1,)), "return_log_probs": ("BOOL", (1,)),
-    "return_context_logits": ("BOOL", (1,)), "return_generation_logits": ("BOOL", (1,)),
-    "exclude_input_in_output": ("BOOL", (1,)), "stop": ("BOOL", (1,)), "streaming": ("BOOL", (1,)),
-}
-UPSTREAM_OUTPUTS = {
-    "output_ids": ("INT32", (-1, -1)), "sequence_length": ("INT32", (-1,)), "cum_log_probs": ("FP32", (-1,)),
-    "output_log_probs": ("FP32", (-1, -1)), "context_logits": (None, (-1, -1)),
-    "generation_logits": (None, (-1, -1, -1)), "batch_index": ("INT32", (1,)), "sequence_index": ("INT32", (1,)),
-}
-UPSTREAM_PARAMS = {
-    "max_beam_width", "FORCE_CPU_ONLY_INPUT_TENSORS", "gpt_model_type", "gpt_model_path", "encoder_model_path",
-    "max_tokens_in_paged_kv_cache", "max_attention_window_size", "sink_token_length", "batch_scheduler_policy",
-    "kv_cache_free_gpu_mem_fraction", "cross_kv_cache_fraction", "kv_cache_host_memory_bytes",
-    "kv_cache_onboard_blocks", "enable_trt_overlap", "exclude_input_in_output", "cancellation_check_period_ms",
-    "stats_check_period_ms", "iter_stats_max_iterations", "request_stats_max_iterations", "enable_kv_cache_reuse",
-    "normalize_log_probs", "enable_chunked_context", "gpu_device_ids", "participant_ids", "num_nodes",
-    "decoding_mode", "executor_worker_path", "gpu_weights_percent", "enable_context_fmha_fp32_acc",
-    "multi_block_mode", "cuda_graph_mode", "cuda_graph_cache_size", "tokenizer_dir",
-}
+# tensorrtllm_backend's own field tables (tests/upstream/, checked field by field in test_contract_upstream.py)
+UPSTREAM = json.loads((Path(__file__).parent / "upstream" / "tensorrtllm_backend_v0.19.0.json").read_text())
+UPSTREAM_ENGINE = UPSTREAM["models"][c.ENGINE]
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
@@ -155,11 +128,13 @@ def test_our_engine_config(tmp_path):
     engine = cfgs[c.ENGINE]
     assert engine.backend == "python" and engine.model_transaction_policy.decoupled
     assert [(g.kind, g.count) for g in cfgs[c.PREPROCESSING].instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
-    assert [s.model_name for s in cfgs[c.ENSEMBLE].ensemble_scheduling.step] == [m for m, _, _ in c.ENSEMBLE_STEPS]
-    assert cfgs[c.ENSEMBLE].platform == "ensemble"
+    for entry in (c.ENSEMBLE, c.BLS):  # the entry points: our Python models, decoupled like the engine
+        assert cfgs[entry].backend == "python" and cfgs[entry].model_transaction_policy.decoupled
+        entry_params = {k: v.string_value for k, v in cfgs[entry].parameters.items()}
+        assert entry_params[c.PARAM_ENGINE_MODEL] == c.ENGINE and entry_params[c.PARAM_MAX_REQUESTS] == "512"
     params = {k: v.string_value for k, v in engine.parameters.items()}
     assert params[c.PARAM_MODEL_PATH] == params[c.PARAM_TOKENIZER_DIR] == "../checkpoints/qwen"
-    assert params[c.PARAM_EXCLUDE_INPUT] == "true" and params[c.PARAM_CANCEL_PERIOD_MS] == "100"
+    assert params[c.PARAM_EXCLUDE_INPUT] == "false" and params[c.PARAM_CANCEL_PERIOD_MS] == "100"
     config = EngineConfig(**json.loads(params[c.PARAM_ENGINE_CONFIG]))
     assert config == _settings("qwen_triton").engine_config()
     assert (config.max_num_seqs, config.block_size, config.num_kv_blocks, config.max_model_len, config.dtype) == \
@@ -174,7 +149,7 @@ def test_our_engine_config(tmp_path):
         for spec in inputs:
             t = declared[spec.name]
             assert (render.dtype_name(t.data_type), tuple(t.dims), t.optional) == (spec.dtype, spec.dims, spec.optional)
-            assert t.HasField("reshape") == (spec.reshape is not None)
+            assert t.HasField("reshape") == (spec.reshape is not None) and t.allow_ragged_batch == spec.ragged
         assert [t.name for t in cfgs[model].output] == [s.name for s in outputs]
 
 
@@ -218,7 +193,7 @@ def test_source_repository_is_never_a_target_of_copies(tmp_path):
     assert render._sync_model_files(settings, paths, {}, report) == {} and not report.copied
 
 
-# -- ensemble wiring ---------------------------------------------------------------------------------------
+# -- the pipeline the entry points run ---------------------------------------------------------------
 
 
 def _contract_io():
@@ -228,23 +203,15 @@ def _contract_io():
 
 def test_contract_wiring_is_consistent():
     models, ensemble = _contract_io()
-    assert render.check_wiring(models, ensemble, c.ENSEMBLE_STEPS) == []
+    assert render.check_wiring(models, ensemble, c.PIPELINE_STEPS) == []
     # every mapped name exists in that model's spec; internal tensors produced once and consumed
-    produced = [t for _, _, outs in c.ENSEMBLE_STEPS for t in outs.values()]
+    produced = [t for _, _, outs in c.PIPELINE_STEPS for t in outs.values()]
     assert len(produced) == len(set(produced))
-    consumed = {t for _, ins, _ in c.ENSEMBLE_STEPS for t in ins.values()}
+    consumed = {t for _, ins, _ in c.PIPELINE_STEPS for t in ins.values()}
     for tensor in produced:
         assert tensor in consumed or tensor in {s.name for s in c.ENSEMBLE_OUTPUTS}
         assert tensor.startswith("_") or tensor in {s.name for s in c.ENSEMBLE_OUTPUTS}
     assert {s.name for s in c.ENSEMBLE_OUTPUTS} <= set(produced)
-
-
-def test_trtllm_wiring_is_consistent():
-    settings = _settings("tensorrtllm")
-    models, _ = _contract_io()
-    models[c.ENGINE] = render.ModelIO.from_specs(trtllm.engine_inputs(), trtllm.engine_outputs(settings))
-    ensemble = render.ModelIO.from_specs(c.ENSEMBLE_INPUTS, trtllm.ensemble_outputs(settings))
-    assert render.check_wiring(models, ensemble, trtllm.ensemble_steps()) == []
 
 
 @pytest.mark.parametrize("breakage, expected", [
@@ -259,10 +226,19 @@ def test_trtllm_wiring_is_consistent():
 ])
 def test_wiring_errors_are_found(breakage, expected):
     models, ensemble = _contract_io()
-    steps = [(m, dict(i), dict(o)) for m, i, o in c.ENSEMBLE_STEPS]
+    steps = [(m, dict(i), dict(o)) for m, i, o in c.PIPELINE_STEPS]
     breakage(steps)
     errors = render.check_wiring(models, ensemble, steps)
     assert any(expected in e for e in errors), errors
+
+
+def test_entry_points_and_engine_must_agree_on_decoupled(tmp_path):
+    _, project = _render(tmp_path, "qwen_triton")
+    repo = project / "model_repo"
+    path = repo / c.ENGINE / "config.pbtxt"
+    path.write_text(path.read_text().replace("model_transaction_policy {\n  decoupled: true\n}\n", ""))
+    errors = render.check_repository(repo, strict=False).errors
+    assert any("decoupled=True but tensorrt_llm has decoupled=False" in e for e in errors), errors
 
 
 # -- TensorRT-LLM variant -------------------------------------------------------------------------------------
@@ -274,26 +250,27 @@ def test_trtllm_variant_uses_upstream_names(tmp_path):
     engine = text_format.Parse((repo / c.ENGINE / "config.pbtxt").read_text(), mc.ModelConfig())
     assert engine.name == "tensorrt_llm" and engine.backend == "tensorrtllm"
     assert engine.model_transaction_policy.decoupled
+    upstream_in = {t["name"]: t for t in UPSTREAM_ENGINE["inputs"]}
+    assert [t.name for t in engine.input] == list(upstream_in)  # every upstream input, nothing else
     for t in engine.input:
-        dtype, dims = UPSTREAM_INPUTS[t.name]
-        assert (render.dtype_name(t.data_type), tuple(t.dims)) == (dtype, dims), t.name
-        assert t.allow_ragged_batch == (-1 in dims), t.name
+        row = upstream_in[t.name]
+        assert (render.dtype_name(t.data_type).replace("BYTES", "STRING"), list(t.dims), t.optional,
+                t.allow_ragged_batch) == (row["data_type"], row["dims"], row["optional"], row["ragged"]), t.name
+    upstream_out = {t["name"]: t for t in UPSTREAM_ENGINE["outputs"]}
     for t in engine.output:
-        dtype, dims = UPSTREAM_OUTPUTS[t.name]
-        assert tuple(t.dims) == dims and (dtype is None or render.dtype_name(t.data_type) == dtype), t.name
+        assert list(t.dims) == upstream_out[t.name]["dims"], t.name
+    assert render.dtype_name(next(t for t in engine.output if t.name == "context_logits").data_type) == "FP32"
     params = {k: v.string_value for k, v in engine.parameters.items()}
-    assert set(params) <= UPSTREAM_PARAMS
+    assert set(params) <= set(UPSTREAM_ENGINE["parameters"])
     assert params["gpt_model_type"] == "inflight_fused_batching"
     assert params["gpt_model_path"] == "/opt/qwen-triton/engines/qwen2"
     assert params["batch_scheduler_policy"] == "max_utilization"
     assert params["max_tokens_in_paged_kv_cache"] == str(512 * 32)
     assert params["enable_kv_cache_reuse"] == "true" and params["enable_chunked_context"] == "true"
     assert params["gpu_device_ids"] == "0" and params["decoding_mode"] == "top_k_top_p"
-    assert params["exclude_input_in_output"] == "true" and params["max_beam_width"] == "1"
+    assert params["exclude_input_in_output"] == "false" and params["max_beam_width"] == "1"
     ensemble = text_format.Parse((repo / c.ENSEMBLE / "config.pbtxt").read_text(), mc.ModelConfig())
-    assert {"context_logits", "generation_logits"} <= {t.name for t in ensemble.output}
-    engine_step = next(s for s in ensemble.ensemble_scheduling.step if s.model_name == c.ENGINE)
-    assert engine_step.output_map["context_logits"] == "context_logits"
+    assert ensemble.backend == "python" and {"context_logits", "generation_logits"} <= {t.name for t in ensemble.output}
     assert not (repo / c.ENGINE / "1" / "model.py").exists()  # the C++ backend needs none
     assert (repo / c.PREPROCESSING / "1").is_dir() and report.script is not None
     check = render.check_repository(repo, strict=False)
@@ -348,7 +325,7 @@ def test_settings_defaults():
     s = Settings()
     assert (s.paths.model, s.paths.model_repo, s.paths.artifacts) == (None, "model_repo", "artifacts")
     assert (s.engine, s.serving.triton_max_batch_size, s.serving.decoupled, s.serving.exclude_input_in_output) == \
-        ("qwen_triton", 64, True, True)
+        ("qwen_triton", 64, True, False)
     assert s.serving.default_system_prompt == "You are a helpful assistant."
     assert s.trtllm.batch_scheduler_policy in ("max_utilization", "guaranteed_no_evict")
     assert Settings.from_dict(s.to_dict()) == s
@@ -394,7 +371,6 @@ def test_unknown_override_and_group_rejected():
     ({"gpu_device_ids": "0,1"}, "gpu_device_ids must be a list of integers"),
     ({"num_kv_blocks": 10}, "cannot hold one request"),
     ({"quantization": "int4_wo"}, "set engine=tensorrtllm"),
-    ({"decoupled": False}, "always decoupled"),
     ({"engine": "tensorrtllm", "device": "cpu"}, "GPUs only"),
     ({"engine": "tensorrtllm", "block_size": 24}, "power of two"),
     ({"engine": "tensorrtllm", "engine_instance_count": 2}, "must be 1 for tensorrtllm"),

@@ -44,7 +44,7 @@ def server(default_build):
 
 @pytest.fixture(scope="module")
 def expected_texts(default_build):
-    """Our engine's own greedy texts for PROMPTS, computed in this process."""
+    """Our engine's own greedy replies to PROMPTS (prompt excluded), computed in this process."""
     root, _ = default_build
     ckpt = str(next((root / "artifacts").glob("default-*")))
     pre, post = Preprocessor.from_dir(ckpt), Postprocessor.from_dir(ckpt)
@@ -57,7 +57,7 @@ def expected_texts(default_build):
             inputs = {c.IN_INPUT_IDS: arrays[c.PRE_INPUT_ID], c.IN_INPUT_LENGTHS: arrays[c.PRE_REQUEST_INPUT_LEN][:, 0],
                       c.IN_REQUEST_OUTPUT_LEN: arrays[c.PRE_OUT_REQUEST_OUTPUT_LEN][:, 0],
                       c.IN_END_ID: arrays[c.PRE_OUT_END_ID][:, 0], c.IN_STOP_WORDS: arrays[c.PRE_STOP_WORDS_IDS],
-                      c.IN_TEMPERATURE: np.array([0.0], np.float32)}
+                      c.IN_TEMPERATURE: np.array([0.0], np.float32), c.IN_EXCLUDE_INPUT: np.array([True])}
             done: queue.Queue = queue.Queue()
             svc.submit(f"x{i}", inputs, done.put)
             resp = done.get(timeout=60)
@@ -73,7 +73,9 @@ def test_concurrent_http_and_grpc_match_engine_and_batch_inflight(server, expect
     def one_http(i):
         r = http_generate(server, {"text_input": PROMPTS[i], "max_tokens": MAX_TOKENS, "temperature": 0.0})
         assert r.status_code == 200, r.text
-        return r.json()[c.TEXT_OUTPUT]
+        text = r.json()[c.TEXT_OUTPUT]
+        assert text.startswith(PROMPTS[i])  # as upstream: a reply that is not streamed echoes its prompt
+        return text[len(PROMPTS[i]):]
 
     def one_grpc(i):
         return "".join(grpc_stream(server, text=PROMPTS[i]))
@@ -120,7 +122,7 @@ def test_chat_messages_are_original_qwen_chatml(server):
 ])
 def test_bad_requests_get_clear_errors_and_server_stays_healthy(server, body, message):
     r = http_generate(server, body)
-    assert r.status_code == 400 and message in r.json()["error"], r.text
+    assert r.status_code == 400 and message in r.json()["error"], r.text  # 400: Triton's INVALID_ARG
     assert requests.get(f"{server.http_url}/v2/health/ready", timeout=5).status_code == 200
     ok = http_generate(server, {"text_input": "still there?", "max_tokens": 4, "temperature": 0.0})
     assert ok.status_code == 200 and c.TEXT_OUTPUT in ok.json()
@@ -138,17 +140,17 @@ def wait_idle(server, timeout: float = 5.0) -> tuple[dict, float]:
 def engine_direct_inputs(max_tokens: int) -> dict:
     return {c.IN_INPUT_IDS: np.array([[9707, 11, 1879]], np.int32), c.IN_INPUT_LENGTHS: np.array([[3]], np.int32),
             c.IN_REQUEST_OUTPUT_LEN: np.array([[max_tokens]], np.int32), c.IN_STREAMING: np.array([[True]]),
-            c.IN_MIN_TOKENS: np.array([[max_tokens]], np.int32), c.IN_TEMPERATURE: np.array([[0.0]], np.float32)}
+            c.IN_MIN_LENGTH: np.array([[max_tokens]], np.int32), c.IN_TEMPERATURE: np.array([[0.0]], np.float32)}
 
 
-@pytest.mark.parametrize("model", [c.BLS, c.ENGINE])
+@pytest.mark.parametrize("model", [c.ENSEMBLE, c.BLS, c.ENGINE])
 def test_cancel_midstream_frees_blocks_at_once_and_server_keeps_serving(long_server, model):
-    """A cancelled stream stops the engine long before max_tokens: blocks back in the pool at once."""
+    """A cancelled gRPC stream stops the engine long before max_tokens: blocks back in the pool at once."""
     max_tokens = 2000
     before = scrape(long_server, c.METRIC_ENGINE)["generated_tokens"]
-    if model == c.BLS:
+    if model != c.ENGINE:
         inputs = {c.TEXT_INPUT: np.array([[b"tell me a long story"]], dtype=object),
-                  c.MAX_TOKENS: np.array([[max_tokens]], np.int32), c.MIN_TOKENS: np.array([[max_tokens]], np.int32),
+                  c.MAX_TOKENS: np.array([[max_tokens]], np.int32), c.MIN_LENGTH: np.array([[max_tokens]], np.int32),
                   c.STREAM: np.array([[True]]), c.TEMPERATURE: np.array([[0.0]], np.float32)}
         chunks = grpc_stream(long_server, model=model, inputs=inputs, cancel_after=3)
     else:
@@ -161,6 +163,26 @@ def test_cancel_midstream_frees_blocks_at_once_and_server_keeps_serving(long_ser
     assert generated < max_tokens / 2, generated  # stopped early, not run to the end
     ok = http_generate(long_server, {"text_input": "after cancel", "max_tokens": 4, "temperature": 0.0})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("model", [c.ENSEMBLE, c.BLS])
+def test_closing_an_sse_stream_stops_the_engine(long_server, model):
+    """A client that drops its HTTP /generate_stream connection cancels the request: the entry model
+    stops the engine at once, the blocks return, nothing generates on to max_tokens."""
+    max_tokens = 2000
+    before = scrape(long_server, c.METRIC_ENGINE)["generated_tokens"]
+    body = {"text_input": "tell me a long story", "max_tokens": max_tokens, "min_length": max_tokens,
+            "temperature": 0.0, "stream": True}
+    r = requests.post(f"{long_server.http_url}/v2/models/{model}/generate_stream", json=body, stream=True, timeout=60)
+    events = 0
+    for line in r.iter_lines():
+        events += line.startswith(b"data: ")
+        if events >= 3:
+            break
+    r.close()
+    kv, active = wait_idle(long_server)
+    assert kv["free"] == kv["max"] and active == 0, (kv, active)
+    assert scrape(long_server, c.METRIC_ENGINE)["generated_tokens"] - before < max_tokens / 2
 
 
 @pytest.fixture(scope="module")

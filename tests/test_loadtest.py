@@ -32,6 +32,7 @@ from loadtest.workloads import (
     make_workload,
     sample_turns,
 )
+from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
 
@@ -106,7 +107,8 @@ def test_workloads_are_seeded_and_shaped():
         assert a != list(sample_turns(wl, 8, 30))
     fixed = list(sample_turns(make_workload("fixed", input_len=32, output_len=16), 0, 5))
     assert all(t.input_tokens == 32 and t.max_tokens == 16 and t.forced for t in fixed)
-    assert all(t.inputs()[c.MIN_TOKENS] == t.inputs()[c.MAX_TOKENS] == 16 for t in fixed)
+    assert all(t.inputs()[c.MIN_LENGTH] == t.inputs()[c.MAX_TOKENS] == 16 for t in fixed)
+    assert all("min_tokens" not in t.inputs() for t in fixed)  # upstream's wire name: min_length
     share = list(sample_turns(make_workload("sharegpt"), 0, 2000))
     ins = [t.input_tokens for t in share]
     outs = [t.max_tokens for t in share]
@@ -145,27 +147,27 @@ nv_inference_request_success{{model="ensemble",version="1"}} 10
 nv_inference_request_failure{{model="ensemble",reason="BACKEND",version="1"}} 0
 nv_inference_queue_duration_us{{model="tensorrt_llm",version="1"}} 1000
 nv_inference_request_success{{model="tensorrt_llm",version="1"}} 10
-{c.METRIC_ENGINE}{{counter="generated_tokens"}} 100
-{c.METRIC_ENGINE}{{counter="steps"}} 50
+{c.METRIC_ENGINE}{{counter="generated_tokens",model="tensorrt_llm",version="1"}} 100
+{c.METRIC_ENGINE}{{counter="steps",model="tensorrt_llm",version="1"}} 50
 """
 METRICS_AFTER = f"""nv_inference_request_success{{model="ensemble",version="1"}} 30
 nv_inference_request_failure{{model="ensemble",reason="BACKEND",version="1"}} 2
 nv_inference_queue_duration_us{{model="tensorrt_llm",version="1"}} 41000
 nv_inference_request_success{{model="tensorrt_llm",version="1"}} 30
 nv_inference_queue_summary_us{{model="tensorrt_llm",version="1",quantile="0.99"}} 5000
-{c.METRIC_ENGINE}{{counter="generated_tokens"}} 500
-{c.METRIC_ENGINE}{{counter="steps"}} 150
-{c.METRIC_ENGINE}{{counter="max_batch_seen"}} 8
-{c.METRIC_REQUESTS}{{request_type="scheduled"}} 4
-{c.METRIC_REQUESTS}{{request_type="waiting"}} 1
-{c.METRIC_KV_BLOCKS}{{kv_cache_block_type="used"}} 10
-{c.METRIC_KV_BLOCKS}{{kv_cache_block_type="max"}} 100
+{c.METRIC_ENGINE}{{counter="generated_tokens",model="tensorrt_llm",version="1"}} 500
+{c.METRIC_ENGINE}{{model="tensorrt_llm",counter="steps",version="1"}} 150
+{c.METRIC_ENGINE}{{counter="max_batch_seen",model="tensorrt_llm",version="1"}} 8
+{c.METRIC_REQUESTS}{{model="tensorrt_llm",request_type="scheduled",version="1"}} 4
+{c.METRIC_REQUESTS}{{model="tensorrt_llm",request_type="waiting",version="1"}} 1
+{c.METRIC_KV_BLOCKS}{{kv_cache_block_type="used",model="tensorrt_llm",version="1"}} 10
+{c.METRIC_KV_BLOCKS}{{kv_cache_block_type="max",model="tensorrt_llm",version="1"}} 100
 """
 
 
 def test_metrics_port_deltas_per_level():
-    before = prometheus.Snapshot(0.0, prometheus.parse(METRICS_BEFORE))
-    after = prometheus.Snapshot(10.0, prometheus.parse(METRICS_AFTER))
+    before = prometheus.Snapshot(0.0, wire.parse_metrics(METRICS_BEFORE))
+    after = prometheus.Snapshot(10.0, wire.parse_metrics(METRICS_AFTER))
     rows = [prometheus.timeseries_row(after, 4)]
     assert rows[0]["scheduled"] == 4 and rows[0]["kv_used"] == 10 and rows[0]["level"] == 4
     s = prometheus.level_server_summary(before, after, rows, duration_s=4.0)

@@ -26,7 +26,6 @@ import concurrent.futures as cf
 import glob
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -35,6 +34,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the image's python3 has no qwen_triton installed: this checkout's
+    sys.path.append(str(ROOT))
+
+from qwen_triton import wire
+from qwen_triton.serving import contract as c
+
 PORTS = {"http": 18000, "grpc": 18001, "metrics": 18002}
 
 
@@ -58,24 +63,23 @@ def stub_env(carry: Path) -> str:
 
 
 def sse(url: str, body: dict) -> tuple[list[str], float, float]:
-    """Chunks of one /generate_stream request, time to first chunk and total latency (s)."""
+    """Chunks of one /generate_stream request, time to first chunk and total latency (s); an error event
+    raises wire.ErrorReply."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     start, first, chunks = time.perf_counter(), None, []
     with urllib.request.urlopen(req, timeout=300) as resp:
-        for raw in resp:
-            line = raw.decode("utf-8").strip()
-            if line.startswith("data: "):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    raise RuntimeError(event["error"])
-                first = first or time.perf_counter() - start
-                chunks.append(event["text_output"])
+        for event in wire.parse_sse(resp, raise_errors=True):
+            first = first or time.perf_counter() - start
+            chunks.append(event[c.TEXT_OUTPUT])
     return chunks, first or 0.0, time.perf_counter() - start
 
 
 def gauges(family: str) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{PORTS['metrics']}/metrics", timeout=5).read().decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(rf'^{family}{{[a-z_]+="([^"]+)"}} (\S+)$', text, re.M)}
+    """{category label: value} of one of the engine's families (whatever its model / version labels)."""
+    families = wire.fetch_metrics(f"http://127.0.0.1:{PORTS['metrics']}/metrics")
+    if families is None:
+        raise RuntimeError("the metrics port did not answer")
+    return wire.metric_values(families, family)
 
 
 def gpu_processes() -> str:
@@ -105,28 +109,28 @@ def main() -> int:
         str(PORTS["metrics"]), "--log-file", str(log), "--timeout", "600"], cwd=ROOT)
     results: dict = {"device": subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()}
     try:
-        url = f"http://127.0.0.1:{PORTS['http']}/v2/models/ensemble/generate_stream"
-        chat = {"messages": json.dumps([{"role": "user", "content": "你好，讲个故事 🙂"}]), "max_tokens": 64,
-                "min_tokens": 64, "stream": True, "temperature": 0.0}
+        url = f"http://127.0.0.1:{PORTS['http']}{wire.generate_path(c.ENSEMBLE, stream=True)}"
+        chat = {c.MESSAGES: json.dumps([{"role": "user", "content": "你好，讲个故事 🙂"}]), c.MAX_TOKENS: 64,
+                c.MIN_LENGTH: 64, c.STREAM: True, c.TEMPERATURE: 0.0}
         sse(url, chat)  # warm-up
         chunks, ttft, latency = sse(url, chat)
         results["single_stream"] = {"chunks": len(chunks), "ttft_ms": round(ttft * 1e3, 2),
                                     "latency_ms": round(latency * 1e3, 2), "fffd": any("\ufffd" in c for c in chunks)}
-        before = gauges("qwen_triton_engine")
-        body = {**chat, "max_tokens": args.max_tokens, "min_tokens": args.max_tokens}
+        before = gauges(c.METRIC_ENGINE)
+        body = {**chat, c.MAX_TOKENS: args.max_tokens, c.MIN_LENGTH: args.max_tokens}
         start = time.perf_counter()
         with cf.ThreadPoolExecutor(args.concurrency) as pool:
             outs = list(pool.map(lambda _: sse(url, body), range(args.concurrency)))
         wall = time.perf_counter() - start
         time.sleep(0.5)
-        after = gauges("qwen_triton_engine")
+        after = gauges(c.METRIC_ENGINE)
         tokens = after["generated_tokens"] - before["generated_tokens"]
         results["concurrent_streams"] = {
             "concurrency": args.concurrency, "output_tokens": tokens, "wall_s": round(wall, 3),
             "output_tok_s": round(tokens / wall, 1), "max_batch_seen": after["max_batch_seen"],
             "ttft_ms_median": round(sorted(o[1] for o in outs)[len(outs) // 2] * 1e3, 2),
             "fffd": any("\ufffd" in c for o in outs for c in o[0])}
-        results["kv_blocks"] = gauges("nv_trt_llm_kv_cache_block_metrics")
+        results["kv_blocks"] = gauges(c.METRIC_KV_BLOCKS)
         results["gpu_processes"] = gpu_processes()
     finally:
         subprocess.run([py, "tools/triton_server.py", "stop"], cwd=ROOT)

@@ -91,13 +91,15 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(ROOT) not in sys.path:  # qwen_triton from this checkout where it is not installed (a bare python3)
+    sys.path.append(str(ROOT))
 import triton_install
+
+from qwen_triton.wire import env_port, http_get, is_ready
 
 DEFAULT_TRITON_DIR = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
 DEFAULT_LOG_DIR = ROOT / "logs"
 LATENCY_METRICS = ("auto", "histogram", "summary", "none")
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-PORT_ENV = {"http": "TRITON_HTTP_PORT", "grpc": "TRITON_GRPC_PORT", "metrics": "TRITON_METRICS_PORT"}
 
 
 _PYTHON_INFO: dict[str, dict] = {}
@@ -124,22 +126,6 @@ def default_python() -> str:
     if os.environ.get("VIRTUAL_ENV"):
         return str(Path(os.environ["VIRTUAL_ENV"]) / "bin" / "python")
     return sys.executable
-
-
-def env_port(kind: str) -> int:
-    val = os.environ.get(PORT_ENV[kind])
-    return int(val) if val else DEFAULT_PORTS[kind]
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """(status, body) of a GET; status 0 if nothing answered."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -410,8 +396,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before it was ready; last log lines "
                     f"({self.log_file}):\n{tail(self.log_file)}"
                 )
-            status, _ = http_get(url, timeout=1.0)
-            if status == 200:
+            if is_ready(self.http_url, timeout=1.0):
                 return self
             if time.monotonic() > deadline:
                 raise TritonError(
@@ -438,7 +423,7 @@ class TritonServer:
         return (
             self.proc is not None
             and self.proc.poll() is None
-            and http_get(f"{self.http_url}/v2/health/ready")[0] == 200
+            and is_ready(self.http_url)
         )
 
     def stop(self, timeout: float = 40.0) -> int | None:
@@ -521,7 +506,7 @@ def cmd_start(args) -> int:
             existing.get("model_repository") == str(args.model_repository.absolute())
             and existing.get("http_port") == args.http_port
         )
-        if same and http_get(f"http://127.0.0.1:{args.http_port}/v2/health/ready")[0] == 200:
+        if same and is_ready(f"127.0.0.1:{args.http_port}"):
             pid = existing["pid"]
             print(f"[triton-server] already running and ready (pid {pid}, http port {args.http_port})")
             return 0
@@ -616,15 +601,15 @@ def cmd_status(args) -> int:
         print(json.dumps({"running": False, "pid_file": str(args.pid_file)}))
         return 1
     http = state.get("http_port", env_port("http"))
-    ready, _ = http_get(f"http://127.0.0.1:{http}/v2/health/ready")
+    ready = is_ready(f"127.0.0.1:{http}")
     live, _ = http_get(f"http://127.0.0.1:{http}/v2/health/live")
-    out = dict(state, running=True, live=live == 200, ready=ready == 200)
+    out = dict(state, running=True, live=live == 200, ready=ready)
     code, body = http_post_json(f"http://127.0.0.1:{http}/v2/repository/index", {})
     if code == 200:
         with contextlib.suppress(ValueError):
             out["models"] = {m["name"]: m.get("state") for m in json.loads(body)}
     print(json.dumps(out, indent=2))
-    return 0 if ready == 200 else 2
+    return 0 if ready else 2
 
 
 def http_post_json(url: str, payload: dict, timeout: float = 2.0) -> tuple[int, bytes]:

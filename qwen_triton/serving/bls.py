@@ -1,80 +1,114 @@
-"""The `tensorrt_llm_bls` model without Triton: the ensemble's pipeline done in
-code, so that cancellation reaches the engine.
+"""The entry points `ensemble` and `tensorrt_llm_bls` without Triton: upstream's ensemble pipeline
+(preprocessing -> engine -> postprocessing) done in code.
 
-Triton's ensemble scheduler passes a client's cancellation only to steps that
-have not started, never to the engine step already streaming (Triton 2.51; see
-triton-inference-server/server#6739): a cancelled or disconnected ensemble
-request keeps generating until max_tokens. The BLS model takes the same inputs
-and gives the same outputs as the ensemble, runs preprocessing and
-detokenization in-process, calls the engine model, and on cancellation sends it
-a `stop` request for the engine request's id.
+Why code and not Triton's ensemble scheduler: Triton 2.51's ensemble passes a client's cancellation
+only to steps that have not started, never to the engine step already streaming (server#6739), so a
+cancelled or disconnected stream would generate until max_tokens. In code, the entry model sees the
+cancellation and sends the engine a `stop` for its request. The wiring is exactly upstream's
+(contract.PIPELINE_STEPS); preprocessing runs in-process, and each row's text is detokenized
+incrementally, holding back incomplete UTF-8 across responses (the state an ensemble cannot keep).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..chat import IncrementalDetokenizer, Tokenizer
+from ..errors import InvalidRequestError
 from . import contract as c
 from .preprocess import Preprocessor, preprocess_arrays
-from .triton_io import Arrays
+from .triton_io import Arrays, BatchRows, reject_unsupported
 
-_PRE_STEP, _ENGINE_STEP, _POST_STEP = c.ENSEMBLE_STEPS
+_PRE_STEP, _ENGINE_STEP, _POST_STEP = c.PIPELINE_STEPS
 ENGINE_OUTPUT_NAMES = tuple(spec.name for spec in c.ENGINE_OUTPUTS)
+# engine outputs the entry points pass through under the same name (all but output_ids, sequence_length)
+PASSTHROUGH = tuple(name for name, public in _ENGINE_STEP[2].items() if not public.startswith("_"))
 
 
-def engine_inputs(pre: Preprocessor, inputs: Arrays) -> dict[str, np.ndarray]:
-    """Ensemble inputs -> the engine model's inputs, wired exactly as the
-    ensemble wires them (contract.ENSEMBLE_STEPS). Raises InvalidRequestError."""
+@dataclass(frozen=True)
+class EnginePlan:
+    """An entry-point request turned into the engine model's inputs."""
+
+    inputs: dict[str, np.ndarray]
+    streaming: bool
+    batch: int
+    logprobs: bool  # some row asked for return_log_probs
+
+
+def plan(pre: Preprocessor, specs: tuple[c.TensorSpec, ...], inputs: Arrays) -> EnginePlan:
+    """Entry-point inputs -> the engine model's inputs, wired as upstream's ensemble wires them.
+    A chat `messages` request leaves the prompt out of its reply unless it says otherwise (ours).
+    Raises InvalidRequestError naming the bad input."""
+    reject_unsupported(specs, inputs)
     _, pre_in, pre_out = _PRE_STEP
     tensors = dict(inputs)
     produced = preprocess_arrays(pre, {name: tensors[src] for name, src in pre_in.items() if src in tensors})
-    tensors.update({internal: produced[name] for name, internal in pre_out.items()})
+    tensors.update({internal: produced[name] for name, internal in pre_out.items() if name in produced})
+    batch = int(produced[c.PRE_INPUT_ID].shape[0])
+    if c.MESSAGES in inputs and c.EXCLUDE_INPUT_IN_OUTPUT not in inputs:
+        tensors[c.EXCLUDE_INPUT_IN_OUTPUT] = np.ones((batch, 1), dtype=bool)
     _, eng_in, _ = _ENGINE_STEP
-    return {name: tensors[src] for name, src in eng_in.items() if src in tensors}
+    engine_inputs = {name: tensors[src] for name, src in eng_in.items() if src in tensors}
+    rows = BatchRows(inputs, batch)
+    streaming = any(rows.scalar(c.STREAM, i, False, bool) for i in range(batch))
+    logprobs = any(rows.scalar(c.RETURN_LOG_PROBS, i, False, bool) for i in range(batch))
+    return EnginePlan(engine_inputs, streaming, batch, logprobs)
 
 
 def stop_inputs() -> dict[str, np.ndarray]:
-    """The inputs of a `stop` request (the required ones hold placeholders)."""
+    """The inputs of a `stop` request (the required ones hold placeholders, as upstream's client)."""
     one = np.ones((1, 1), dtype=np.int32)
     return {c.IN_INPUT_IDS: one, c.IN_INPUT_LENGTHS: one, c.IN_REQUEST_OUTPUT_LEN: one,
             c.IN_STOP: np.ones((1, 1), dtype=bool)}
 
 
-def is_streaming(inputs: Arrays) -> bool:
-    value = inputs.get(c.STREAM)
-    return bool(np.asarray(value).reshape(-1)[0]) if value is not None else False
-
-
 class ResponseDecoder:
-    """Turns one request's engine responses into ensemble outputs, holding back
-    incomplete UTF-8 across responses (it keeps the state an ensemble can't)."""
+    """Turns one request's engine responses into entry-point outputs: `text_output` [rows] plus the
+    engine outputs passed through. Streaming rows decode incrementally (one detokenizer per row);
+    a non-streaming row decodes its ids in one go."""
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
-        self._detok = IncrementalDetokenizer(tokenizer, skip_special)
-        _, _, self._passthrough = _ENGINE_STEP
+    def __init__(self, tokenizer: Tokenizer, batch: int, skip_special: bool = True):
+        self._tokenizer, self._skip = tokenizer, skip_special
+        self._rows = [IncrementalDetokenizer(tokenizer, skip_special) for _ in range(batch)]
 
-    def push(self, engine_outputs: Arrays) -> dict[str, np.ndarray]:
-        """One engine response -> ensemble outputs (text_output holds the new text)."""
-        ids = np.asarray(engine_outputs[c.OUT_OUTPUT_IDS])
-        lengths = np.asarray(engine_outputs[c.OUT_SEQUENCE_LENGTH]).reshape(-1)
-        text = self._detok.push(ids.reshape(-1)[:int(lengths[0])].tolist())
-        return self._outputs(text, engine_outputs)
+    def push(self, engine_outputs: Arrays, streaming: bool) -> dict[str, np.ndarray]:
+        """One engine response (one row when decoupled, every row when not) -> entry outputs."""
+        ids = np.asarray(engine_outputs[c.OUT_OUTPUT_IDS])          # [R, beams, T]
+        lengths = np.asarray(engine_outputs[c.OUT_SEQUENCE_LENGTH]).reshape(ids.shape[0], -1)  # [R, beams]
+        index = engine_outputs.get(c.BATCH_INDEX)
+        rows = np.asarray(index).reshape(-1).tolist() if index is not None else list(range(ids.shape[0]))
+        texts = []
+        for r, row in enumerate(rows):
+            tokens = ids[r, 0, :int(lengths[r, 0])].tolist()
+            if not 0 <= row < len(self._rows):
+                raise InvalidRequestError(c.BATCH_INDEX, f"engine answered row {row} of {len(self._rows)}")
+            texts.append(self._rows[row].push(tokens) if streaming else self._one_shot(tokens))
+        return self._outputs(texts, engine_outputs)
 
-    def finish(self, last: Arrays | None = None) -> dict[str, np.ndarray]:
-        """The text still held back at the end of the request."""
-        return self._outputs(self._detok.flush(), last or {})
-
-    def _outputs(self, text: str, engine_outputs: Arrays) -> dict[str, np.ndarray]:
-        out = {c.TEXT_OUTPUT: np.array([[text.encode("utf-8")]], dtype=np.object_)}
-        for name, public in self._passthrough.items():
-            if name in engine_outputs and not public.startswith("_"):
-                out[public] = np.asarray(engine_outputs[name])
+    def finish(self, logprobs: bool) -> list[dict[str, np.ndarray]]:
+        """Streaming: each row's text still held back at the end (bytes that never completed a character),
+        as one response per row that has any. It carries no new token: with `logprobs`, an empty
+        output_log_probs says so to clients that count tokens."""
+        out = []
+        for row, detok in enumerate(self._rows):
+            tail = detok.flush()
+            if tail:
+                out.append({c.TEXT_OUTPUT: np.array([tail.encode("utf-8")], dtype=np.object_)})
+                if logprobs:
+                    out[-1][c.OUTPUT_LOG_PROBS] = np.zeros((1, 1, 0), dtype=np.float32)
+                if len(self._rows) > 1:
+                    out[-1][c.BATCH_INDEX] = np.array([[row]], dtype=np.int32)
         return out
 
+    def _one_shot(self, tokens: list[int]) -> str:
+        detok = IncrementalDetokenizer(self._tokenizer, self._skip)
+        return detok.push(tokens) + detok.flush()
 
-def join_outputs(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Non-streaming: all texts joined; the other outputs from the last part."""
-    joined = dict(parts[-1])
-    joined[c.TEXT_OUTPUT] = np.array([[b"".join(p[c.TEXT_OUTPUT].reshape(-1)[0] for p in parts)]],
-                                     dtype=np.object_)
-    return joined
+    @staticmethod
+    def _outputs(texts: list[str], engine_outputs: Arrays) -> dict[str, np.ndarray]:
+        out = {c.TEXT_OUTPUT: np.array([t.encode("utf-8") for t in texts], dtype=np.object_)}
+        for name in PASSTHROUGH:
+            if name in engine_outputs:
+                out[name] = np.asarray(engine_outputs[name])
+        return out

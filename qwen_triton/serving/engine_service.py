@@ -1,10 +1,14 @@
 """The engine behind the Triton engine model, without Triton.
 
-`model_repo/tensorrt_llm/1/model.py` turns each Triton request into a call of
-`EngineService.submit` with numpy inputs and a `send` callback, and polls
-cancellation. Everything else (parsing, batching, streaming in whole UTF-8
-characters, one final response per request) happens here, where tests reach it
-without a server.
+`model_repo/tensorrt_llm/1/model.py` turns each Triton request into a call of `EngineService.submit`
+with numpy inputs, a `send` callback and the request's `is_cancelled`. Everything else happens here,
+where tests reach it without a server: parsing (engine_request), one engine sequence per batch row,
+responses shaped as tensorrtllm_backend's (engine_response), `stop` requests, and cancellation.
+
+Threads: the engine's step loop (BackgroundEngine), the sender here (builds and sends responses, so
+the step loop never waits on clients) and the poller here (every `poll_period_s`: cancelled requests
+are aborted, then `on_poll` runs, e.g. to export metrics). `_calls` (request key -> CallState) is
+the service's one table of live Triton requests, under `_lock`.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,86 +24,63 @@ from ..background import BackgroundEngine
 from ..chat import Tokenizer, load_tokenizer
 from ..config import EngineConfig
 from ..engine import LLMEngine
+from ..errors import InvalidRequestError
 from ..outputs import EngineStats, RequestOutput
-from .engine_io import (
-    Arrays,
-    EngineRequest,
-    ResponseAccumulator,
-    Utf8TokenReleaser,
-    parse_engine_request,
-)
+from .engine_request import EngineRequest, ParseOptions, parse_engine_request
+from .engine_response import CallState, Send
+from .triton_io import Arrays
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineResponse:
-    """One message for a request's Triton response sender.
-
-    arrays: output tensors to send (None: send only the flag). final: this
-    ends the request. error / cancelled: the request failed or was cancelled
-    (then arrays is None and final is True).
-    """
-
-    arrays: dict[str, np.ndarray] | None
-    final: bool
-    error: str | None = None
-    cancelled: bool = False
-
-
-Send = Callable[[EngineResponse], None]
-
-
+@dataclass
 class _Live:
-    """Per-request state, touched only by the service's sender thread."""
+    """A Triton request in flight: its state, who sent it, and how to ask whether it was cancelled.
 
-    def __init__(self, request: EngineRequest, token_bytes: Callable[[int], bytes], send: Send):
-        self.request = request
-        self.releaser = Utf8TokenReleaser(token_bytes)
-        self.acc = ResponseAccumulator(request)
-        self.send = send
+    `is_cancelled` must never run once the final response is out: Triton frees the request's response
+    factory then, and asking a freed factory crashes tritonserver (2.51). `lock` orders the two."""
 
-    def handle(self, out: RequestOutput) -> None:
-        if out.finished and out.finish_reason == "error":
-            self.send(EngineResponse(None, True, error=out.error or "engine error"))
-        elif out.finished and out.finish_reason == "abort":
-            self.send(EngineResponse(None, True, cancelled=True))
-        elif self.request.streaming:
-            self._stream(out)
-        else:
-            self.acc.tokens.extend(out.new_token_ids)
-            self.acc.logprobs.extend(out.new_logprobs or [])
-            if out.finished:
-                self.send(EngineResponse(self.acc.final_arrays(), True))
+    client_id: str
+    is_cancelled: Callable[[], bool] | None
+    call: CallState | None = None
+    engine_ids: list[str] = field(default_factory=list)
+    finished: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _stream(self, out: RequestOutput) -> None:
-        ready = self.releaser.push(out.new_token_ids)
-        self.acc.logprobs.extend(out.new_logprobs or [])
-        if out.finished:
-            ready += self.releaser.flush()
-        if ready:
-            n = len(self.acc.tokens)
-            self.acc.tokens.extend(ready)
-            lps = self.acc.logprobs[n:n + len(ready)] if self.acc.logprobs else []
-            self.send(EngineResponse(self.acc.arrays(ready, lps), out.finished))
-        elif out.finished:
-            self.send(EngineResponse(None, True))
+    def cancelled(self) -> bool:
+        """Whether the client cancelled; False once the request has finished."""
+        with self.lock:
+            return not self.finished and self.is_cancelled is not None and self.is_cancelled()
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    exclude_input_default: bool = False  # tensorrtllm_backend's default
+    decoupled: bool = True
+    poll_period_s: float = 0.1
 
 
 class EngineService:
-    """One engine (one Triton model instance): submit, cancel, stats, shutdown."""
+    """One engine (one Triton model instance): submit, stop, cancel, stats, shutdown."""
 
     def __init__(self, model_path: str, engine_config: EngineConfig, tokenizer_dir: str | None = None,
-                 exclude_input_default: bool = True, tokenizer: Tokenizer | None = None):
+                 options: ServiceOptions = ServiceOptions(), tokenizer: Tokenizer | None = None,
+                 on_poll: Callable[[], None] | None = None):
         self.tokenizer = tokenizer or load_tokenizer(tokenizer_dir or model_path)
-        self.defaults = self.tokenizer.generation_defaults
-        self.exclude_input_default = exclude_input_default
+        self.options = options
+        self.parse_options = ParseOptions(self.end_ids_of, self.tokenizer.generation_defaults,
+                                          options.exclude_input_default, options.decoupled)
         self.engine = BackgroundEngine(LLMEngine(model_path, engine_config))
         self._token_bytes = self.tokenizer.token_bytes_table()
-        self._outbox: queue.Queue[tuple[_Live, RequestOutput] | None] = queue.Queue()
-        # responses are built and sent off the engine thread, so the step loop never waits on clients
-        self._sender = threading.Thread(target=self._send_loop, name="qwen-triton-sender", daemon=True)
-        self._sender.start()
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Live] = {}
+        self._outbox: queue.Queue[tuple[_Live, int, RequestOutput] | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._on_poll = on_poll
+        self._threads = [threading.Thread(target=self._send_loop, name="qwen-triton-sender", daemon=True),
+                         threading.Thread(target=self._poll_loop, name="qwen-triton-poll", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def end_ids_of(self, end_id: int | None) -> tuple[int, ...]:
         eos = tuple(self.tokenizer.eos_ids)
@@ -107,28 +88,85 @@ class EngineService:
             return eos
         return (end_id,) + tuple(e for e in eos if e != end_id) if end_id in eos else (end_id,)
 
-    def parse(self, inputs: Arrays) -> EngineRequest:
+    def parse(self, inputs: Arrays) -> list[EngineRequest]:
         """Raise InvalidRequestError for bad input; nothing is queued."""
-        return parse_engine_request(inputs, self.end_ids_of, self.defaults, self.exclude_input_default)
+        requests = parse_engine_request(inputs, self.parse_options)
+        for r in requests:
+            self.engine.engine.validate(r.prompt, r.params)
+        return requests
 
-    def submit(self, request_id: str, inputs: Arrays, send: Send) -> None:
-        """Queue a request; `send` receives its responses from another thread.
+    def submit(self, key: str, inputs: Arrays, send: Send, client_id: str = "",
+               is_cancelled: Callable[[], bool] | None = None) -> None:
+        """Queue a request (every batch row); `send` receives its responses from the sender thread.
         Bad input raises InvalidRequestError here and queues nothing."""
-        request = self.parse(inputs)
-        live = _Live(request, self._bytes_of, send)
-        self.engine.submit(request_id, request.prompt, request.params,
-                           on_output=lambda out: self._outbox.put((live, out)))
+        requests = self.parse(inputs)
+        live = _Live(client_id, is_cancelled)
+        live.call = CallState(requests, lambda response: self._deliver(key, live, send, response),
+                              self.options.decoupled, self._bytes_of)
+        with self._lock:
+            if key in self._calls:
+                raise InvalidRequestError("request_id", f"{key!r} is already in flight")
+            self._calls[key] = live
+        try:
+            for i, r in enumerate(requests):
+                engine_id = f"{key}#{i}"
+                self.engine.submit(engine_id, r.prompt, r.params,
+                                   on_output=lambda out, i=i: self._outbox.put((live, i, out)))
+                live.engine_ids.append(engine_id)
+        except Exception:
+            live.call.done = True  # nothing is sent for the rows already queued: the caller answers
+            self._abort(live)
+            with self._lock:
+                self._calls.pop(key, None)
+            raise
 
-    def cancel(self, request_id: str) -> None:
-        self.engine.abort(request_id)
+    def stop(self, client_id: str) -> int:
+        """tensorrtllm_backend's `stop`: end every live request sent under this client id; each
+        ends with a normal final response holding what it generated. Returns how many."""
+        with self._lock:
+            targets = [live for live in self._calls.values() if live.client_id == client_id]
+        for live in targets:
+            live.call.stopped = True
+            self._abort(live)
+        return len(targets)
+
+    def cancel(self, key: str) -> None:
+        """The client went away: abort the request; it ends with a CANCELLED error."""
+        with self._lock:
+            live = self._calls.get(key)
+        if live is not None:
+            self._abort(live)
+
+    def live_count(self) -> int:
+        with self._lock:
+            return len(self._calls)
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
     def shutdown(self) -> None:
+        self._stopping.set()
         self.engine.shutdown()
         self._outbox.put(None)
-        self._sender.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _deliver(self, key: str, live: _Live, send: Send, response) -> None:
+        """`send`; the final response also ends the request's cancellation checks and its entry in _calls."""
+        if not response.final:
+            send(response)
+            return
+        with self._lock:
+            self._calls.pop(key, None)
+        with live.lock:
+            live.finished = True
+            send(response)
+
+    def _abort(self, live: _Live) -> None:
+        for engine_id in live.engine_ids:
+            self.engine.abort(engine_id)
 
     def _bytes_of(self, token_id: int) -> bytes:
         table = self._token_bytes
@@ -136,15 +174,15 @@ class EngineService:
 
     def _send_loop(self) -> None:
         while (batch := self._next_batch()) is not None:
-            for live, out in coalesce(batch):
+            for live, index, out in coalesce(batch):
                 try:
-                    live.handle(out)
+                    if live.call.handle(index, out):
+                        self._abort(live)  # one row failed or was cancelled: the others go too
                 except Exception:  # a broken client connection must not stop other requests' responses
                     log.exception("sending a response for %s failed", out.request_id)
-                    if not out.finished:
-                        self.engine.abort(out.request_id)
+                    self._abort(live)
 
-    def _next_batch(self) -> list[tuple[_Live, RequestOutput]] | None:
+    def _next_batch(self) -> list[tuple[_Live, int, RequestOutput]] | None:
         """Wait for one output, then take every output already queued (None: shut down)."""
         first = self._outbox.get()
         if first is None:
@@ -160,20 +198,40 @@ class EngineService:
                 return batch
             batch.append(item)
 
+    def _poll_loop(self) -> None:
+        while not self._stopping.wait(self.options.poll_period_s):
+            with self._lock:
+                watched = [live for live in self._calls.values() if live.is_cancelled is not None]
+            for live in watched:
+                try:
+                    if live.cancelled():
+                        self._abort(live)
+                except Exception:  # the request object is gone: nothing left to watch
+                    log.debug("cancellation check failed", exc_info=True)
+            if self._on_poll is not None:
+                try:
+                    self._on_poll()
+                except Exception:
+                    log.exception("periodic hook failed")
 
-def coalesce(batch: list[tuple[_Live, RequestOutput]]) -> list[tuple[_Live, RequestOutput]]:
-    """Merge each request's queued outputs into one, in order: when sending falls behind the
-    engine (many streams at once), every request gets one response carrying all its new tokens
-    instead of one response per token. With nothing queued this is the identity."""
-    merged: dict[int, tuple[_Live, RequestOutput]] = {}
-    for live, out in batch:
-        key = id(live)
-        if key not in merged:
-            merged[key] = (live, out)
-            continue
-        prev = merged[key][1]
-        logprobs = None if prev.new_logprobs is None and out.new_logprobs is None else \
-            (prev.new_logprobs or []) + (out.new_logprobs or [])
-        merged[key] = (live, replace(out, new_token_ids=prev.new_token_ids + out.new_token_ids,
-                                     new_logprobs=logprobs))
+
+def coalesce(batch: list[tuple[_Live, int, RequestOutput]]) -> list[tuple[_Live, int, RequestOutput]]:
+    """Merge each row's queued outputs into one, in order: when sending falls behind the engine
+    (many streams at once), every row gets one response carrying all its new tokens instead of one
+    response per token. With nothing queued this is the identity."""
+    merged: dict[tuple[int, int], tuple[_Live, int, RequestOutput]] = {}
+    for live, index, out in batch:
+        key = (id(live), index)
+        prev = merged.get(key)
+        merged[key] = (live, index, out if prev is None else merge_outputs(prev[2], out))
     return list(merged.values())
+
+
+def merge_outputs(prev: RequestOutput, out: RequestOutput) -> RequestOutput:
+    """Two consecutive outputs of one request as one (token deltas and their extras joined)."""
+    logprobs = None if prev.new_logprobs is None and out.new_logprobs is None else \
+        (prev.new_logprobs or []) + (out.new_logprobs or [])
+    gen = [g for g in (prev.generation_logits, out.generation_logits) if g is not None]
+    return replace(out, new_token_ids=prev.new_token_ids + out.new_token_ids, new_logprobs=logprobs,
+                   generation_logits=np.concatenate(gen, axis=0) if gen else None,
+                   context_logits=out.context_logits if out.context_logits is not None else prev.context_logits)

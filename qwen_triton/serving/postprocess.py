@@ -1,8 +1,8 @@
 """Postprocessing: token ids -> text, special tokens skipped.
 
-Each call decodes one response on its own (an ensemble gives postprocessing
-no per-request state), so it relies on the engine model releasing tokens in
-groups that end on whole UTF-8 characters (see engine_io.Utf8TokenReleaser).
+Each call decodes one response on its own (the model keeps no per-request state), so streamed
+responses rely on the engine model releasing tokens in groups that end on whole UTF-8 characters
+(engine_response.Utf8TokenReleaser).
 """
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ class Postprocessor:
 
 
 def postprocess_arrays(post: Postprocessor, inputs) -> dict[str, np.ndarray]:
-    """TOKENS_BATCH [B, beams, T] + SEQUENCE_LENGTH [B, beams] -> OUTPUT [B, beams] (BYTES)."""
+    """TOKENS_BATCH [B, beams, T] + SEQUENCE_LENGTH [B, beams] -> OUTPUT [B * beams] (BYTES), flat as
+    tensorrtllm_backend's postprocessing returns it (clients read `text_output[0]`)."""
     tokens = np.asarray(inputs[c.POST_TOKENS_BATCH])
     lengths = np.asarray(inputs[c.POST_SEQUENCE_LENGTH])
     if tokens.ndim == 2:  # a model without the beam axis
         tokens = tokens[:, None, :]
     lengths = lengths.reshape(tokens.shape[0], -1)
-    return {c.POST_OUTPUT: np.array(post.decode_batch(tokens, lengths), dtype=np.object_)}
+    texts = [text for row in post.decode_batch(tokens, lengths) for text in row]
+    return {c.POST_OUTPUT: np.array(texts, dtype=np.object_)}

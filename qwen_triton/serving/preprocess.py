@@ -4,6 +4,7 @@ Triton-free: `model_repo/preprocessing/1/model.py` converts tensors and calls th
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from ..chat import Tokenizer, ids_to_word_list, load_tokenizer, parse_messages, 
 from ..chat.template import DEFAULT_SYSTEM
 from ..errors import InvalidRequestError
 from . import contract as c
-from .triton_io import Arrays, texts
+from .triton_io import Arrays, BatchRows, reject_unsupported, texts
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class PreprocessRequest:
     bad_words: tuple[str, ...] = ()
     end_id: int | None = None
     pad_id: int | None = None
+    bias_words: tuple[str, ...] = ()
+    bias_weights: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class PreprocessResult:
     bad_words: list[list[int]]
     end_id: int
     pad_id: int
+    logit_bias: dict[int, float]  # token id -> bias (embedding_bias_words / _weights)
 
 
 class Preprocessor:
@@ -79,6 +83,8 @@ class Preprocessor:
                             max_input_len=limit(c.PARAM_MAX_INPUT_LEN), max_output_len=limit(c.PARAM_MAX_OUTPUT_LEN))
 
     def __call__(self, req: PreprocessRequest) -> PreprocessResult:
+        if req.output_len < 1:
+            raise InvalidRequestError(c.MAX_TOKENS, f"must be >= 1, got {req.output_len}")
         if self.max_output_len is not None and req.output_len > self.max_output_len:
             raise InvalidRequestError(
                 c.MAX_TOKENS, f"{req.output_len} is more than max_output_len={self.max_output_len}")
@@ -91,7 +97,21 @@ class Preprocessor:
         stop = self._words(req.stop_words, c.STOP_WORDS) + extra_ends
         pad_id = next(i for i in (req.pad_id, self.tokenizer.pad_id, end_id) if i is not None)
         return PreprocessResult(ids, req.output_len, ids_to_word_list(stop),
-                                ids_to_word_list(self._words(req.bad_words, c.BAD_WORDS)), end_id, pad_id)
+                                ids_to_word_list(self._words(req.bad_words, c.BAD_WORDS)), end_id, pad_id,
+                                self._bias(req.bias_words, req.bias_weights))
+
+    def _bias(self, words: tuple[str, ...], weights: tuple[float, ...]) -> dict[int, float]:
+        """tensorrtllm_backend's embedding bias: each word's weight is added to every one of its tokens."""
+        if len(words) != len(weights):
+            raise InvalidRequestError(c.EMBEDDING_BIAS_WEIGHTS, f"has {len(weights)} weights for {len(words)} "
+                                                                "embedding_bias_words; give one weight per word")
+        bias: dict[int, float] = {}
+        for word, weight in zip(words, weights):
+            if not math.isfinite(weight):
+                raise InvalidRequestError(c.EMBEDDING_BIAS_WEIGHTS, f"must be finite numbers, got {weight}")
+            for token in self.tokenizer.encode(word, allow_special=True):
+                bias[token] = bias.get(token, 0.0) + weight
+        return bias
 
     def _prompt_ids(self, req: PreprocessRequest) -> list[int]:
         if req.messages:
@@ -130,45 +150,60 @@ def _pad_word_lists(lists: list[list[list[int]]]) -> np.ndarray:
                     dtype=np.int32)
 
 
-def _row(arr: np.ndarray | None, i: int) -> np.ndarray | None:
-    return None if arr is None else np.asarray(arr)[i]
+def _bias_rows(results: list[PreprocessResult], vocab: int) -> np.ndarray:
+    """EMBEDDING_BIAS: [B, vocab] float32 when any row has a bias, else [B, 0] (upstream's "none")."""
+    if not any(r.logit_bias for r in results):
+        return np.zeros((len(results), 0), dtype=np.float32)
+    dense = np.zeros((len(results), vocab), dtype=np.float32)
+    for i, r in enumerate(results):
+        for token, weight in r.logit_bias.items():
+            dense[i, token] = weight
+    return dense
 
 
-def _optional_int(arr: np.ndarray | None, i: int, field: str) -> int | None:
-    if arr is None:
-        return None
-    value = int(np.asarray(arr).reshape(len(arr), -1)[i][0])
-    if value < 0:
-        raise InvalidRequestError(field, f"must be >= 0, got {value}")
-    return value
+def _text(rows: BatchRows, name: str, field: str, i: int) -> str | None:
+    return (texts(rows.array(name, i), field) or [None])[0]
+
+
+def _words(rows: BatchRows, name: str, field: str, i: int) -> tuple[str, ...]:
+    return tuple(w for w in texts(rows.array(name, i), field) if w)
+
+
+def _request(rows: BatchRows, i: int) -> PreprocessRequest:
+    weights = rows.array(c.PRE_EMBEDDING_BIAS_WEIGHTS, i)
+    return PreprocessRequest(
+        text=_text(rows, c.PRE_QUERY, c.TEXT_INPUT, i), messages=_text(rows, c.PRE_MESSAGES, c.MESSAGES, i),
+        output_len=rows.scalar(c.PRE_REQUEST_OUTPUT_LEN, i),
+        stop_words=_words(rows, c.PRE_STOP_WORDS_DICT, c.STOP_WORDS, i),
+        bad_words=_words(rows, c.PRE_BAD_WORDS_DICT, c.BAD_WORDS, i),
+        end_id=rows.scalar(c.PRE_END_ID, i), pad_id=rows.scalar(c.PRE_PAD_ID, i),
+        bias_words=tuple(texts(rows.array(c.PRE_EMBEDDING_BIAS_WORDS, i), c.EMBEDDING_BIAS_WORDS)),
+        bias_weights=tuple(float(w) for w in np.asarray([] if weights is None else weights).reshape(-1)))
 
 
 def preprocess_arrays(pre: Preprocessor, inputs: Arrays) -> dict[str, np.ndarray]:
     """The preprocessing model's tensors in and out, for a batch of B prompts."""
-    query, messages = inputs.get(c.PRE_QUERY), inputs.get(c.PRE_MESSAGES)
+    reject_unsupported(c.PREPROCESSING_INPUTS, inputs)
     out_len = inputs.get(c.PRE_REQUEST_OUTPUT_LEN)
     if out_len is None:
         raise InvalidRequestError(c.MAX_TOKENS, "is missing")
-    batch = len(out_len)
-    results = []
-    for i in range(batch):
-        text = (texts(_row(query, i), c.TEXT_INPUT) or [None])[0]
-        msgs = (texts(_row(messages, i), c.MESSAGES) or [None])[0]
-        results.append(pre(PreprocessRequest(
-            text=text, messages=msgs, output_len=int(np.asarray(out_len).reshape(batch, -1)[i][0]),
-            stop_words=tuple(texts(_row(inputs.get(c.PRE_STOP_WORDS_DICT), i), c.STOP_WORDS)),
-            bad_words=tuple(texts(_row(inputs.get(c.PRE_BAD_WORDS_DICT), i), c.BAD_WORDS)),
-            end_id=_optional_int(inputs.get(c.PRE_END_ID), i, c.END_ID),
-            pad_id=_optional_int(inputs.get(c.PRE_PAD_ID), i, c.PAD_ID))))
+    batch = int(np.shape(out_len)[0]) if np.ndim(out_len) else 1
+    rows = BatchRows(inputs, batch)
+    results = [pre(_request(rows, i)) for i in range(batch)]
+
     def col(values: list[int]) -> np.ndarray:
         return np.array(values, dtype=np.int32).reshape(batch, 1)
 
     return {
         c.PRE_INPUT_ID: _pad([r.input_ids for r in results], results[0].pad_id),
         c.PRE_REQUEST_INPUT_LEN: col([len(r.input_ids) for r in results]),
+        # a decoder-only model has no decoder input: empty rows (upstream sends [pad_id])
+        c.PRE_DECODER_INPUT_ID: np.zeros((batch, 0), dtype=np.int32),
+        c.PRE_REQUEST_DECODER_INPUT_LEN: col([0] * batch),
         c.PRE_OUT_REQUEST_OUTPUT_LEN: col([r.output_len for r in results]),
         c.PRE_STOP_WORDS_IDS: _pad_word_lists([r.stop_words for r in results]),
         c.PRE_BAD_WORDS_IDS: _pad_word_lists([r.bad_words for r in results]),
+        c.PRE_EMBEDDING_BIAS: _bias_rows(results, pre.tokenizer.vocab_size),
         c.PRE_OUT_END_ID: col([r.end_id for r in results]),
         c.PRE_OUT_PAD_ID: col([r.pad_id for r in results]),
     }

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidRequestError, QwenTritonError
+from ..errors import EngineDeadError, InvalidRequestError, QwenTritonError
 from ..outputs import EngineStats
 from . import contract as c
 from .contract import TensorSpec
@@ -29,6 +30,57 @@ def read_inputs(specs: Iterable[TensorSpec], get: Callable[[str], Any]) -> dict[
         if tensor is not None:
             out[spec.name] = tensor.as_numpy()
     return out
+
+
+def has_value(array: np.ndarray) -> bool:
+    """Whether an input carries anything: a non-empty string, a non-zero number or a true flag."""
+    arr = np.asarray(array)
+    if arr.size == 0:
+        return False
+    if arr.dtype == object or arr.dtype.kind in "SU":
+        return any(bool(x) for x in arr.reshape(-1))
+    return bool(np.any(arr != 0))
+
+
+def reject_unsupported(specs: Iterable[TensorSpec], inputs: Arrays) -> None:
+    """InvalidRequestError for an input of a feature this engine does not have, when given a value
+    (TensorSpec.unsupported says why); an empty, zero or false value of such an input is accepted."""
+    for spec in specs:
+        if spec.unsupported and spec.name in inputs and has_value(inputs[spec.name]):
+            raise InvalidRequestError(spec.name, spec.unsupported)
+
+
+class BatchRows:
+    """Row i of a request's inputs, for a request of `batch` rows. Every input must have that
+    batch size, or 1 (then it applies to every row)."""
+
+    def __init__(self, inputs: Arrays, batch: int):
+        self.inputs, self.batch = inputs, batch
+
+    def array(self, name: str, row: int) -> np.ndarray | None:
+        value = self.inputs.get(name)
+        if value is None:
+            return None
+        arr = np.asarray(value)
+        if arr.ndim == 0 or arr.shape[0] not in (1, self.batch):
+            raise InvalidRequestError(name, f"has batch size {arr.shape[0] if arr.ndim else 0}, "
+                                            f"the request has {self.batch}")
+        return arr[row if arr.shape[0] > 1 else 0]
+
+    def scalar(self, name: str, row: int, default=None, kind: type = int):
+        """The one value of a scalar input as `kind` (int, float: finite, bool), or `default`."""
+        arr = self.array(name, row)
+        if arr is None:
+            return default
+        flat = np.asarray(arr).reshape(-1)
+        if flat.size != 1:
+            raise InvalidRequestError(name, f"must hold one value per row, got {flat.size}")
+        if kind is float:
+            number = float(flat[0])
+            if not math.isfinite(number):
+                raise InvalidRequestError(name, f"must be a finite number, got {number}")
+            return number
+        return kind(flat[0])
 
 
 def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
@@ -70,19 +122,24 @@ def bytes_array(values: list[list[bytes]] | list[bytes]) -> np.ndarray:
     return np.array(values, dtype=np.object_)
 
 
-def metric_values(stats: EngineStats, block_size: int) -> dict[tuple[str, str, str], float]:
-    """The engine's gauges as {(family, label key, label value): value}, under
-    tensorrtllm_backend's metric names (see contract.METRIC_*)."""
+def metric_values(stats: EngineStats, block_size: int, max_num_seqs: int
+                  ) -> dict[tuple[str, str, str], float]:
+    """The engine's gauges as {(family, category label, its value): value}, under tensorrtllm_backend's
+    metric names and category values (contract.METRIC_*); the model adds its `model` / `version` labels."""
     r, k, e = c.METRIC_REQUESTS, c.METRIC_KV_BLOCKS, c.METRIC_ENGINE
     used = stats.num_total_blocks - stats.num_free_blocks
     return {
         (r, "request_type", "active"): stats.num_running + stats.num_waiting,
+        (r, "request_type", "max"): max_num_seqs,
         (r, "request_type", "scheduled"): stats.num_running,
+        (r, "request_type", "context"): stats.num_prefilling,
         (r, "request_type", "waiting"): stats.num_waiting,
         (k, "kv_cache_block_type", "max"): stats.num_total_blocks,
         (k, "kv_cache_block_type", "free"): stats.num_free_blocks,
         (k, "kv_cache_block_type", "used"): used,
         (k, "kv_cache_block_type", "tokens_per"): block_size,
+        (k, "kv_cache_block_type", "reused"): 0,  # no prefix cache yet
+        (k, "kv_cache_block_type", "fraction"): used / stats.num_total_blocks if stats.num_total_blocks else 0.0,
         (e, "counter", "steps"): stats.num_steps,
         (e, "counter", "preemptions"): stats.num_preemptions,
         (e, "counter", "generated_tokens"): stats.num_generated_tokens,
@@ -90,11 +147,21 @@ def metric_values(stats: EngineStats, block_size: int) -> dict[tuple[str, str, s
     }
 
 
-def triton_error(pb_utils, message: str, cancelled: bool = False):
-    """A pb_utils.TritonError, CANCELLED where the backend knows that code."""
-    if cancelled and hasattr(pb_utils.TritonError, "CANCELLED"):
-        return pb_utils.TritonError(message, pb_utils.TritonError.CANCELLED)
-    return pb_utils.TritonError(message)
+def error_code(exc: BaseException) -> str:
+    """Triton's error code for an exception: INVALID_ARG (HTTP 400) for a bad request, UNAVAILABLE
+    (HTTP 503) for an engine that is down, INTERNAL (HTTP 500) for anything else."""
+    if isinstance(exc, InvalidRequestError):
+        return "INVALID_ARG"
+    if isinstance(exc, EngineDeadError):
+        return "UNAVAILABLE"
+    return "INTERNAL"
+
+
+def triton_error(pb_utils, message: str, code: str = "INTERNAL"):
+    """A pb_utils.TritonError with Triton's error code `code` (INVALID_ARG, CANCELLED, UNAVAILABLE,
+    INTERNAL, ...), where the backend knows that code."""
+    value = getattr(pb_utils.TritonError, code, None)
+    return pb_utils.TritonError(message, value) if value is not None else pb_utils.TritonError(message)
 
 
 def respond(pb_utils, request, specs: Iterable[TensorSpec], compute: Callable[[dict], dict], what: str):
@@ -104,8 +171,8 @@ def respond(pb_utils, request, specs: Iterable[TensorSpec], compute: Callable[[d
         inputs = read_inputs(specs, lambda n: pb_utils.get_input_tensor_by_name(request, n))
         outputs = compute(inputs)
     except QwenTritonError as exc:
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+        return pb_utils.InferenceResponse(error=triton_error(pb_utils, str(exc), error_code(exc)))
     except Exception as exc:  # never crash the model on a request
         log.exception("%s failed", what)
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{what} failed: {exc}"))
+        return pb_utils.InferenceResponse(error=triton_error(pb_utils, f"{what} failed: {exc}"))
     return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])

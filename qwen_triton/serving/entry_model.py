@@ -1,0 +1,190 @@
+"""The Triton side of the entry models `ensemble` and `tensorrt_llm_bls` (Python backend).
+
+Both serve upstream's client interface (their own input tables in the contract) with the same code:
+each request is planned (qwen_triton.serving.bls), sent to the engine model through BLS, and its
+engine responses turned into text as they come. A poller watches every live request; when a client
+cancels or disconnects, it sends the engine a `stop` for that request's id, so the engine frees its
+KV blocks within a step, and the request ends with a CANCELLED error.
+
+Requests are served on a bounded thread pool (the engine model batches them inflight); responses go
+out through each request's response sender, one per request when the model is not decoupled.
+Imported only by the model.py files, which hand in Triton's `triton_python_backend_utils`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..errors import QwenTritonError
+from . import bls
+from . import contract as c
+from .preprocess import Preprocessor
+from .triton_io import as_bool, error_code, model_parameters, read_inputs, resolve_path, triton_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Live:
+    """A request being served. Its `is_cancelled` must never be asked once the final response is out:
+    Triton frees the request's response factory then, and asking a freed factory crashes tritonserver
+    (2.51). `lock` orders the poller's question and the final send."""
+
+    request: object  # the Triton request
+    sender: object  # its response sender
+    cancelled: bool = False
+    finished: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check_cancelled(self) -> bool:
+        """True the first time the client is found to have cancelled (never after the end)."""
+        with self.lock:
+            if self.finished or self.cancelled or not self.request.is_cancelled():
+                return False
+            self.cancelled = True
+            return True
+
+    def send(self, response=None, final: int = 0) -> None:
+        """Send a response; `final` (the FINAL flag value, else 0) also ends the request."""
+        if not final:
+            self.sender.send(response)
+            return
+        with self.lock:
+            self.finished = True
+            if response is None:
+                self.sender.send(flags=final)
+            else:
+                self.sender.send(response, flags=final)
+
+
+class EntryModel:
+    """One instance of an entry model; `pb` is triton_python_backend_utils."""
+
+    def __init__(self, pb, args: dict):
+        self.pb = pb
+        params = model_parameters(args)
+        self.name = args["model_name"]
+        self.specs = c.MODEL_SPECS[self.name][0]
+        self.pre = Preprocessor.from_parameters(params, lambda p: resolve_path(p, args))
+        self.skip_special = as_bool(params.get(c.PARAM_SKIP_SPECIAL), True)
+        self.engine_model = params.get(c.PARAM_ENGINE_MODEL) or c.ENGINE
+        self.decoupled = pb.using_decoupled_model_transaction_policy(json.loads(args["model_config"]))
+        self.pool = ThreadPoolExecutor(int(params.get(c.PARAM_MAX_REQUESTS) or 512), thread_name_prefix=self.name)
+        self.lock = threading.Lock()
+        self.live: dict[str, _Live] = {}  # engine request id -> the client's request
+        self.stopping = threading.Event()
+        self.period_s = int(params.get(c.PARAM_CANCEL_PERIOD_MS) or 100) / 1000.0
+        self.poller = threading.Thread(target=self._poll, name=f"{self.name}-poll", daemon=True)
+        self.poller.start()
+
+    def execute(self, requests) -> None:
+        for request in requests:
+            self.pool.submit(self._serve, request)
+
+    def finalize(self) -> None:
+        self.stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- one request ---------------------------------------------------------------------------------
+
+    def _serve(self, request) -> None:
+        live = _Live(request, request.get_response_sender())
+        rid = f"{self.name}-{uuid.uuid4().hex}"
+        try:
+            inputs = read_inputs(self.specs, lambda n: self.pb.get_input_tensor_by_name(request, n))
+            plan = bls.plan(self.pre, self.specs, inputs)
+            with self.lock:
+                self.live[rid] = live
+            self._run(live, rid, plan)
+        except QwenTritonError as exc:
+            self._fail(live, str(exc), error_code(exc))
+        except Exception as exc:  # never crash the model on a request
+            log.exception("%s failed", self.name)
+            self._fail(live, f"{self.name} failed: {exc}", "INTERNAL")
+        finally:
+            with self.lock:
+                self.live.pop(rid, None)
+
+    def _run(self, live: _Live, rid: str, plan: bls.EnginePlan) -> None:
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        decoder = bls.ResponseDecoder(self.pre.tokenizer, plan.batch, self.skip_special)
+        rows_done = 0
+        for response in self._engine_call(rid, plan.inputs):
+            if live.cancelled:
+                continue  # drain what the engine still sends after the stop
+            if response.has_error():
+                live.send(self.pb.InferenceResponse(error=response.error()), final)
+                return
+            outputs = {t.name(): t.as_numpy() for t in response.output_tensors()}
+            if not outputs:
+                continue  # the engine's flag-only final
+            part = decoder.push(outputs, plan.streaming)
+            rows_done += len(part[c.TEXT_OUTPUT])
+            last = not self.decoupled or (not plan.streaming and rows_done >= plan.batch)
+            live.send(self._response(part), final if last else 0)
+            if last:
+                return
+        if live.cancelled:
+            live.send(self.pb.InferenceResponse(error=triton_error(self.pb, "request cancelled", "CANCELLED")), final)
+            return
+        tails = decoder.finish(plan.logprobs)
+        for i, tail in enumerate(tails):
+            live.send(self._response(tail), final if i == len(tails) - 1 else 0)
+        if not tails:
+            live.send(None, final)
+
+    def _engine_call(self, rid: str, inputs: dict):
+        call = self.pb.InferenceRequest(model_name=self.engine_model, inputs=self._tensors(inputs),
+                                        requested_output_names=list(bls.ENGINE_OUTPUT_NAMES), request_id=rid)
+        return call.exec(decoupled=True) if self.decoupled else [call.exec()]
+
+    def _response(self, arrays: dict):
+        return self.pb.InferenceResponse(self._tensors(arrays))
+
+    def _tensors(self, arrays: dict) -> list:
+        return [self.pb.Tensor(k, v) for k, v in arrays.items()]
+
+    def _fail(self, live: _Live, message: str, code: str) -> None:
+        try:
+            live.send(self.pb.InferenceResponse(error=triton_error(self.pb, message, code)),
+                      self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception:  # the response already went out: nothing more to say
+            log.exception("%s: could not send the error %r", self.name, message)
+
+    # -- cancellation ----------------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        """Every period: a live request whose client cancelled or went away gets its engine request stopped."""
+        while not self.stopping.wait(self.period_s):
+            with self.lock:
+                watched = list(self.live.items())
+            for rid, live in watched:
+                try:
+                    if live.check_cancelled():
+                        self._stop(rid)
+                except Exception:
+                    log.exception("%s: stopping %s failed", self.name, rid)
+
+    def _stop(self, rid: str) -> None:
+        for _ in self._engine_call(rid, bls.stop_inputs()):
+            pass
+
+
+def triton_model(pb) -> type:
+    """The TritonPythonModel class of an entry model, for its model.py: `triton_model(pb_utils)`."""
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.model = EntryModel(pb, args)
+
+        def execute(self, requests):
+            return self.model.execute(requests)
+
+        def finalize(self):
+            self.model.finalize()
+
+    return TritonPythonModel
