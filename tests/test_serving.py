@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from qwen_triton import InvalidRequestError
 from qwen_triton.chat import QwenTiktokenTokenizer
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.postprocess import Postprocessor, postprocess_arrays
-from qwen_triton.serving.preprocess import Preprocessor, PreprocessRequest, preprocess_arrays
+from qwen_triton.serving.preprocess import Preprocessor, preprocess_arrays
 
 
 @pytest.fixture(scope="module")
