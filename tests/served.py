@@ -57,6 +57,13 @@ def scrape(server: TritonServer, family: str) -> dict[str, float]:
     return wire.metric_values(families, family)
 
 
+def scrape_series(server: TritonServer, family: str) -> dict[tuple, float]:
+    """{labels as sorted (name, value) pairs: number} of every series of one metric family."""
+    families = wire.fetch_metrics(server.metrics_url)
+    assert families is not None, f"{server.metrics_url} did not answer"
+    return dict(families.get(family, {}))
+
+
 def http_generate(server, body: dict, model: str = c.ENSEMBLE) -> requests.Response:
     return requests.post(server.http_url + wire.generate_path(model), json=body, timeout=120)
 
