@@ -6,6 +6,7 @@
 #   make stop           stops the server
 #   make test           the whole test suite (starts its own servers on free ports)
 #   make loadtest       a Locust sweep against the running server (report under logs/loadtest/)
+#   make genai-perf     NVIDIA GenAI-Perf against the running server (logs/genai-perf/)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,7 +23,7 @@ TRITON_INSTALL_DEPS := install
 include tools/triton.mk
 include loadtest/loadtest.mk
 
-.PHONY: install build-engine serve stop status test test-fast lint clean
+.PHONY: install build-engine serve stop status test test-fast lint clean genai-perf
 
 install: $(VENV)/.installed
 
@@ -55,5 +56,9 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check qwen_triton build tools clients tests model_repo loadtest
 
+# NVIDIA GenAI-Perf against the running server, from its own venv (GENAI_PERF_ARGS: genai-perf profile flags)
+genai-perf:
+	tools/genai_perf.sh $(GENAI_PERF_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-genai-perf .pytest_cache .hypothesis
