@@ -254,3 +254,31 @@ def test_coalesce_merges_each_rows_queued_outputs_in_order():
         (True, 0, [1, 2, 3], [-0.1, -0.2, -0.3], True), (False, 0, [7, 8], None, False), (True, 1, [9], None, False)]
     single = [(a, 0, out("a", [5]))]
     assert coalesce(single) == single
+
+
+def test_cancel_guard_never_asks_after_the_final_response_and_never_blocks_it():
+    """A final response that comes while a check runs goes out right after the check, from the checker;
+    no check starts once the final response is on its way."""
+    from qwen_triton.serving.triton_io import CancelGuard
+
+    events: list[str] = []
+    in_check, release = threading.Event(), threading.Event()
+
+    def is_cancelled():
+        events.append("check")
+        in_check.set()
+        release.wait(5)
+        return False
+
+    guard = CancelGuard(is_cancelled)
+    checker = threading.Thread(target=guard.check)
+    checker.start()
+    assert in_check.wait(5)
+    guard.finish(lambda: events.append("final"))  # returns at once: deferred to the checker
+    assert events == ["check"] and not guard.finished
+    release.set()
+    checker.join(5)
+    assert events == ["check", "final"] and guard.finished
+    assert guard.check() is False and events == ["check", "final"]  # never asked again
+    guard.finish(lambda: events.append("twice"))
+    assert events == ["check", "final"]

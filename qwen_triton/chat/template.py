@@ -69,7 +69,9 @@ def parse_messages(messages: str | bytes | Sequence[Any]) -> list[ChatMessage]:
 def _load_json(text: str | bytes | bytearray) -> Any:
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise InvalidRequestError(FIELD, "invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
         raise InvalidRequestError(FIELD, f"invalid JSON: {exc}") from exc
 
 
@@ -87,13 +89,17 @@ def _parse_message(index: int, item: Any) -> ChatMessage:
 
 
 def _content_text(index: int, content: Any) -> str:
-    if isinstance(content, str):
-        return content
     if isinstance(content, list) and all(
             isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
             for p in content):
-        return "".join(p["text"] for p in content)
-    raise InvalidRequestError(FIELD, f"message {index}: content must be a string or a list of text parts")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise InvalidRequestError(FIELD, f"message {index}: content must be a string or a list of text parts")
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may escape a lone surrogate ("\ud800"); no tokenizer takes one
+        raise InvalidRequestError(FIELD, f"message {index}: content holds a lone surrogate") from None
+    return content
 
 
 # ----------------------------------------------------------------------------------------------

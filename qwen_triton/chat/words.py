@@ -41,15 +41,30 @@ def from_word_list(array: Any, field: str = "word_list") -> list[list[int]]:
     """Inverse of `to_word_list`: the token ids of each word.
 
     Accepts a [2, N] nested list or array (numpy arrays too), or [1, 2, N] for a batch of one.
-    Raises InvalidRequestError (naming `field`) for a malformed layout.
+    Raises InvalidRequestError (naming `field`) for a malformed layout or values that are not integers.
     """
     rows = array.tolist() if hasattr(array, "tolist") else array
-    if len(rows) == 1 and len(rows[0]) == 2 and isinstance(rows[0][0], (list, tuple)):
+    if _is_row(rows) and len(rows) == 1 and _is_row(rows[0]) and len(rows[0]) == 2 and _is_row(rows[0][0]):
         rows = rows[0]  # [1, 2, N]
-    if len(rows) != 2 or len(rows[0]) != len(rows[1]):
+    if not (_is_row(rows) and len(rows) == 2 and all(_is_row(r) for r in rows) and len(rows[0]) == len(rows[1])):
         raise InvalidRequestError(field, "a word list must have shape [2, N]")
-    ids, offsets = [int(t) for t in rows[0]], [int(o) for o in rows[1]]
+    ids, offsets = _integers(rows[0], field), _integers(rows[1], field)
     return _split_words(ids, offsets, field)
+
+
+def _is_row(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _integers(values: Sequence[Any], field: str) -> list[int]:
+    out = []
+    for value in values:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise InvalidRequestError(field, f"a word list holds integers, got {value!r:.40}")
+        out.append(int(value))
+    return out
 
 
 def _split_words(ids: list[int], offsets: list[int], field: str) -> list[list[int]]:

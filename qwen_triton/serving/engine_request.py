@@ -23,7 +23,7 @@ from ..chat.defaults import GenerationDefaults
 from ..errors import InvalidRequestError
 from ..sampling_params import SamplingParams
 from . import contract as c
-from .triton_io import Arrays, BatchRows, reject_unsupported
+from .triton_io import INT32_MAX, INT32_MIN, Arrays, BatchRows, integers, reals, reject_unsupported
 
 _SAMPLING_INPUTS = (c.IN_TEMPERATURE, c.IN_TOP_K, c.IN_TOP_P, c.IN_REPETITION_PENALTY)
 
@@ -56,7 +56,12 @@ def batch_size(inputs: Arrays) -> int:
     ids = inputs.get(c.IN_INPUT_IDS)
     if ids is None:
         raise InvalidRequestError(c.IN_INPUT_IDS, "is missing")
-    return 1 if np.ndim(ids) == 1 else int(np.shape(ids)[0])
+    if np.ndim(ids) == 0:
+        raise InvalidRequestError(c.IN_INPUT_IDS, "must be token ids [B, L], got a single value")
+    batch = 1 if np.ndim(ids) == 1 else int(np.shape(ids)[0])
+    if batch == 0:
+        raise InvalidRequestError(c.IN_INPUT_IDS, "the request has no rows (batch size 0)")
+    return batch
 
 
 def _int_in(name: str, value: int, low: int, high: int | None = None) -> int:
@@ -89,7 +94,7 @@ def _logit_bias(rows: BatchRows, i: int) -> dict[int, float]:
     bias = rows.array(c.IN_EMBEDDING_BIAS, i)
     if bias is None:
         return {}
-    bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+    bias = reals(bias, c.IN_EMBEDDING_BIAS)
     if not np.all(np.isfinite(bias)):
         raise InvalidRequestError(c.IN_EMBEDDING_BIAS, "must hold finite numbers")
     return {int(t): float(bias[t]) for t in np.flatnonzero(bias)}
@@ -107,12 +112,12 @@ def _decoder_ids(rows: BatchRows, i: int) -> None:
 
 
 def _row_prompt(rows: BatchRows, i: int) -> list[int]:
-    ids = np.asarray(rows.array(c.IN_INPUT_IDS, i)).reshape(-1)
-    length = rows.scalar(c.IN_INPUT_LENGTHS, i, ids.size)
-    if not 0 <= length <= ids.size:
-        raise InvalidRequestError(c.IN_INPUT_LENGTHS, f"{length} is outside [0, {ids.size}] (input_ids holds "
-                                                      f"{ids.size} ids)")
-    return [int(t) for t in ids[:length]]
+    ids = integers(rows.array(c.IN_INPUT_IDS, i), c.IN_INPUT_IDS)
+    length = rows.scalar(c.IN_INPUT_LENGTHS, i, len(ids))
+    if not 0 <= length <= len(ids):
+        raise InvalidRequestError(c.IN_INPUT_LENGTHS, f"{length} is outside [0, {len(ids)}] (input_ids holds "
+                                                      f"{len(ids)} ids)")
+    return ids[:length]
 
 
 def _one_only(rows: BatchRows, i: int) -> None:
@@ -132,6 +137,8 @@ def parse_row(rows: BatchRows, i: int, opts: ParseOptions) -> EngineRequest:
                                                   "with decoupled=false (build with decoupled=true to stream)")
     max_tokens = _int_in(c.IN_REQUEST_OUTPUT_LEN, rows.scalar(c.IN_REQUEST_OUTPUT_LEN, i), 1)
     end_id = rows.scalar(c.IN_END_ID, i)
+    if end_id is not None:
+        _int_in(c.IN_END_ID, end_id, INT32_MIN, INT32_MAX)
     end_ids = () if end_id is not None and end_id < 0 else opts.end_ids_of(end_id)
     seed = rows.scalar(c.IN_RANDOM_SEED, i)
     params = SamplingParams(
@@ -148,6 +155,8 @@ def parse_row(rows: BatchRows, i: int, opts: ParseOptions) -> EngineRequest:
         return_perf_metrics=rows.scalar(c.IN_RETURN_PERF_METRICS, i, False, bool),
         **_sampling(rows, i, opts.defaults))
     pad_id = rows.scalar(c.IN_PAD_ID, i)
+    if pad_id is not None:  # it pads output_ids, an INT32 tensor
+        _int_in(c.IN_PAD_ID, pad_id, INT32_MIN, INT32_MAX)
     return EngineRequest(
         prompt=_row_prompt(rows, i), params=params, streaming=streaming,
         exclude_input=rows.scalar(c.IN_EXCLUDE_INPUT, i, opts.exclude_input_default, bool), batch_index=i,
@@ -173,4 +182,4 @@ def parse_engine_request(inputs: Arrays, opts: ParseOptions) -> list[EngineReque
 def is_stop_request(inputs: Arrays) -> bool:
     """A request with `stop` true ends the live requests sent under its request id."""
     value = inputs.get(c.IN_STOP)
-    return value is not None and bool(np.asarray(value).reshape(-1)[0])
+    return value is not None and np.size(value) > 0 and bool(np.asarray(value).reshape(-1)[0])

@@ -28,29 +28,19 @@ from ..errors import InvalidRequestError
 from ..outputs import EngineStats, RequestOutput
 from .engine_request import EngineRequest, ParseOptions, parse_engine_request
 from .engine_response import CallState, Send
-from .triton_io import Arrays
+from .triton_io import Arrays, CancelGuard
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Live:
-    """A Triton request in flight: its state, who sent it, and how to ask whether it was cancelled.
-
-    `is_cancelled` must never run once the final response is out: Triton frees the request's response
-    factory then, and asking a freed factory crashes tritonserver (2.51). `lock` orders the two."""
+    """A Triton request in flight: its state, who sent it, and its cancellation checks (CancelGuard)."""
 
     client_id: str
-    is_cancelled: Callable[[], bool] | None
+    guard: CancelGuard
     call: CallState | None = None
     engine_ids: list[str] = field(default_factory=list)
-    finished: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def cancelled(self) -> bool:
-        """Whether the client cancelled; False once the request has finished."""
-        with self.lock:
-            return not self.finished and self.is_cancelled is not None and self.is_cancelled()
 
 
 @dataclass(frozen=True)
@@ -100,7 +90,7 @@ class EngineService:
         """Queue a request (every batch row); `send` receives its responses from the sender thread.
         Bad input raises InvalidRequestError here and queues nothing."""
         requests = self.parse(inputs)
-        live = _Live(client_id, is_cancelled)
+        live = _Live(client_id, CancelGuard(is_cancelled))
         live.call = CallState(requests, lambda response: self._deliver(key, live, send, response),
                               self.options.decoupled, self._bytes_of)
         with self._lock:
@@ -160,9 +150,7 @@ class EngineService:
             return
         with self._lock:
             self._calls.pop(key, None)
-        with live.lock:
-            live.finished = True
-            send(response)
+        live.guard.finish(lambda: send(response))
 
     def _abort(self, live: _Live) -> None:
         for engine_id in live.engine_ids:
@@ -201,10 +189,10 @@ class EngineService:
     def _poll_loop(self) -> None:
         while not self._stopping.wait(self.options.poll_period_s):
             with self._lock:
-                watched = [live for live in self._calls.values() if live.is_cancelled is not None]
+                watched = list(self._calls.values())
             for live in watched:
                 try:
-                    if live.cancelled():
+                    if live.guard.check():
                         self._abort(live)
                 except Exception:  # the request object is gone: nothing left to watch
                     log.debug("cancellation check failed", exc_info=True)

@@ -17,48 +17,40 @@ import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import QwenTritonError
 from . import bls
 from . import contract as c
 from .preprocess import Preprocessor
-from .triton_io import as_bool, error_code, model_parameters, read_inputs, resolve_path, triton_error
+from .triton_io import CancelGuard, as_bool, error_code, model_parameters, read_inputs, resolve_path, triton_error
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Live:
-    """A request being served. Its `is_cancelled` must never be asked once the final response is out:
-    Triton frees the request's response factory then, and asking a freed factory crashes tritonserver
-    (2.51). `lock` orders the poller's question and the final send."""
+    """A request being served: its sender, and its cancellation checks (CancelGuard)."""
 
-    request: object  # the Triton request
-    sender: object  # its response sender
+    sender: object  # the request's response sender
+    guard: CancelGuard
     cancelled: bool = False
-    finished: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check_cancelled(self) -> bool:
         """True the first time the client is found to have cancelled (never after the end)."""
-        with self.lock:
-            if self.finished or self.cancelled or not self.request.is_cancelled():
-                return False
-            self.cancelled = True
-            return True
+        if self.cancelled or not self.guard.check():
+            return False
+        self.cancelled = True
+        return True
 
     def send(self, response=None, final: int = 0) -> None:
         """Send a response; `final` (the FINAL flag value, else 0) also ends the request."""
         if not final:
             self.sender.send(response)
-            return
-        with self.lock:
-            self.finished = True
-            if response is None:
-                self.sender.send(flags=final)
-            else:
-                self.sender.send(response, flags=final)
+        elif response is None:
+            self.guard.finish(lambda: self.sender.send(flags=final))
+        else:
+            self.guard.finish(lambda: self.sender.send(response, flags=final))
 
 
 class EntryModel:
@@ -92,7 +84,7 @@ class EntryModel:
     # -- one request ---------------------------------------------------------------------------------
 
     def _serve(self, request) -> None:
-        live = _Live(request, request.get_response_sender())
+        live = _Live(request.get_response_sender(), CancelGuard(request.is_cancelled))
         rid = f"{self.name}-{uuid.uuid4().hex}"
         try:
             inputs = read_inputs(self.specs, lambda n: self.pb.get_input_tensor_by_name(request, n))

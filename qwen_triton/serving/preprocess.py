@@ -14,7 +14,9 @@ from ..chat import Tokenizer, ids_to_word_list, load_tokenizer, parse_messages, 
 from ..chat.template import DEFAULT_SYSTEM
 from ..errors import InvalidRequestError
 from . import contract as c
-from .triton_io import Arrays, BatchRows, reject_unsupported, texts
+from .triton_io import INT32_MAX, INT32_MIN, Arrays, BatchRows, reals, reject_unsupported, texts
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,11 @@ class Preprocessor:
                             max_input_len=limit(c.PARAM_MAX_INPUT_LEN), max_output_len=limit(c.PARAM_MAX_OUTPUT_LEN))
 
     def __call__(self, req: PreprocessRequest) -> PreprocessResult:
-        if req.output_len < 1:
-            raise InvalidRequestError(c.MAX_TOKENS, f"must be >= 1, got {req.output_len}")
+        if not 1 <= req.output_len <= INT32_MAX:
+            raise InvalidRequestError(c.MAX_TOKENS, f"must be in [1, {INT32_MAX}], got {req.output_len}")
+        for field, value in ((c.END_ID, req.end_id), (c.PAD_ID, req.pad_id)):  # they travel as INT32
+            if value is not None and not INT32_MIN <= value <= INT32_MAX:
+                raise InvalidRequestError(field, f"must be in [{INT32_MIN}, {INT32_MAX}], got {value}")
         if self.max_output_len is not None and req.output_len > self.max_output_len:
             raise InvalidRequestError(
                 c.MAX_TOKENS, f"{req.output_len} is more than max_output_len={self.max_output_len}")
@@ -111,6 +116,10 @@ class Preprocessor:
                 raise InvalidRequestError(c.EMBEDDING_BIAS_WEIGHTS, f"must be finite numbers, got {weight}")
             for token in self.tokenizer.encode(word, allow_special=True):
                 bias[token] = bias.get(token, 0.0) + weight
+        for token, total in bias.items():  # EMBEDDING_BIAS is FP32: a larger sum would become infinity
+            if abs(total) > FLOAT32_MAX:
+                raise InvalidRequestError(c.EMBEDDING_BIAS_WEIGHTS, f"the weights on token {token} add up to "
+                                                                    f"{total:g}, beyond float32 (±{FLOAT32_MAX:g})")
         return bias
 
     def _prompt_ids(self, req: PreprocessRequest) -> list[int]:
@@ -178,7 +187,7 @@ def _request(rows: BatchRows, i: int) -> PreprocessRequest:
         bad_words=_words(rows, c.PRE_BAD_WORDS_DICT, c.BAD_WORDS, i),
         end_id=rows.scalar(c.PRE_END_ID, i), pad_id=rows.scalar(c.PRE_PAD_ID, i),
         bias_words=tuple(texts(rows.array(c.PRE_EMBEDDING_BIAS_WORDS, i), c.EMBEDDING_BIAS_WORDS)),
-        bias_weights=tuple(float(w) for w in np.asarray([] if weights is None else weights).reshape(-1)))
+        bias_weights=() if weights is None else tuple(reals(weights, c.EMBEDDING_BIAS_WEIGHTS).tolist()))
 
 
 def preprocess_arrays(pre: Preprocessor, inputs: Arrays) -> dict[str, np.ndarray]:
@@ -188,6 +197,8 @@ def preprocess_arrays(pre: Preprocessor, inputs: Arrays) -> dict[str, np.ndarray
     if out_len is None:
         raise InvalidRequestError(c.MAX_TOKENS, "is missing")
     batch = int(np.shape(out_len)[0]) if np.ndim(out_len) else 1
+    if batch == 0:
+        raise InvalidRequestError(c.MAX_TOKENS, "the request has no rows (batch size 0)")
     rows = BatchRows(inputs, batch)
     results = [pre(_request(rows, i)) for i in range(batch)]
 

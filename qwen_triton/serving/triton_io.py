@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -19,6 +20,8 @@ from .contract import TensorSpec
 log = logging.getLogger(__name__)
 
 Arrays = Mapping[str, np.ndarray]  # a request's or response's tensors by contract name
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # what an INT32 tensor can carry
 
 
 def read_inputs(specs: Iterable[TensorSpec], get: Callable[[str], Any]) -> dict[str, np.ndarray]:
@@ -68,19 +71,103 @@ class BatchRows:
         return arr[row if arr.shape[0] > 1 else 0]
 
     def scalar(self, name: str, row: int, default=None, kind: type = int):
-        """The one value of a scalar input as `kind` (int, float: finite, bool), or `default`."""
+        """The one value of a scalar input as `kind` (int, float, bool: see `number`), or `default`."""
         arr = self.array(name, row)
         if arr is None:
             return default
         flat = np.asarray(arr).reshape(-1)
         if flat.size != 1:
             raise InvalidRequestError(name, f"must hold one value per row, got {flat.size}")
-        if kind is float:
-            number = float(flat[0])
-            if not math.isfinite(number):
-                raise InvalidRequestError(name, f"must be a finite number, got {number}")
-            return number
-        return kind(flat[0])
+        return number(name, flat[0], kind)
+
+
+def number(name: str, value: Any, kind: type = int) -> Any:
+    """One value of a numeric input as `kind` (int, float, bool). InvalidRequestError for what is not a
+    real number (bytes, text, None, complex), for NaN and infinity, and for an int given as a fraction."""
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        value = int(value)
+    elif isinstance(value, (float, np.floating)):
+        value = float(value)
+        if not math.isfinite(value):
+            raise InvalidRequestError(name, f"must be a finite number, got {value}")
+        if kind is int and not value.is_integer():
+            raise InvalidRequestError(name, f"must be an integer, got {value}")
+    else:
+        raise InvalidRequestError(name, f"must be a number, got {type(value).__name__}")
+    try:
+        return kind(value)
+    except OverflowError:
+        raise InvalidRequestError(name, "is out of range") from None
+
+
+def integers(array: np.ndarray, name: str) -> list[int]:
+    """Every value of an input as an int (flattened); InvalidRequestError as `number`."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.dtype.kind in "biu":
+        return [int(v) for v in flat.tolist()]
+    return [number(name, v, int) for v in flat.tolist()]
+
+
+def reals(array: np.ndarray, name: str) -> np.ndarray:
+    """Every value of an input as float64 (flattened; NaN and infinity are kept for the caller to judge).
+    InvalidRequestError for values that are not real numbers."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.dtype.kind not in "biuf":
+        for v in flat.tolist():
+            if not isinstance(v, (int, float, np.integer, np.floating)):
+                raise InvalidRequestError(name, f"must hold numbers, got {type(v).__name__}")
+    try:
+        return flat.astype(np.float64)
+    except OverflowError:
+        raise InvalidRequestError(name, "holds a number out of range") from None
+
+
+class CancelGuard:
+    """Orders a request's cancellation checks with its final response.
+
+    `is_cancelled` is an IPC call into Triton that reads the request's response factory; Triton frees
+    that factory with the final response, and asking a freed one crashes tritonserver (2.51). So a check
+    never starts once the final response is on its way, and a final response that comes while a check
+    is running is sent by the checker right after it: neither side waits on the other's IPC (which
+    could wait on Triton's thread pool, busy with this very request's responses)."""
+
+    def __init__(self, is_cancelled: Callable[[], bool] | None):
+        self._is_cancelled = is_cancelled
+        self._lock = threading.Lock()
+        self._checking = False
+        self._finished = False
+        self._deferred: Callable[[], None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def check(self) -> bool:
+        """Whether the client cancelled; False once the request has finished (or cannot tell)."""
+        with self._lock:
+            if self._finished or self._checking or self._is_cancelled is None:
+                return False
+            self._checking = True
+        try:
+            return bool(self._is_cancelled())
+        finally:
+            with self._lock:
+                self._checking = False
+                deferred, self._deferred = self._deferred, None
+                self._finished = self._finished or deferred is not None
+            if deferred is not None:
+                deferred()
+
+    def finish(self, send_final: Callable[[], None]) -> None:
+        """Send the final response now, or, while a check runs, right after it. Once only."""
+        with self._lock:
+            if self._finished or self._deferred is not None:
+                return
+            if self._checking:
+                self._deferred = send_final
+                return
+            self._finished = True
+        send_final()
 
 
 def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
@@ -104,7 +191,8 @@ def as_bool(value: str | None, default: bool) -> bool:
 
 
 def texts(array: np.ndarray | None, field: str) -> list[str]:
-    """A BYTES tensor as UTF-8 strings (flattened)."""
+    """A BYTES tensor as UTF-8 strings (flattened). InvalidRequestError for bytes that are not UTF-8,
+    text that holds a lone surrogate, and values that are not text at all (numbers, None)."""
     if array is None:
         return []
     out = []
@@ -114,6 +202,13 @@ def texts(array: np.ndarray | None, field: str) -> list[str]:
                 item = item.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidRequestError(field, "is not valid UTF-8") from None
+        elif not isinstance(item, str):
+            raise InvalidRequestError(field, f"must hold text (a BYTES tensor), got {type(item).__name__}")
+        else:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequestError(field, "is not valid Unicode (it holds a lone surrogate)") from None
         out.append(str(item))
     return out
 
