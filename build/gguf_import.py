@@ -191,6 +191,11 @@ def _current(dest: Path, head: dict[str, Any]) -> bool:
                                ((n, f["bytes"]) for n, f in files.items()))
 
 
+def imported_dir(artifacts: Path, gguf_name: str, digest: str) -> Path:
+    """Where the checkpoint imported from the GGUF file `gguf_name` (sha256 `digest`) lives."""
+    return artifacts / "gguf" / f"{Path(gguf_name).stem}-{digest[:12]}"
+
+
 def import_gguf(gguf_path: Path, artifacts: Path, dtype_name: str = STORED_DTYPE,
                 digest: str | None = None, say=print) -> ImportedCheckpoint:
     """Convert `gguf_path` into artifacts/gguf/<stem>-<sha12>/ unless already there.
@@ -199,7 +204,7 @@ def import_gguf(gguf_path: Path, artifacts: Path, dtype_name: str = STORED_DTYPE
 
     started = time.monotonic()
     digest = digest or sha256_file(gguf_path)
-    dest = artifacts / "gguf" / f"{gguf_path.stem}-{digest[:12]}"
+    dest = imported_dir(artifacts, gguf_path.name, digest)
     head = _manifest_head(gguf_path, digest, dtype_name)
     if _current(dest, head):
         return ImportedCheckpoint(dest, created=False, seconds=time.monotonic() - started)

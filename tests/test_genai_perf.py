@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 from served import build_repo, needs_triton, scrape, serve
 
+from build.gguf_import import imported_dir
 from build.pinned_models import QWEN25_CODER_05B
 from qwen_triton.serving import contract as c
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "genai_perf.sh"
 VENV = Path(os.environ.get("GENAI_PERF_VENV", ROOT / ".venv-genai-perf"))
-TOKENIZER = ROOT / "artifacts" / "gguf" / f"{Path(QWEN25_CODER_05B.name).stem}-{QWEN25_CODER_05B.sha256[:12]}"
+TOKENIZER = imported_dir(ROOT / "artifacts", QWEN25_CODER_05B.name, QWEN25_CODER_05B.sha256)
 
 REQUESTS = 8
 OUTPUT_TOKENS = 16

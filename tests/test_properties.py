@@ -714,6 +714,9 @@ def _pre(**inputs) -> dict:
     ({c.PRE_REQUEST_OUTPUT_LEN: np.array([[b"x"]], dtype=object)}, c.PRE_REQUEST_OUTPUT_LEN),
     (_pre(**{c.PRE_EMBEDDING_BIAS_WORDS: np.array([[b"a"]], dtype=object),
              c.PRE_EMBEDDING_BIAS_WEIGHTS: np.array([[b"x"]], dtype=object)}), c.EMBEDDING_BIAS_WEIGHTS),
+    # two finite FP32 weights on one token: an infinite FP32 EMBEDDING_BIAS
+    (_pre(**{c.PRE_EMBEDDING_BIAS_WORDS: np.array([[b"a", b"a"]], dtype=object),
+             c.PRE_EMBEDDING_BIAS_WEIGHTS: np.array([[3e38, 3e38]], dtype=np.float32)}), c.EMBEDDING_BIAS_WEIGHTS),
     # not text: str(None) / str(7) were tokenized as "None" / "7"; a str lone surrogate broke HF tokenizers
     ({c.PRE_QUERY: np.array([[None]], dtype=object)}, c.TEXT_INPUT),
     (_pre(**{c.PRE_STOP_WORDS_DICT: np.array([[7]], dtype=object)}), c.STOP_WORDS),
@@ -843,9 +846,13 @@ def test_engine_request_parsing_gives_requests_or_an_invalid_request(inputs, dec
     event("accepted")
     batch = 1 if np.ndim(inputs[c.IN_INPUT_IDS]) == 1 else np.shape(inputs[c.IN_INPUT_IDS])[0]
     assert len(requests) == batch >= 1
+    ids = np.asarray(inputs[c.IN_INPUT_IDS])
     for i, r in enumerate(requests):
         assert (r.batch_index, r.batch_size) == (i, batch)
-        assert all(type(t) is int for t in r.prompt) and len(r.prompt) <= np.size(inputs[c.IN_INPUT_IDS])
+        assert all(type(t) is int for t in r.prompt)
+        row = (ids if ids.ndim == 1 else ids[i]).reshape(-1)
+        assert r.prompt == [int(t) for t in row[:_row_value(inputs, c.IN_INPUT_LENGTHS, i)]]
+        assert r.params.max_tokens == _row_value(inputs, c.IN_REQUEST_OUTPUT_LEN, i)
         assert type(r.pad_id) is int and INT32_MIN <= r.pad_id <= INT32_MAX
         p = r.params
         assert isinstance(p, SamplingParams) and 1 <= p.max_tokens and 0 <= p.min_tokens <= p.max_tokens

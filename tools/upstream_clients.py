@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from build.gguf_import import imported_dir
+from build.pinned_models import QWEN25_CODER_05B
 from qwen_triton.serving import contract as c
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +205,8 @@ def serving(checkpoint: Path, tmp: Path):
             server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=tmp / f"{build}.log",
                                   extra_args=["--exit-timeout-secs=5"])
             servers[build] = stack.enter_context(server)
-        engine = EngineService(str(checkpoint), EngineConfig(device="cpu", dtype="float32", kv_cache_max_bytes=KV_BYTES))
+        config = EngineConfig(device="cpu", dtype="float32", kv_cache_max_bytes=KV_BYTES)
+        engine = EngineService(str(checkpoint), config)
         stack.callback(engine.shutdown)
         yield servers, engine
 
@@ -212,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkout", type=Path, required=True, help="a git checkout of tensorrtllm_backend")
     p.add_argument("--tag", default="v0.19.0")
-    p.add_argument("--model", type=Path, help="checkpoint folder (default: the default build's, artifacts/gguf/*)")
+    p.add_argument("--model", type=Path, help="checkpoint folder (default: the default build's under artifacts/gguf/)")
     p.add_argument("--python", default=sys.executable, help="interpreter for the scripts")
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "upstream-clients.json")
     args = p.parse_args(argv)
-    checkpoint = args.model or next((ROOT / "artifacts" / "gguf").glob("*/"))
+    checkpoint = args.model or imported_dir(ROOT / "artifacts", QWEN25_CODER_05B.name, QWEN25_CODER_05B.sha256)
     with tempfile.TemporaryDirectory(prefix="upstream-") as tmp, serving(checkpoint, Path(tmp)) as (servers, engine):
         s = Session(export_scripts(args.checkout, args.tag, Path(tmp) / "scripts"), args.python, checkpoint,
                     servers, engine)
