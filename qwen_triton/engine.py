@@ -6,6 +6,7 @@ Single-threaded; `BackgroundEngine` (async_engine.py) runs it on a thread.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import operator
@@ -49,6 +50,8 @@ class LLMEngine:
         self._pending: list[RequestOutput] = []  # abort reports for the next step()
         self._num_steps = 0
         self._num_generated = 0
+        self._num_admitted = 0
+        self._ended: collections.Counter[str] = collections.Counter()  # finish reason -> requests
 
     def _max_model_len(self) -> int:
         limit = self.config.max_model_len
@@ -114,6 +117,7 @@ class LLMEngine:
         arrival = now if arrival_time_ns is None else min(arrival_time_ns, now)
         self.scheduler.add(Sequence(request_id, prompt, params, seed, next(self._arrivals),
                                     arrival_time_ns=arrival))
+        self._num_admitted += 1
 
     def abort_request(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; its final output comes
@@ -132,17 +136,21 @@ class LLMEngine:
         """Run one batch; return each touched request's new tokens."""
         outputs, self._pending = self._pending, []
         sched = self.scheduler.schedule()
-        if sched.is_empty:
-            return outputs
+        if not sched.is_empty:
+            outputs += self._run(sched)
+        self._ended.update(o.finish_reason for o in outputs if o.finished)
+        return outputs
+
+    def _run(self, sched) -> list[RequestOutput]:
         try:
             result = self.runner.execute(sched)
         except Exception as exc:  # a failed step ends its requests, never the engine
             log.exception("engine step failed; ending the %d requests in it", len(sched.scheduled))
-            return outputs + self._fail(sched, exc)
+            return self._fail(sched, exc)
         self._num_steps += 1
         new = self.scheduler.update(sched, result.sampled, result.context_logits)
         self._num_generated += sum(len(o.new_token_ids) for o in new)
-        return outputs + new
+        return new
 
     def _fail(self, sched, exc: Exception) -> list[RequestOutput]:
         message = f"{type(exc).__name__}: {exc}"
@@ -205,6 +213,8 @@ class LLMEngine:
             num_free_blocks=s.blocks.num_free_blocks, num_total_blocks=s.blocks.num_blocks,
             num_steps=self._num_steps, num_preemptions=s.num_preemptions,
             max_running_seen=s.max_running_seen, num_generated_tokens=self._num_generated,
+            num_admitted=self._num_admitted, num_finished=self._ended["stop"] + self._ended["length"],
+            num_aborted=self._ended["abort"], num_failed=self._ended["error"],
             num_prefilling=sum(1 for seq in list(s.running) if seq.num_computed_tokens < seq.num_prompt_tokens))
 
 

@@ -88,3 +88,8 @@ class EngineStats:
     max_running_seen: int  # most sequences that shared one step so far
     num_generated_tokens: int
     num_prefilling: int = 0  # running sequences whose prompt is not computed yet (TRT-LLM: "context")
+    # requests: admitted = finished (end id, stop word, length) + aborted + failed + still in flight
+    num_admitted: int = 0
+    num_finished: int = 0
+    num_aborted: int = 0
+    num_failed: int = 0

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import requests
 
+from qwen_triton import wire
+from qwen_triton.runtime.server import TritonServer
+from qwen_triton.serving import contract as c
+
 ROOT = Path(__file__).resolve().parents[1]
+# Only for tests/test_loadtest.py's `import loadtest_report` (a tools/ script, not yet in a package).
 sys.path.insert(0, str(ROOT / "tools"))
-
-from triton_server import TritonServer  # noqa: E402
-
-from qwen_triton import wire  # noqa: E402
-from qwen_triton.serving import contract as c  # noqa: E402
 
 TRITON_DIR = ROOT / ".triton"
 

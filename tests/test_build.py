@@ -533,14 +533,11 @@ def test_dockerfile():
 
 def _triton():
     """(TritonServer, triton_dir) when the project-local Triton is installed, else None."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import triton_install
-        from triton_server import TritonServer
-    except ImportError:
-        return None
+    from qwen_triton.runtime.layout import is_installed
+    from qwen_triton.runtime.server import TritonServer
+
     triton_dir = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
-    return (TritonServer, triton_dir) if triton_install.is_installed(triton_dir) else None
+    return (TritonServer, triton_dir) if is_installed(triton_dir) else None
 
 
 @pytest.mark.server

@@ -22,23 +22,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT, ROOT / "tools"):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-import triton_install
-from triton_server import TritonServer
-
 from clients import ClientError, GenerateRequest, GrpcClient, HttpClient, ServerError, TextStream, parse_sse
 from clients import cli as cli_mod
 from clients.chat import Chat
+from qwen_triton.runtime.layout import is_installed
+from qwen_triton.runtime.server import TritonServer
+
+ROOT = Path(__file__).resolve().parents[1]
 from clients.triton_client import INPUT_SPECS, REQUEST_FIELDS, RequestStats, _flat, _texts
 from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
 TRITON_DIR = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
-INSTALLED = triton_install.is_installed(TRITON_DIR)
+INSTALLED = is_installed(TRITON_DIR)
 SERVER_MARKS = [
     pytest.mark.server,
     pytest.mark.skipif(not INSTALLED, reason=f"Triton is not installed in {TRITON_DIR}: run `make triton-install`"),

@@ -323,7 +323,8 @@ def test_streamed_engine_responses_decode_on_their_own(stream_vocab, data):
 # 3. chat messages
 # ----------------------------------------------------------------------------------------------
 def _content_strategy():
-    return st.one_of(CONTENT, CONTENT, CONTENT.map(lambda t: [{"type": "text", "text": t}]))
+    return st.one_of(CONTENT, CONTENT, CONTENT.map(lambda t: [{"type": "text", "text": t}]),
+                     CONTENT.map(lambda t: t + "\udc80"))  # a lone surrogate (json.dumps escapes it)
 
 
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]),
@@ -352,7 +353,12 @@ def _text_of(content) -> str:
 
 
 def _parses(messages: list[dict]) -> bool:
-    return all(m["role"] in ROLES for m in messages) and messages[-1]["role"] == "user"
+    return (all(m["role"] in ROLES and _is_unicode(_text_of(m["content"])) for m in messages)
+            and messages[-1]["role"] == "user")
+
+
+def _is_unicode(text: str) -> bool:
+    return not any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
 
 
 def _make_context_accepts(messages: list[dict]) -> bool:
@@ -411,7 +417,7 @@ def _well_formed(value) -> bool:
         if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                              and isinstance(p.get("text"), str) for p in content):
             content = "".join(p["text"] for p in content)
-        return isinstance(content, str) and not any(0xD800 <= ord(ch) <= 0xDFFF for ch in content)
+        return isinstance(content, str) and _is_unicode(content)
 
     return (isinstance(value, list) and len(value) > 0
             and all(isinstance(m, dict) and "role" in m and "content" in m and isinstance(m["role"], str)
@@ -420,7 +426,7 @@ def _well_formed(value) -> bool:
 
 
 @props(150)
-@given(value=st.one_of(conversations(), st.lists(ODD_MESSAGE, max_size=4), JSON), mangle=st.integers(0, 3))
+@given(value=st.one_of(conversations(), st.lists(ODD_MESSAGE, max_size=4), JSON), mangle=st.integers(0, 4))
 def test_any_messages_json_renders_or_names_the_messages_field(value, mangle):
     text = json.dumps(value)
     if mangle == 1:  # cut short: never valid JSON (unless the cut is a JSON value of its own)
@@ -428,6 +434,8 @@ def test_any_messages_json_renders_or_names_the_messages_field(value, mangle):
     payload: str | bytes = text
     if mangle == 2:
         payload = text.encode() + b"\xff"
+    if mangle == 4:  # nested deeper than json's recursion limit
+        payload = "[" * 100_000 + text
     tok = tokenizer("qwen")
     accepted = mangle in (0, 3) and _well_formed(value) and _make_context_accepts(value)
     try:
@@ -494,6 +502,38 @@ def _fit(value, dtype):
     return value
 
 
+ODD_NUMBERS = [0, 1, -1, 2, 2**31, -(2**31) - 1, 2**40, 2**63 - 1, -(2**63), 2**64 - 1,
+               1.5, -0.5, math.nan, math.inf, -math.inf, 3e38]
+ODD_VALUES = ODD_NUMBERS + [b"", b"x", b"\xff", b"\xed\xa0\x80", "x", "\ud800", None, 1j, True]
+
+
+def _odd_filled(shape: tuple[int, ...], dtype) -> st.SearchStrategy[np.ndarray]:
+    """An array of `shape` and `dtype` holding values that break naive conversions (each fitted to the dtype)."""
+    if dtype is object:
+        values = st.sampled_from(ODD_VALUES)
+    elif np.issubdtype(dtype, np.integer):
+        values = st.sampled_from([v for v in ODD_NUMBERS if isinstance(v, int)]).map(lambda v: _fit(v, dtype))
+    else:
+        values = st.sampled_from(ODD_NUMBERS)
+    size = math.prod(shape)
+
+    def build(items: list) -> np.ndarray:
+        arr = np.empty(size, dtype=object)
+        for k, item in enumerate(items):
+            arr[k] = item
+        return arr.reshape(shape) if dtype is object else arr.reshape(shape).astype(dtype)
+
+    return st.lists(values, min_size=size, max_size=size).map(build)
+
+
+def odd_array(batch: int) -> st.SearchStrategy[np.ndarray]:
+    """Any array, or one of the request's batch size whose values break naive conversions."""
+    shapes = [(batch,), (batch, 1), (batch, 2), (batch, 2, 2), (batch, 2, 3), (1,), (1, 2, 1)]
+    dtypes = [np.int32, np.int64, np.uint64, np.float32, np.float64, object]
+    return st.one_of(NASTY_ARRAY, st.tuples(st.sampled_from(shapes), st.sampled_from(dtypes)).flatmap(
+        lambda sd: _odd_filled(*sd)))
+
+
 def _rows(draw, rows: int, values: st.SearchStrategy, width: int | None = 1, dtype=object) -> np.ndarray:
     """[rows, width] of drawn values (width drawn in 0..3 when None)."""
     width = draw(st.integers(0, 3)) if width is None else width
@@ -536,10 +576,15 @@ PRE_UNSUPPORTED = [s for s in c.PREPROCESSING_INPUTS if s.unsupported]
 _INT32 = st.integers(INT32_MIN, INT32_MAX)
 
 
+PRE_PARSED = [c.PRE_QUERY, c.PRE_MESSAGES, c.PRE_REQUEST_OUTPUT_LEN, c.PRE_STOP_WORDS_DICT, c.PRE_BAD_WORDS_DICT,
+              c.PRE_EMBEDDING_BIAS_WORDS, c.PRE_EMBEDDING_BIAS_WEIGHTS, c.PRE_END_ID, c.PRE_PAD_ID]
+
+
 @st.composite
-def preprocess_inputs(draw) -> dict[str, np.ndarray]:
-    """Preprocessing inputs of B rows (an input of one row applies to every row), with `_flaws`."""
-    flaws = _flaws(draw)
+def preprocess_inputs(draw, one_odd_input: bool = False) -> dict[str, np.ndarray]:
+    """Preprocessing inputs of B rows (an input of one row applies to every row), with `_flaws`; or a
+    request without flaws but for one input (one the model reads) set to `odd_array`."""
+    flaws = set() if one_odd_input else _flaws(draw)
     odd = "values" in flaws
     batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2, 3]))
 
@@ -580,6 +625,8 @@ def preprocess_inputs(draw) -> dict[str, np.ndarray]:
     if "missing" in flaws:
         del inputs[draw(st.sampled_from(sorted(inputs)))]
     _apply_flaws(draw, flaws, inputs, batch, c.PREPROCESSING_INPUTS)
+    if one_odd_input:
+        inputs[draw(st.sampled_from(PRE_PARSED))] = draw(odd_array(batch))
     return inputs
 
 
@@ -610,11 +657,22 @@ def check_preprocess_outputs(tok: Tokenizer, inputs: dict, out: dict[str, np.nda
             assert all(0 <= t < tok.vocab_size for word in from_word_list(row, name) for t in word)
     bias = out[c.PRE_EMBEDDING_BIAS]
     assert bias.shape[1] in (0, tok.vocab_size) and np.isfinite(bias).all()
+    for name in (c.PRE_QUERY, c.PRE_MESSAGES, c.PRE_STOP_WORDS_DICT, c.PRE_BAD_WORDS_DICT, c.PRE_EMBEDDING_BIAS_WORDS):
+        for item in np.asarray(inputs.get(name, []), dtype=object).reshape(-1):  # text, and nothing else
+            assert isinstance(item, str) and _is_unicode(item) or isinstance(item, bytes) and _is_utf8(item), name
     for i in range(batch):  # what the request said comes out as it said it, never wrapped into INT32
         assert out[c.PRE_OUT_REQUEST_OUTPUT_LEN][i, 0] == _row_value(inputs, c.PRE_REQUEST_OUTPUT_LEN, i)
         for name, out_name in ((c.PRE_END_ID, c.PRE_OUT_END_ID), (c.PRE_PAD_ID, c.PRE_OUT_PAD_ID)):
             if name in inputs:
                 assert out[out_name][i, 0] == _row_value(inputs, name, i)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _row_value(inputs: dict, name: str, i: int) -> int:
@@ -624,7 +682,7 @@ def _row_value(inputs: dict, name: str, i: int) -> int:
 
 @pytest.mark.parametrize("name", ["qwen", "bytelevel", "llama"])
 @props(120)
-@given(inputs=preprocess_inputs())
+@given(inputs=st.one_of(preprocess_inputs(), preprocess_inputs(one_odd_input=True)))
 def test_preprocessing_gives_the_contract_or_an_invalid_request(name, inputs):
     tok = tokenizer(name)
     try:
@@ -789,10 +847,15 @@ def _word_lists(draw, batch: int, odd: bool) -> np.ndarray:
     return out
 
 
+ENGINE_PARSED = [c.IN_INPUT_IDS, c.IN_INPUT_LENGTHS, c.IN_REQUEST_OUTPUT_LEN, c.IN_STOP_WORDS, c.IN_BAD_WORDS,
+                 c.IN_EMBEDDING_BIAS, c.IN_DECODER_INPUT_IDS, c.IN_DECODER_INPUT_LENGTHS, *ENGINE_SCALARS]
+
+
 @st.composite
-def engine_inputs(draw) -> dict[str, np.ndarray]:
-    """Engine-model inputs of B rows (scalars as [B] or [B, 1]; one row applies to all), with `_flaws`."""
-    flaws = _flaws(draw)
+def engine_inputs(draw, one_odd_input: bool = False) -> dict[str, np.ndarray]:
+    """Engine-model inputs of B rows (scalars as [B] or [B, 1]; one row applies to all), with `_flaws`;
+    or a request without flaws but for one input (one the model reads) set to `odd_array`."""
+    flaws = set() if one_odd_input else _flaws(draw)
     odd = "values" in flaws
     batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2, 3]))
 
@@ -829,11 +892,13 @@ def engine_inputs(draw) -> dict[str, np.ndarray]:
     if "missing" in flaws:
         del inputs[draw(st.sampled_from(sorted(inputs)))]
     _apply_flaws(draw, flaws, inputs, batch, c.ENGINE_INPUTS)
+    if one_odd_input:
+        inputs[draw(st.sampled_from(ENGINE_PARSED))] = draw(odd_array(batch))
     return inputs
 
 
-@props(250)
-@given(inputs=engine_inputs(), decoupled=st.booleans())
+@props(400)
+@given(inputs=st.one_of(engine_inputs(), engine_inputs(one_odd_input=True)), decoupled=st.booleans())
 def test_engine_request_parsing_gives_requests_or_an_invalid_request(inputs, decoupled):
     opts = ParseOptions(OPTS.end_ids_of, OPTS.defaults, decoupled=decoupled)
     assert isinstance(is_stop_request(inputs), bool)

@@ -114,3 +114,27 @@ def test_postprocessing_output_is_flat_like_upstream(qwen_tok):
         c.POST_TOKENS_BATCH: np.array([[a], [b_]], dtype=np.int32),
         c.POST_SEQUENCE_LENGTH: np.array([[2], [1]], dtype=np.int32)})
     assert out[c.POST_OUTPUT].shape == (2,) and out[c.POST_OUTPUT].tolist() == [b"ab", b"c"]
+
+
+@pytest.mark.parametrize("template", ["qwen", "chatml"])
+def test_long_chats_are_trimmed_to_the_prompt_limit(qwen_tok, template):
+    """1,000 user messages: the oldest are dropped so the prompt fits max_input_len (was: always refused,
+    trimmed to 6,144 tokens, above the 2,048 limit)."""
+    from qwen_triton.chat import QwenTiktokenTokenizer
+    from qwen_triton.chat.template import CHATML_TEMPLATE
+
+    tok = qwen_tok if template == "qwen" else QwenTiktokenTokenizer()
+    if template == "chatml":
+        tok._chat_template = CHATML_TEMPLATE  # an HF-style template: the other trimming path
+    pre = Preprocessor(tok, max_input_len=2048)
+    turns = []
+    for i in range(1000):
+        turns += [{"role": "user", "content": f"message {i}: " + "tell me more " * 5}]
+        turns += [{"role": "assistant", "content": f"answer {i}"}]
+    turns.append({"role": "user", "content": "the last question"})
+    out = preprocess_arrays(pre, {c.PRE_MESSAGES: b(json.dumps([{"role": "system", "content": "be brief"}] + turns)),
+                                  c.PRE_REQUEST_OUTPUT_LEN: i32(16)})
+    ids = out[c.PRE_INPUT_ID][0].tolist()
+    text = tok.decode(ids, skip_special=False)
+    assert len(ids) <= 2048 and "be brief" in text and "the last question" in text and "message 0:" not in text
+    assert "message 999:" in text  # the newest history is kept

@@ -1,4 +1,4 @@
-"""The project-local Triton runtime: tools/triton_install.py + tools/triton_server.py, proved on a toy repo.
+"""The project-local Triton runtime (qwen_triton.runtime: the installer and TritonServer), proved on a toy repo.
 
 The ``server`` tests start a real tritonserver (from ``.triton/``, or ``$TRITON_DIR``) on free ports with
 ``tests/fixtures/toy_repo``:
@@ -27,28 +27,28 @@ import numpy as np
 import pytest
 import requests
 
+from qwen_triton.runtime import install, interpreter, layout, wheel
+from qwen_triton.runtime.server import TritonError, TritonServer, default_python
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import triton_install
-from triton_server import TritonError, TritonServer, default_python
 
 TOY_REPO = ROOT / "tests" / "fixtures" / "toy_repo"
 TRITON_DIR = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
-INSTALLED = triton_install.is_installed(TRITON_DIR)
+INSTALLED = layout.is_installed(TRITON_DIR)
 
 SERVER_MARKS = [
     pytest.mark.server,
     pytest.mark.skipif(
         not INSTALLED,
         reason=f"Triton is not installed in {TRITON_DIR}: run `make triton-install` "
-        "(python tools/triton_install.py)",
+        "(python -m qwen_triton.runtime.install)",
     ),
 ]
 
 
 # ------------------------------------------------------------------------------------- installer units
 def test_wheel_members_are_mapped_for_the_target_stub():
-    want = triton_install._wanted
+    want = wheel.member_target
     stub = "pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub"
     assert want(stub, "3.11") == "pytriton/tritonserver/backends/python/triton_python_backend_stub"
     assert want(stub, "3.12") is None
@@ -62,29 +62,29 @@ def test_wheel_members_are_mapped_for_the_target_stub():
 
 
 def test_checksum_mismatch_is_a_clear_error(tmp_path):
-    fake = tmp_path / triton_install.WHEEL_FILENAME
+    fake = tmp_path / layout.WHEEL_FILENAME
     fake.write_bytes(b"not a wheel")
-    with pytest.raises(triton_install.InstallError, match="checksum mismatch"):
-        triton_install.verify_wheel(fake)
+    with pytest.raises(layout.InstallError, match="checksum mismatch"):
+        wheel.verify_wheel(fake)
 
 
 def test_unknown_python_version_has_no_stub():
-    with pytest.raises(triton_install.InstallError, match="no Python-backend stub for Python 3.7"):
-        triton_install.resolve_python("3.7")
-    assert triton_install.resolve_python("3.12") == ("3.12", None)
+    with pytest.raises(layout.InstallError, match="no Python-backend stub for Python 3.7"):
+        interpreter.resolve_python("3.7")
+    assert interpreter.resolve_python("3.12") == ("3.12", None)
 
 
 def test_numpy_2_is_flagged():
     info = {"executable": "py", "numpy": "2.4.6"}
-    assert "numpy 1.x" in triton_install.numpy_warning(info)
-    assert triton_install.numpy_warning(dict(info, numpy="1.26.4")) is None
-    assert "No module named 'numpy'" in triton_install.numpy_warning(dict(info, numpy=None))
+    assert "numpy 1.x" in interpreter.numpy_warning(info)
+    assert interpreter.numpy_warning(dict(info, numpy="1.26.4")) is None
+    assert "No module named 'numpy'" in interpreter.numpy_warning(dict(info, numpy=None))
 
 
 @pytest.mark.skipif(not INSTALLED, reason=f"Triton is not installed in {TRITON_DIR}")
 def test_reinstall_is_a_noop(capsys):
-    marker = triton_install.install(TRITON_DIR, python=default_python())
-    assert marker["wheel_sha256"] == triton_install.WHEEL_SHA256
+    marker = install.install(TRITON_DIR, python=default_python())
+    assert marker["wheel_sha256"] == layout.WHEEL_SHA256
     assert "nothing to do" in capsys.readouterr().out
 
 

@@ -18,7 +18,6 @@ import requests
 from served import build_repo, needs_triton, scrape_series, serve
 
 from qwen_triton import EngineConfig
-from qwen_triton.chat import load_tokenizer
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.engine_service import EngineService
 

@@ -10,7 +10,10 @@ Carry these into the repository (a gitignored folder) and run from its root:
                                  tritonclient for the build's protobuf check) with
         python -m build --model-repo .carry/gpu_repo --artifacts /tmp/gpu-serve/artifacts --set device=cuda
 
-    python3 tools/gpu_serve_check.py --carry .carry
+    PYTHONPATH=. python3 tools/gpu_serve_check.py --carry .carry
+
+(``PYTHONPATH=.``: the image's python3 has no qwen_triton installed; this checkout's is used.  The stub's
+venv gets a ``.pth`` to the checkout, so ``tools/triton_server.py`` runs under it as is.)
 
 What it does: writes the default checkpoint at the path the rendered repository names (with the image's
 Python: its scipy needs the image's numpy 2), a venv for the stub (numpy 1.26 in it, the image's torch
@@ -33,12 +36,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the image's python3 has no qwen_triton installed: this checkout's
-    sys.path.append(str(ROOT))
-
 from qwen_triton import wire
 from qwen_triton.serving import contract as c
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PORTS = {"http": 18000, "grpc": 18001, "metrics": 18002}
 

@@ -1,4 +1,5 @@
-# Triton from the nvidia-pytriton wheel, no Docker (tools/triton_install.py, tools/triton_server.py).
+# Triton from the nvidia-pytriton wheel, no Docker: the package qwen_triton.runtime (docs/triton-runtime.md)
+# through its command-line entry points tools/triton_install.py and tools/triton_server.py.
 # Include from the top-level Makefile:   include tools/triton.mk
 # To make triton-install build the venv first, set before the include:   TRITON_INSTALL_DEPS := install
 # A serve target can then be:   serve: triton-install ; $(TRITON_SERVER) start --foreground ...

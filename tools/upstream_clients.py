@@ -192,8 +192,8 @@ def run_benchmark_core_model(s: Session) -> None:
 def serving(checkpoint: Path, tmp: Path):
     """({"stream": server, "unary": server}, our EngineService) on one checkpoint, built and started here."""
     from qwen_triton import EngineConfig
+    from qwen_triton.runtime.server import TritonServer
     from qwen_triton.serving.engine_service import EngineService
-    from tools.triton_server import TritonServer
 
     servers = {}
     small_kv = ["--set", f"kv_cache_max_bytes={KV_BYTES}"]  # two servers and our engine in one machine's memory

@@ -159,27 +159,30 @@ class _ChatMLTokens:
 
 def render_qwen_chatml(tokenizer: Tokenizer, messages: Sequence[ChatMessage],
                        default_system: str = DEFAULT_SYSTEM,
-                       max_window_size: int = DEFAULT_MAX_WINDOW_SIZE) -> list[int]:
+                       max_window_size: int = DEFAULT_MAX_WINDOW_SIZE,
+                       max_prompt_len: int | None = None) -> list[int]:
     """Prompt ids exactly as the original Qwen `make_context(chat_format="chatml")` builds them.
 
     The system prompt is the first message when it is a system message, else `default_system`.
     History turns are added newest first while system + history stays below `max_window_size`
-    tokens; the first turn that does not fit and all older ones are dropped. User text never
-    produces special tokens.
+    tokens (and, ours, the whole prompt within `max_prompt_len`); the first turn that does not fit
+    and all older ones are dropped. User text never produces special tokens.
     """
     conv = Conversation.from_messages(messages, default_system)
     t = _ChatMLTokens.of(tokenizer)
     system_tokens = t.turn(tokenizer, "system", conv.system)
+    tail = t.nl + t.turn(tokenizer, "user", conv.query) + t.nl + t.im_start + tokenizer.encode("assistant") + t.nl
+    room = max_prompt_len - len(tail) if max_prompt_len is not None else None
     context: list[int] = []
     for query, response in reversed(conv.history):
         turn = t.nl + t.turn(tokenizer, "user", query) + t.nl
         if response is not None:
             turn += t.turn(tokenizer, "assistant", response)
-        if len(system_tokens) + len(turn) + len(context) >= max_window_size:
+        size = len(system_tokens) + len(turn) + len(context)
+        if size >= max_window_size or (room is not None and size > room):
             break
         context = turn + context
-    return (system_tokens + context + t.nl + t.turn(tokenizer, "user", conv.query) + t.nl
-            + t.im_start + tokenizer.encode("assistant") + t.nl)
+    return system_tokens + context + tail
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,9 +303,39 @@ def _encode_rendered(tokenizer: Tokenizer, text: str, specials: Sequence[str],
 
 def render_prompt(tokenizer: Tokenizer, messages: Sequence[ChatMessage],
                   template: ChatTemplate | None = None, default_system: str = DEFAULT_SYSTEM,
-                  max_window_size: int = DEFAULT_MAX_WINDOW_SIZE) -> list[int]:
+                  max_window_size: int = DEFAULT_MAX_WINDOW_SIZE, max_prompt_len: int | None = None) -> list[int]:
     """Prompt ids the way the checkpoint expects: original Qwen checkpoints (qwen.tiktoken, no
-    template) get `render_qwen_chatml`, every other one `render_hf_template`."""
+    template) get `render_qwen_chatml` (history window `max_window_size`), every other one
+    `render_hf_template`. Either way the oldest history is dropped so that the prompt fits
+    `max_prompt_len` tokens when it can (the system message and the last user message always stay)."""
     if isinstance(tokenizer, QwenTiktokenTokenizer) and template is None and tokenizer.chat_template is None:
-        return render_qwen_chatml(tokenizer, messages, default_system, max_window_size)
-    return render_hf_template(tokenizer, messages, template, default_system)
+        return render_qwen_chatml(tokenizer, messages, default_system, max_window_size, max_prompt_len)
+    if max_prompt_len is None:
+        return render_hf_template(tokenizer, messages, template, default_system)
+    return _fit_hf_template(tokenizer, list(messages), template, default_system, max_prompt_len)
+
+
+def _fit_hf_template(tokenizer: Tokenizer, messages: list[ChatMessage], template: ChatTemplate | None,
+                     default_system: str, window: int) -> list[int]:
+    """render_hf_template of the newest messages that fit `window`: leading system messages stay, and
+    the rest starts at a user message (templates may require user/assistant turns in order). Fewer
+    messages render shorter, so the cut is found by bisection over the possible starts."""
+    ids = render_hf_template(tokenizer, messages, template, default_system)
+    if len(ids) <= window:
+        return ids
+    head = 0
+    while head < len(messages) - 1 and messages[head].role == "system":
+        head += 1
+    starts = [i for i in range(head + 1, len(messages)) if messages[i].role == "user"]
+    if not starts:
+        return ids
+    lo, hi = 0, len(starts) - 1  # find the earliest start whose prompt fits; the last one is the floor
+    best = render_hf_template(tokenizer, messages[:head] + messages[starts[hi]:], template, default_system)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = render_hf_template(tokenizer, messages[:head] + messages[starts[mid]:], template, default_system)
+        if len(candidate) <= window:
+            best, hi = candidate, mid
+        else:
+            lo = mid + 1
+    return best

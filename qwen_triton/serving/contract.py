@@ -366,7 +366,9 @@ DIFFERENCES = {
 # (model, version, and the category label) so dashboards and autoscalers work for either engine --
 METRIC_REQUESTS = "nv_trt_llm_request_metrics"  # request_type: active|max|scheduled|context|waiting
 METRIC_KV_BLOCKS = "nv_trt_llm_kv_cache_block_metrics"  # kv_cache_block_type: max|free|used|tokens_per|...
-METRIC_ENGINE = "qwen_triton_engine"  # ours, label counter: steps|preemptions|generated_tokens|max_batch_seen
+# ours, label counter: steps|preemptions|generated_tokens|max_batch_seen, and requests
+# admitted|finished|aborted|failed|rejected (admitted = finished + aborted + failed + in flight)
+METRIC_ENGINE = "qwen_triton_engine"
 
 # -- config.pbtxt `parameters` our Python models read. Paths are absolute or
 # relative to the model repository's root, so a built repository can move. --

@@ -64,6 +64,7 @@ class EngineService:
         self._token_bytes = self.tokenizer.token_bytes_table()
         self._lock = threading.Lock()
         self._calls: dict[str, _Live] = {}
+        self.rejected = 0  # requests refused before the engine (bad input)
         self._outbox: queue.Queue[tuple[_Live, int, RequestOutput] | None] = queue.Queue()
         self._stopping = threading.Event()
         self._on_poll = on_poll
@@ -89,7 +90,11 @@ class EngineService:
                is_cancelled: Callable[[], bool] | None = None) -> None:
         """Queue a request (every batch row); `send` receives its responses from the sender thread.
         Bad input raises InvalidRequestError here and queues nothing."""
-        requests = self.parse(inputs)
+        try:
+            requests = self.parse(inputs)
+        except InvalidRequestError:
+            self.rejected += 1
+            raise
         live = _Live(client_id, CancelGuard(is_cancelled))
         live.call = CallState(requests, lambda response: self._deliver(key, live, send, response),
                               self.options.decoupled, self._bytes_of)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from ..errors import QwenTritonError
 from . import bls
 from . import contract as c
+from .engine_watch import EngineWatch, run_dir
 from .preprocess import Preprocessor
 from .triton_io import CancelGuard, as_bool, error_code, model_parameters, read_inputs, resolve_path, triton_error
 
@@ -70,6 +71,7 @@ class EntryModel:
         self.live: dict[str, _Live] = {}  # engine request id -> the client's request
         self.stopping = threading.Event()
         self.period_s = int(params.get(c.PARAM_CANCEL_PERIOD_MS) or 100) / 1000.0
+        self.engine_watch = EngineWatch(run_dir(args["model_repository"]), self.engine_model)
         self.poller = threading.Thread(target=self._poll, name=f"{self.name}-poll", daemon=True)
         self.poller.start()
 
@@ -86,6 +88,9 @@ class EntryModel:
     def _serve(self, request) -> None:
         live = _Live(request.get_response_sender(), CancelGuard(request.is_cancelled))
         rid = f"{self.name}-{uuid.uuid4().hex}"
+        if self.engine_watch.down:
+            self._fail(live, f"{self.engine_watch.down}; it is being restarted, try again shortly", "UNAVAILABLE")
+            return
         try:
             inputs = read_inputs(self.specs, lambda n: self.pb.get_input_tensor_by_name(request, n))
             plan = bls.plan(self.pre, self.specs, inputs)
@@ -150,10 +155,18 @@ class EntryModel:
     # -- cancellation ----------------------------------------------------------------------------------
 
     def _poll(self) -> None:
-        """Every period: a live request whose client cancelled or went away gets its engine request stopped."""
+        """Every period: a live request whose client cancelled or went away gets its engine request stopped;
+        when the engine process has died, every live request fails at once (none would ever end)."""
         while not self.stopping.wait(self.period_s):
             with self.lock:
                 watched = list(self.live.items())
+            died = self.engine_watch.poll()
+            if died:
+                log.error("%s: %s; failing %d requests in flight", self.name, died, len(watched))
+                for _, live in watched:
+                    live.cancelled = True  # its serving thread only drains from now on
+                    self._fail(live, f"{died} while serving this request", "UNAVAILABLE")
+                continue
             for rid, live in watched:
                 try:
                     if live.check_cancelled():

@@ -127,7 +127,7 @@ class Preprocessor:
             if req.text:
                 raise InvalidRequestError(c.MESSAGES, "give either text_input or messages, not both")
             return render_prompt(self.tokenizer, parse_messages(req.messages),
-                                 default_system=self.default_system)
+                                 default_system=self.default_system, max_prompt_len=self.max_input_len)
         if not req.text:
             raise InvalidRequestError(c.TEXT_INPUT, "is missing or empty (or send chat `messages`)")
         ids = self.tokenizer.encode(req.text, allow_special=True)

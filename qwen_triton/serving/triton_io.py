@@ -217,10 +217,11 @@ def bytes_array(values: list[list[bytes]] | list[bytes]) -> np.ndarray:
     return np.array(values, dtype=np.object_)
 
 
-def metric_values(stats: EngineStats, block_size: int, max_num_seqs: int
+def metric_values(stats: EngineStats, block_size: int, max_num_seqs: int, rejected: int = 0
                   ) -> dict[tuple[str, str, str], float]:
     """The engine's gauges as {(family, category label, its value): value}, under tensorrtllm_backend's
-    metric names and category values (contract.METRIC_*); the model adds its `model` / `version` labels."""
+    metric names and category values (contract.METRIC_*); the model adds its `model` / `version` labels.
+    `rejected`: requests refused before they reached the engine (bad input)."""
     r, k, e = c.METRIC_REQUESTS, c.METRIC_KV_BLOCKS, c.METRIC_ENGINE
     used = stats.num_total_blocks - stats.num_free_blocks
     return {
@@ -239,6 +240,11 @@ def metric_values(stats: EngineStats, block_size: int, max_num_seqs: int
         (e, "counter", "preemptions"): stats.num_preemptions,
         (e, "counter", "generated_tokens"): stats.num_generated_tokens,
         (e, "counter", "max_batch_seen"): stats.max_running_seen,
+        (e, "counter", "admitted"): stats.num_admitted,
+        (e, "counter", "finished"): stats.num_finished,
+        (e, "counter", "aborted"): stats.num_aborted,
+        (e, "counter", "failed"): stats.num_failed,
+        (e, "counter", "rejected"): rejected,
     }
 
 
@@ -252,11 +258,19 @@ def error_code(exc: BaseException) -> str:
     return "INTERNAL"
 
 
+# Triton 2.51 answers every error of a decoupled model with HTTP 400 and loses its code on gRPC streams,
+# so a server fault also says what it is in its message; the HTTP front (qwen_triton/runtime/front.py)
+# turns these prefixes back into 503 / 500. A client error ("invalid <field>: ...") has none.
+ERROR_PREFIXES = {"UNAVAILABLE": "unavailable: ", "INTERNAL": "internal error: "}
+
+
 def triton_error(pb_utils, message: str, code: str = "INTERNAL"):
     """A pb_utils.TritonError with Triton's error code `code` (INVALID_ARG, CANCELLED, UNAVAILABLE,
-    INTERNAL, ...), where the backend knows that code."""
+    INTERNAL, ...), where the backend knows that code; server faults carry their ERROR_PREFIXES."""
+    prefix = ERROR_PREFIXES.get(code, "")
+    text = message if message.startswith(prefix) else prefix + message
     value = getattr(pb_utils.TritonError, code, None)
-    return pb_utils.TritonError(message, value) if value is not None else pb_utils.TritonError(message)
+    return pb_utils.TritonError(text, value) if value is not None else pb_utils.TritonError(text)
 
 
 def respond(pb_utils, request, specs: Iterable[TensorSpec], compute: Callable[[dict], dict], what: str):

@@ -8,6 +8,7 @@ qwen_triton.serving.engine_service.
 """
 import json
 import logging
+import os
 import uuid
 
 import triton_python_backend_utils as pb_utils
@@ -17,6 +18,7 @@ from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.engine_request import is_stop_request
 from qwen_triton.serving.engine_service import EngineService, ServiceOptions
+from qwen_triton.serving.engine_watch import run_dir, write_pid_file
 from qwen_triton.serving.triton_io import (
     as_bool,
     error_code,
@@ -42,6 +44,7 @@ class TritonPythonModel:
         self.engine_config = EngineConfig(**json.loads(params.get(c.PARAM_ENGINE_CONFIG) or "{}"))
         tokenizer_dir = params.get(c.PARAM_TOKENIZER_DIR)
         self.labels = {"model": args["model_name"], "version": args["model_version"]}
+        self.stopping = False
         self.metrics = self._metric_families()
         self.metric_cache = {}
         options = ServiceOptions(
@@ -51,8 +54,11 @@ class TritonPythonModel:
         self.service = EngineService(
             resolve_path(params[c.PARAM_MODEL_PATH], args), self.engine_config,
             tokenizer_dir=resolve_path(tokenizer_dir, args) if tokenizer_dir else None,
-            options=options, on_poll=self._export_metrics)
+            options=options, on_poll=self._on_poll)
         self._export_metrics()  # the gauges exist once the model is ready, not a poll period later
+        # the entry models watch this file: if this process dies they fail what waits on it (engine_watch.py)
+        self.pid_file = write_pid_file(run_dir(args["model_repository"]), args["model_name"],
+                                       args["model_instance_name"])
 
     def execute(self, requests):
         for request in requests:
@@ -60,6 +66,8 @@ class TritonPythonModel:
         return None  # every response goes out through the request's response sender
 
     def finalize(self):
+        self.stopping = True
+        self.pid_file.unlink(missing_ok=True)
         self.service.shutdown()
 
     def _submit(self, request):
@@ -108,10 +116,20 @@ class TritonPythonModel:
             log.warning("custom metrics unavailable", exc_info=True)
             return None
 
+    def _on_poll(self):
+        """Every poll period: a dead step loop ends this process, so that the supervisor restarts the
+        engine (a stub with a dead engine would answer every request with an error, and stay ready)."""
+        service = getattr(self, "service", None)
+        if service is not None and not service.engine.is_alive and not self.stopping:
+            log.critical("the engine's step loop died; exiting so that the engine model is restarted")
+            os._exit(70)
+        self._export_metrics()
+
     def _export_metrics(self):
         if self.metrics is None or getattr(self, "service", None) is None:
             return
-        values = metric_values(self.service.stats(), self.engine_config.block_size, self.engine_config.max_num_seqs)
+        values = metric_values(self.service.stats(), self.engine_config.block_size, self.engine_config.max_num_seqs,
+                               self.service.rejected)
         for label, number in values.items():
             metric = self.metric_cache.get(label)
             if metric is None:

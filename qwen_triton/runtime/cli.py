@@ -1,0 +1,242 @@
+"""Start, stop and query the project-local Triton server in the background::
+
+    python -m qwen_triton.runtime [--pid-file logs/tritonserver.pid]
+        start  [--model-repository model_repo] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
+               [--python .venv/bin/python] [--foreground] [-- extra tritonserver flags]
+        stop
+        status
+
+(``python tools/triton_server.py ...`` is the same.)  Ports come from the flags, else ``TRITON_HTTP_PORT`` /
+``TRITON_GRPC_PORT`` / ``TRITON_METRICS_PORT``, else 8000/8001/8002; the model repository from
+``--model-repository``, else ``TRITON_MODEL_REPO``, else ``<repo>/model_repo``.  ``start`` runs
+tritonserver in its own process session, sends its output to ``logs/tritonserver.log``, writes
+``logs/tritonserver.pid`` and ``logs/tritonserver.json`` (:mod:`.state`), then waits until
+``GET /v2/health/ready`` answers 200.  If the process dies or the timeout passes first, it prints the tail
+of the log and exits 1.  ``--foreground`` stays attached and stops the server on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from qwen_triton.wire import env_port, http_get, is_ready
+
+from .launch import LATENCY_METRICS, TritonError
+from .paths import LOG_DIR, MODEL_REPO, default_python, default_triton_dir
+from .process import is_tritonserver, terminate
+from .server import TritonServer
+from .state import read_state, remove_state
+
+
+# -------------------------------------------------------------------------------------------------- start
+def _already_running(args) -> int | None:
+    """The exit code if a server from the pid file is still running (0: this very one is ready), else None
+    (and a stale pid file is removed)."""
+    existing = read_state(args.pid_file)
+    if existing and is_tritonserver(existing["pid"]):
+        same = (
+            existing.get("model_repository") == str(args.model_repository.absolute())
+            and existing.get("http_port") == args.http_port
+        )
+        if same and is_ready(f"127.0.0.1:{args.http_port}"):
+            pid = existing["pid"]
+            print(f"[triton-server] already running and ready (pid {pid}, http port {args.http_port})")
+            return 0
+        print(
+            f"[triton-server] already running (pid {existing['pid']}, http port {existing.get('http_port')}, "
+            f"repository {existing.get('model_repository')}); `stop` it first"
+        )
+        return 1
+    if existing:
+        remove_state(args.pid_file)  # stale
+    return None
+
+
+def _server(args) -> TritonServer:
+    extra = list(args.extra)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return TritonServer(
+        args.model_repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        triton_dir=args.triton_dir,
+        python=args.python,
+        log_file=args.log_file,
+        pid_file=args.pid_file,
+        latency_metrics=args.latency_metrics,
+        allow_numpy2=args.allow_numpy2 or None,
+        log_verbose=args.log_verbose,
+        extra_args=extra,
+        startup_timeout=args.timeout,
+    )
+
+
+def _stay_attached(server: TritonServer) -> int:
+    """Wait until SIGINT/SIGTERM (then stop the server: 0) or until the server exits by itself (1)."""
+    stopping = {"sig": None}
+
+    def on_signal(signum, _frame):
+        stopping["sig"] = signum
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while stopping["sig"] is None and server.proc.poll() is None:
+        time.sleep(0.5)
+    if server.proc.poll() is not None:
+        print(
+            f"[triton-server] tritonserver exited with {server.proc.returncode}; last log lines:\n"
+            f"{server.log_tail()}",
+            file=sys.stderr,
+        )
+        server.stop()
+        return 1
+    print("[triton-server] stopping ...", flush=True)
+    server.stop()
+    return 0
+
+
+def cmd_start(args) -> int:
+    """``start``: launch the server unless one is running, wait until it is ready (and, with
+    ``--foreground``, stay until a signal)."""
+    running = _already_running(args)
+    if running is not None:
+        return running
+    server = _server(args)
+    try:
+        server.start()
+        print(
+            f"[triton-server] started pid {server.pid}; log {server.log_file}; waiting for "
+            f"{server.http_url}/v2/health/ready ...",
+            flush=True,
+        )
+        t0 = time.monotonic()
+        server.wait_ready()
+    except TritonError as exc:
+        print(f"[triton-server] ERROR: {exc}", file=sys.stderr)
+        server.stop(timeout=10)
+        return 1
+    print(
+        f"[triton-server] ready in {time.monotonic() - t0:.1f} s: HTTP {server.http_url}  "
+        f"gRPC {server.grpc_url}  metrics {server.metrics_url}",
+        flush=True,
+    )
+    return _stay_attached(server) if args.foreground else 0
+
+
+# ------------------------------------------------------------------------------------------ stop, status
+def cmd_stop(args) -> int:
+    """``stop``: SIGTERM the server of the pid file, wait, then SIGKILL its process group."""
+    state = read_state(args.pid_file)
+    if not state:
+        print(f"[triton-server] not running (no pid file {args.pid_file})")
+        return 0
+    pid = state["pid"]
+    if not is_tritonserver(pid):
+        print(f"[triton-server] not running (stale pid file, pid {pid})")
+        remove_state(args.pid_file)
+        return 0
+    print(f"[triton-server] stopping pid {pid} ...", flush=True)
+    killed = terminate(pid, args.timeout)
+    remove_state(args.pid_file)
+    print(f"[triton-server] stopped{' (SIGKILL)' if killed else ''}")
+    return 0
+
+
+def http_post_json(url: str, payload: dict, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of a JSON POST; status 0 when nothing answered."""
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def cmd_status(args) -> int:
+    """``status``: print the state as JSON with liveness, readiness and the models' states; exit 0 when
+    ready, 1 when not running, 2 when running but not ready."""
+    state = read_state(args.pid_file)
+    if not state or not is_tritonserver(state["pid"]):
+        print(json.dumps({"running": False, "pid_file": str(args.pid_file)}))
+        return 1
+    http = state.get("http_port", env_port("http"))
+    ready = is_ready(f"127.0.0.1:{http}")
+    live, _ = http_get(f"http://127.0.0.1:{http}/v2/health/live")
+    out = dict(state, running=True, live=live == 200, ready=ready)
+    code, body = http_post_json(f"http://127.0.0.1:{http}/v2/repository/index", {})
+    if code == 200:
+        with contextlib.suppress(ValueError):
+            out["models"] = {m["name"]: m.get("state") for m in json.loads(body)}
+    print(json.dumps(out, indent=2))
+    return 0 if ready else 2
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def _add_start_parser(sub) -> None:
+    s = sub.add_parser("start", help="start tritonserver in the background and wait until it is ready")
+    s.add_argument("--model-repository", type=Path, default=Path(os.environ.get("TRITON_MODEL_REPO", MODEL_REPO)))
+    s.add_argument("--http-port", type=int, default=env_port("http"))
+    s.add_argument("--grpc-port", type=int, default=env_port("grpc"))
+    s.add_argument("--metrics-port", type=int, default=env_port("metrics"))
+    s.add_argument("--triton-dir", type=Path, default=default_triton_dir())
+    s.add_argument("--python", default=default_python(), help="Python environment the Python-backend models run in")
+    s.add_argument("--log-file", type=Path, default=LOG_DIR / "tritonserver.log")
+    s.add_argument("--log-verbose", type=int, default=int(os.environ.get("TRITON_LOG_VERBOSE", "0")))
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("TRITON_START_TIMEOUT", "300")),
+        help="seconds to wait for /v2/health/ready",
+    )
+    s.add_argument(
+        "--latency-metrics",
+        choices=LATENCY_METRICS,
+        default=os.environ.get("TRITON_LATENCY_METRICS", "auto"),
+        help="auto: --metrics-config histogram_latencies=true if this build has it (2.51 does not), "
+        "else summary_latencies=true",
+    )
+    s.add_argument("--allow-numpy2", action="store_true", help="start even if the environment has numpy >= 2")
+    s.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra tritonserver flags")
+    s.set_defaults(func=cmd_start)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``start|stop|status`` argument parser (defaults from the environment, read now)."""
+    p = argparse.ArgumentParser(
+        prog="python -m qwen_triton.runtime",
+        description="Run the project-local Triton server (installed by python -m qwen_triton.runtime.install; "
+        "see docs/triton-runtime.md).",
+    )
+    p.add_argument(
+        "--pid-file", type=Path, default=Path(os.environ.get("TRITON_PID_FILE", LOG_DIR / "tritonserver.pid"))
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_start_parser(sub)
+    t = sub.add_parser("stop", help="SIGTERM the server, wait, then SIGKILL")
+    t.add_argument("--timeout", type=float, default=40.0)
+    t.set_defaults(func=cmd_stop)
+    u = sub.add_parser("status", help="print pid, ports and readiness (exit 0 ready, 1 not running, 2 not ready)")
+    u.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = parser().parse_args(argv)
+    return args.func(args)
