@@ -210,17 +210,24 @@ def _http_base(url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- readiness
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """(status, body) of a GET, straight to the server (no proxy from the environment, as the clients
-    connect); status 0 when nothing answered."""
+def http_get(url: str, timeout: float = 2.0, data: bytes | None = None) -> tuple[int, bytes]:
+    """(status, body) of a GET (a POST of ``data`` when given), straight to the server (no proxy from the
+    environment, as the clients connect); status 0 when nothing answered."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST",
+                                     headers={} if data is None else {"Content-Type": "application/json"})
     try:
-        with opener.open(url, timeout=timeout) as resp:
+        with opener.open(request, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
     except (OSError, http.client.HTTPException):  # URLError, refused, timed out, not HTTP
         return 0, b""
+
+
+def http_post(url: str, payload: Any = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of a JSON POST (``payload`` None: an empty body); status 0 when nothing answered."""
+    return http_get(url, timeout, data=b"" if payload is None else json.dumps(payload).encode())
 
 
 def is_ready(url: str, model: str | None = None, timeout: float = 2.0) -> bool:

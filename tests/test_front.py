@@ -8,7 +8,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from qwen_triton.runtime.front import Front, FrontConfig
+from qwen_triton.runtime.front import Front, FrontConfig, _HeaderLimit
 from qwen_triton.runtime.front_checks import (
     BodyError,
     check_generate_body,
@@ -91,7 +91,7 @@ def test_server_faults_get_5xx(status, body, expected):
 def _front(handler, **config) -> TestClient:
     front = Front(FrontConfig(triton_url="http://triton", **config))
     front.client = httpx.AsyncClient(base_url="http://triton", transport=httpx.MockTransport(handler))
-    return TestClient(front.app)
+    return TestClient(_HeaderLimit(front.app, front.config.max_header_bytes))
 
 
 def _triton(request: httpx.Request) -> httpx.Response:
@@ -128,3 +128,9 @@ def test_readiness_says_why_the_engine_is_down():
     client = _front(_triton, ready=lambda: "the engine is restarting")
     r = client.get("/v2/health/ready")
     assert r.status_code == 503 and r.json() == {"error": "the engine is restarting"}
+
+
+def test_oversized_headers_get_431():
+    client = _front(_triton)
+    r = client.get("/v2/health/live", headers={"X-Big": "a" * 65536})
+    assert r.status_code == 431 and "headers" in r.json()["error"]

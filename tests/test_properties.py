@@ -426,7 +426,7 @@ def _well_formed(value) -> bool:
 
 
 @props(150)
-@given(value=st.one_of(conversations(), st.lists(ODD_MESSAGE, max_size=4), JSON), mangle=st.integers(0, 4))
+@given(value=st.one_of(conversations(), st.lists(ODD_MESSAGE, max_size=4), JSON), mangle=st.integers(0, 5))
 def test_any_messages_json_renders_or_names_the_messages_field(value, mangle):
     text = json.dumps(value)
     if mangle == 1:  # cut short: never valid JSON (unless the cut is a JSON value of its own)
@@ -436,6 +436,8 @@ def test_any_messages_json_renders_or_names_the_messages_field(value, mangle):
         payload = text.encode() + b"\xff"
     if mangle == 4:  # nested deeper than json's recursion limit
         payload = "[" * 100_000 + text
+    if mangle == 5:  # an integer longer than Python converts from text
+        payload = f"[{'1' * 5000}, {text}]"
     tok = tokenizer("qwen")
     accepted = mangle in (0, 3) and _well_formed(value) and _make_context_accepts(value)
     try:
@@ -526,12 +528,26 @@ def _odd_filled(shape: tuple[int, ...], dtype) -> st.SearchStrategy[np.ndarray]:
     return st.lists(values, min_size=size, max_size=size).map(build)
 
 
+def _odd_uniform(shape: tuple[int, ...], dtype) -> st.SearchStrategy[np.ndarray]:
+    """An array of `shape` and `dtype` filled with one value that breaks naive conversions."""
+    def build(value) -> np.ndarray:
+        arr = np.empty(shape, dtype=object)
+        arr.fill(_fit(value, dtype) if isinstance(value, int) else value)
+        return arr if dtype is object else arr.astype(dtype)
+
+    if dtype is object:
+        return st.sampled_from(ODD_VALUES).map(build)
+    if np.issubdtype(dtype, np.integer):
+        return st.sampled_from([v for v in ODD_NUMBERS if isinstance(v, int)]).map(build)
+    return st.sampled_from(ODD_NUMBERS).map(build)
+
+
 def odd_array(batch: int) -> st.SearchStrategy[np.ndarray]:
     """Any array, or one of the request's batch size whose values break naive conversions."""
     shapes = [(batch,), (batch, 1), (batch, 2), (batch, 2, 2), (batch, 2, 3), (1,), (1, 2, 1)]
     dtypes = [np.int32, np.int64, np.uint64, np.float32, np.float64, object]
-    return st.one_of(NASTY_ARRAY, st.tuples(st.sampled_from(shapes), st.sampled_from(dtypes)).flatmap(
-        lambda sd: _odd_filled(*sd)))
+    odd = st.tuples(st.sampled_from(shapes), st.sampled_from(dtypes))
+    return st.one_of(NASTY_ARRAY, odd.flatmap(lambda sd: _odd_uniform(*sd)), odd.flatmap(lambda sd: _odd_filled(*sd)))
 
 
 def _rows(draw, rows: int, values: st.SearchStrategy, width: int | None = 1, dtype=object) -> np.ndarray:
@@ -581,10 +597,10 @@ PRE_PARSED = [c.PRE_QUERY, c.PRE_MESSAGES, c.PRE_REQUEST_OUTPUT_LEN, c.PRE_STOP_
 
 
 @st.composite
-def preprocess_inputs(draw, one_odd_input: bool = False) -> dict[str, np.ndarray]:
+def preprocess_inputs(draw, odd_input: str | None = None) -> dict[str, np.ndarray]:
     """Preprocessing inputs of B rows (an input of one row applies to every row), with `_flaws`; or a
-    request without flaws but for one input (one the model reads) set to `odd_array`."""
-    flaws = set() if one_odd_input else _flaws(draw)
+    request without flaws but for input `odd_input` set to an `odd_array`."""
+    flaws = set() if odd_input else _flaws(draw)
     odd = "values" in flaws
     batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2, 3]))
 
@@ -625,8 +641,8 @@ def preprocess_inputs(draw, one_odd_input: bool = False) -> dict[str, np.ndarray
     if "missing" in flaws:
         del inputs[draw(st.sampled_from(sorted(inputs)))]
     _apply_flaws(draw, flaws, inputs, batch, c.PREPROCESSING_INPUTS)
-    if one_odd_input:
-        inputs[draw(st.sampled_from(PRE_PARSED))] = draw(odd_array(batch))
+    if odd_input:
+        inputs[odd_input] = draw(odd_array(batch))
     return inputs
 
 
@@ -680,11 +696,7 @@ def _row_value(inputs: dict, name: str, i: int) -> int:
     return int(arr[i if arr.shape[0] > 1 else 0].reshape(-1)[0])
 
 
-@pytest.mark.parametrize("name", ["qwen", "bytelevel", "llama"])
-@props(120)
-@given(inputs=st.one_of(preprocess_inputs(), preprocess_inputs(one_odd_input=True)))
-def test_preprocessing_gives_the_contract_or_an_invalid_request(name, inputs):
-    tok = tokenizer(name)
+def _preprocess_or_refuse(tok: Tokenizer, inputs: dict) -> None:
     try:
         out = preprocess_arrays(Preprocessor(tok), inputs)
     except InvalidRequestError as err:
@@ -693,6 +705,22 @@ def test_preprocessing_gives_the_contract_or_an_invalid_request(name, inputs):
         return
     event("accepted")
     check_preprocess_outputs(tok, inputs, out)
+
+
+@pytest.mark.parametrize("name", ["qwen", "bytelevel", "llama"])
+@props(120)
+@given(inputs=preprocess_inputs())
+def test_preprocessing_gives_the_contract_or_an_invalid_request(name, inputs):
+    _preprocess_or_refuse(tokenizer(name), inputs)
+
+
+@pytest.mark.parametrize("name", ["qwen", "bytelevel"])
+@pytest.mark.parametrize("odd_input", PRE_PARSED)
+@props(30)
+@given(data=st.data())
+def test_preprocessing_any_value_of_one_input(name, odd_input, data):
+    """A good request but for one input, which holds any array (any dtype, shape, value)."""
+    _preprocess_or_refuse(tokenizer(name), data.draw(preprocess_inputs(odd_input), label="inputs"))
 
 
 @props(60)
@@ -852,10 +880,10 @@ ENGINE_PARSED = [c.IN_INPUT_IDS, c.IN_INPUT_LENGTHS, c.IN_REQUEST_OUTPUT_LEN, c.
 
 
 @st.composite
-def engine_inputs(draw, one_odd_input: bool = False) -> dict[str, np.ndarray]:
+def engine_inputs(draw, odd_input: str | None = None) -> dict[str, np.ndarray]:
     """Engine-model inputs of B rows (scalars as [B] or [B, 1]; one row applies to all), with `_flaws`;
-    or a request without flaws but for one input (one the model reads) set to `odd_array`."""
-    flaws = set() if one_odd_input else _flaws(draw)
+    or a request without flaws but for input `odd_input` set to an `odd_array`."""
+    flaws = set() if odd_input else _flaws(draw)
     odd = "values" in flaws
     batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2, 3]))
 
@@ -892,14 +920,26 @@ def engine_inputs(draw, one_odd_input: bool = False) -> dict[str, np.ndarray]:
     if "missing" in flaws:
         del inputs[draw(st.sampled_from(sorted(inputs)))]
     _apply_flaws(draw, flaws, inputs, batch, c.ENGINE_INPUTS)
-    if one_odd_input:
-        inputs[draw(st.sampled_from(ENGINE_PARSED))] = draw(odd_array(batch))
+    if odd_input:
+        inputs[odd_input] = draw(odd_array(batch))
     return inputs
 
 
-@props(400)
-@given(inputs=st.one_of(engine_inputs(), engine_inputs(one_odd_input=True)), decoupled=st.booleans())
+@props(250)
+@given(inputs=engine_inputs(), decoupled=st.booleans())
 def test_engine_request_parsing_gives_requests_or_an_invalid_request(inputs, decoupled):
+    _parse_or_refuse(inputs, decoupled)
+
+
+@pytest.mark.parametrize("odd_input", ENGINE_PARSED)
+@props(25)
+@given(data=st.data())
+def test_engine_request_parsing_any_value_of_one_input(odd_input, data):
+    """A good request but for one input, which holds any array (any dtype, shape, value)."""
+    _parse_or_refuse(data.draw(engine_inputs(odd_input), label="inputs"), decoupled=True)
+
+
+def _parse_or_refuse(inputs: dict, decoupled: bool) -> None:
     opts = ParseOptions(OPTS.end_ids_of, OPTS.defaults, decoupled=decoupled)
     assert isinstance(is_stop_request(inputs), bool)
     try:
@@ -960,6 +1000,15 @@ def test_regression_engine_inputs_that_crashed_or_wrapped(inputs, field):
     with pytest.raises(InvalidRequestError) as err:
         parse_engine_request(inputs, OPTS)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("name", [c.IN_REQUEST_OUTPUT_LEN, c.IN_TEMPERATURE, c.IN_END_ID])
+def test_regression_a_none_row_value_is_refused_not_taken_for_a_missing_input(name):
+    """An object array [B] holding None: the row's value read as "input not given" (request_output_len:
+    TypeError; temperature, end_id: silently the default)."""
+    with pytest.raises(InvalidRequestError) as err:
+        parse_engine_request(_eng(**{name: np.array([None], dtype=object)}), OPTS)
+    assert err.value.field == name
 
 
 def test_regression_an_empty_stop_input_is_no_stop_request():

@@ -20,21 +20,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from qwen_triton.wire import env_port, http_get, is_ready
+from qwen_triton.wire import env_port, http_get, http_post, is_ready
 
 from .launch import LATENCY_METRICS, TritonError
 from .paths import LOG_DIR, MODEL_REPO, default_python, default_triton_dir
-from .process import is_tritonserver, terminate
+from .process import is_tritonserver, tail, terminate
 from .server import TritonServer
-from .state import read_state, remove_state
+from .state import read_state, remove_state, write_supervisor_state
 
 
 # -------------------------------------------------------------------------------------------------- start
@@ -42,7 +43,7 @@ def _already_running(args) -> int | None:
     """The exit code if a server from the pid file is still running (0: this very one is ready), else None
     (and a stale pid file is removed)."""
     existing = read_state(args.pid_file)
-    if existing and is_tritonserver(existing["pid"]):
+    if existing and _is_ours(existing["pid"]):
         same = (
             existing.get("model_repository") == str(args.model_repository.absolute())
             and existing.get("http_port") == args.http_port
@@ -61,19 +62,29 @@ def _already_running(args) -> int | None:
     return None
 
 
-def _server(args) -> TritonServer:
+def _is_ours(pid: int) -> bool:
+    """Whether `pid` is a tritonserver or a supervisor of ours (`python -m qwen_triton.runtime`)."""
+    if is_tritonserver(pid):
+        return True
+    try:
+        return b"qwen_triton.runtime" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _server(args, supervised: bool = False) -> TritonServer:
     extra = list(args.extra)
     if extra and extra[0] == "--":
         extra = extra[1:]
     return TritonServer(
         args.model_repository,
-        http_port=args.http_port,
+        http_port=0 if supervised else args.http_port,  # supervised: Triton's own HTTP is internal
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         triton_dir=args.triton_dir,
         python=args.python,
         log_file=args.log_file,
-        pid_file=args.pid_file,
+        pid_file=None if supervised else args.pid_file,
         latency_metrics=args.latency_metrics,
         allow_numpy2=args.allow_numpy2 or None,
         log_verbose=args.log_verbose,
@@ -107,11 +118,74 @@ def _stay_attached(server: TritonServer) -> int:
 
 
 def cmd_start(args) -> int:
-    """``start``: launch the server unless one is running, wait until it is ready (and, with
-    ``--foreground``, stay until a signal)."""
+    """``start``: the supervisor (tritonserver behind the HTTP front, restarted when it or its engine dies)
+    in the background, once it is ready; ``--foreground`` runs it here until a signal. ``--unsupervised``:
+    tritonserver alone, its own HTTP on the public port (no front, no restarts)."""
     running = _already_running(args)
     if running is not None:
         return running
+    if args.unsupervised:
+        return _start_unsupervised(args)
+    if args.foreground:
+        return cmd_supervise(args)
+    log = args.log_file.with_name("supervisor.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "qwen_triton.runtime", "--pid-file", str(args.pid_file), "supervise",
+            *_start_argv(args)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    print(f"[triton-server] supervisor pid {proc.pid}; log {log}; waiting for readiness ...", flush=True)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if is_ready(f"127.0.0.1:{args.http_port}"):
+            print(f"[triton-server] ready: HTTP http://127.0.0.1:{args.http_port} (front)  "
+                  f"gRPC 127.0.0.1:{args.grpc_port}  metrics :{args.metrics_port}", flush=True)
+            return 0
+        time.sleep(0.3)
+    print(f"[triton-server] ERROR: not ready (supervisor {'exited' if proc.poll() is not None else 'timed out'});"
+          f" last lines of {log}:\n{tail(log)}", file=sys.stderr)
+    if proc.poll() is None:
+        terminate(proc.pid, 30)
+    return 1
+
+
+def _start_argv(args) -> list[str]:
+    """The start options again, for the background supervisor's command line."""
+    argv = ["--model-repository", str(args.model_repository), "--http-port", str(args.http_port),
+            "--grpc-port", str(args.grpc_port), "--metrics-port", str(args.metrics_port), "--host", args.host,
+            "--triton-dir", str(args.triton_dir), "--python", args.python, "--log-file", str(args.log_file),
+            "--log-verbose", str(args.log_verbose), "--timeout", str(args.timeout),
+            "--latency-metrics", args.latency_metrics]
+    return argv + (["--allow-numpy2"] if args.allow_numpy2 else []) + list(args.extra)
+
+
+def cmd_supervise(args) -> int:
+    """Run the supervisor in this process until SIGINT/SIGTERM (it writes the pid/state files)."""
+    from .supervisor import Supervisor, SupervisorConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    supervisor = Supervisor(_server(args, supervised=True),
+                            SupervisorConfig(host=args.host, http_port=args.http_port,
+                                             run_dir=args.log_file.parent / "run"))
+    try:
+        supervisor.start()
+    except TritonError as exc:
+        print(f"[triton-server] ERROR: {exc}", file=sys.stderr)
+        supervisor.stop(timeout=10)
+        return 1
+    write_supervisor_state(args.pid_file, supervisor)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    print("[triton-server] stopping ...", flush=True)
+    supervisor.stop()
+    remove_state(args.pid_file)
+    return 0
+
+
+def _start_unsupervised(args) -> int:
     server = _server(args)
     try:
         server.start()
@@ -142,7 +216,7 @@ def cmd_stop(args) -> int:
         print(f"[triton-server] not running (no pid file {args.pid_file})")
         return 0
     pid = state["pid"]
-    if not is_tritonserver(pid):
+    if not _is_ours(pid):
         print(f"[triton-server] not running (stale pid file, pid {pid})")
         remove_state(args.pid_file)
         return 0
@@ -153,32 +227,19 @@ def cmd_stop(args) -> int:
     return 0
 
 
-def http_post_json(url: str, payload: dict, timeout: float = 2.0) -> tuple[int, bytes]:
-    """(status, body) of a JSON POST; status 0 when nothing answered."""
-    req = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
-
-
 def cmd_status(args) -> int:
     """``status``: print the state as JSON with liveness, readiness and the models' states; exit 0 when
     ready, 1 when not running, 2 when running but not ready."""
     state = read_state(args.pid_file)
-    if not state or not is_tritonserver(state["pid"]):
+    if not state or not _is_ours(state["pid"]):
         print(json.dumps({"running": False, "pid_file": str(args.pid_file)}))
         return 1
     http = state.get("http_port", env_port("http"))
     ready = is_ready(f"127.0.0.1:{http}")
     live, _ = http_get(f"http://127.0.0.1:{http}/v2/health/live")
     out = dict(state, running=True, live=live == 200, ready=ready)
-    code, body = http_post_json(f"http://127.0.0.1:{http}/v2/repository/index", {})
+    triton_http = state.get("triton_http_port", http)  # the repository API is not served by the front
+    code, body = http_post(f"http://127.0.0.1:{triton_http}/v2/repository/index", {})
     if code == 200:
         with contextlib.suppress(ValueError):
             out["models"] = {m["name"]: m.get("state") for m in json.loads(body)}
@@ -211,9 +272,16 @@ def _add_start_parser(sub) -> None:
         "else summary_latencies=true",
     )
     s.add_argument("--allow-numpy2", action="store_true", help="start even if the environment has numpy >= 2")
+    s.add_argument("--host", default=os.environ.get("TRITON_HOST", "127.0.0.1"),
+                   help="address the public ports listen on (127.0.0.1; 0.0.0.0 to serve other machines)")
     s.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
+    s.add_argument("--unsupervised", action="store_true",
+                   help="tritonserver alone: its own HTTP on the public port, no front, no restarts")
     s.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra tritonserver flags")
     s.set_defaults(func=cmd_start)
+    v = sub.add_parser("supervise", parents=[s], add_help=False, conflict_handler="resolve",
+                       help="run the supervisor in the foreground (what `start` runs in the background)")
+    v.set_defaults(func=cmd_supervise)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ class FrontConfig:
     max_body_bytes: int = 8 << 20
     max_json_depth: int = 64
     expose_repository_api: bool = False
+    max_header_bytes: int = 16 << 10
     timeout_s: float = 600.0
     ready: Callable[[], str | None] = lambda: None
 
@@ -165,6 +166,21 @@ async def _relay(first: bytes, chunks, response: httpx.Response):
         await response.aclose()
 
 
+class _HeaderLimit:
+    """ASGI middleware: a request whose headers add up to more than `limit` bytes gets 431 (Triton's own
+    HTTP server resets the connection instead)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.limit:
+            response = _error(431, f"the request headers are over {self.limit} bytes")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(config: FrontConfig) -> Any:
     """The ASGI app of the public HTTP port."""
-    return Front(config).app
+    return _HeaderLimit(Front(config).app, config.max_header_bytes)

@@ -109,7 +109,8 @@ def _check_input(name: str, spec: dict, value: Any) -> None:
         raise BodyError(400, f"{name} takes one value, got a list of {len(value)}")
     for item in items:
         if isinstance(item, list | dict):
-            raise BodyError(400, f"{name} must be a flat value or list of values, got a nested one")
+            what = "a string" if spec.get("data_type") == "TYPE_STRING" else "a flat value or list of values"
+            raise BodyError(400, f"{name} must be {what}, got a nested {type(item).__name__}")
         _check_value(name, spec.get("data_type", ""), item)
 
 

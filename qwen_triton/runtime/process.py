@@ -103,3 +103,36 @@ def terminate(pid: int, timeout: float = 40.0, pgid: int | None = None) -> bool:
                 break
             time.sleep(0.1)
     return killed
+
+
+STUB = "triton_python_backend_stub"
+
+
+def processes():
+    """(pid, parent pid, command line) of every process /proc shows."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        yield int(entry.name), int(stat.rsplit(")", 1)[-1].split()[1]), cmdline
+
+
+def remove_leftovers(server_pid: int | None, model_repository: Path, shm_prefix: str) -> list[int]:
+    """After tritonserver `server_pid` exited: SIGKILL the Python-backend stubs of `model_repository` that it
+    left (still its children, or orphaned) and remove its shared-memory regions (`/dev/shm/<shm_prefix>*`).
+    Returns the pids killed."""
+    killed = []
+    for pid, ppid, cmdline in processes():
+        if STUB in cmdline and str(model_repository) in cmdline and \
+                (ppid == server_pid or ppid == 1 or not pid_alive(ppid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    for path in Path("/dev/shm").glob(f"{shm_prefix}*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return killed

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from qwen_triton.wire import env_port, is_ready
 from . import launch
 from .launch import LATENCY_METRICS, TritonError
 from .paths import LOG_DIR, PROJECT_ROOT, default_python, default_triton_dir
-from .process import free_port, kill_group, tail, terminate
+from .process import free_port, kill_group, remove_leftovers, tail, terminate
 from .state import remove_state, write_state
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class TritonServer:
         self.proc: subprocess.Popen | None = None
         self._log_handle = None
         self._python_info: dict | None = None
+        # the Python backend's shared memory under a name of this server's, so stop() finds what a crash left
+        self.shm_prefix = f"qwen-triton-{uuid.uuid4().hex[:12]}-"
 
     # ----------------------------------------------------------------------------------------- info
     def _pick_ports(self) -> dict[str, int]:
@@ -126,7 +129,8 @@ class TritonServer:
         """The tritonserver command line."""
         return launch.server_command(
             self.triton_dir, self.model_repository, self.ports, log_verbose=self.log_verbose,
-            metrics=self.metrics_settings(), extra_args=self.extra_args,
+            metrics=self.metrics_settings(),
+            extra_args=[f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}", *self.extra_args],
         )
 
     def metrics_settings(self) -> list[str]:
@@ -218,7 +222,8 @@ class TritonServer:
         return self.proc is not None and self.proc.poll() is None and is_ready(self.http_url)
 
     def stop(self, timeout: float = 40.0) -> int | None:
-        """SIGTERM, wait up to timeout, SIGKILL the process group; returns the exit code."""
+        """SIGTERM, wait up to timeout, SIGKILL the process group, remove leftover stubs and shared memory;
+        returns the exit code."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -229,6 +234,7 @@ class TritonServer:
             code = self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             code = None
+        remove_leftovers(self.proc.pid, self.model_repository, self.shm_prefix)
         if self._log_handle:
             self._log_handle.close()
             self._log_handle = None

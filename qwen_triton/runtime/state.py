@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .server import TritonServer
+    from .supervisor import Supervisor
 
 
 def state_file(pid_file: Path) -> Path:
@@ -56,3 +57,21 @@ def remove_state(pid_file: Path) -> None:
     for p in (Path(pid_file), state_file(pid_file)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def write_supervisor_state(pid_file: Path, supervisor: Supervisor) -> None:
+    """The pid and state files of a supervisor (this process): its pid, the public ports, and its
+    tritonserver's pid and own (internal) HTTP port."""
+    import os
+
+    server = supervisor.server
+    pid_file = Path(pid_file)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    state = {
+        "pid": os.getpid(), "supervised": True, "tritonserver_pid": server.pid, "http_port": supervisor.http_port,
+        "triton_http_port": server.http_port, "grpc_port": server.grpc_port, "metrics_port": server.metrics_port,
+        "model_repository": str(server.model_repository), "log_file": str(server.log_file), "python": server.python,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    state_file(pid_file).write_text(json.dumps(state, indent=2) + "\n")

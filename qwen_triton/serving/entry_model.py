@@ -72,8 +72,10 @@ class EntryModel:
         self.stopping = threading.Event()
         self.period_s = int(params.get(c.PARAM_CANCEL_PERIOD_MS) or 100) / 1000.0
         self.engine_watch = EngineWatch(run_dir(args["model_repository"]), self.engine_model)
-        self.poller = threading.Thread(target=self._poll, name=f"{self.name}-poll", daemon=True)
-        self.poller.start()
+        # two threads: a cancellation check is an IPC call that can wait on Triton; the engine's death must
+        # be seen even then
+        for target, what in ((self._poll, "poll"), (self._watch_engine, "engine-watch")):
+            threading.Thread(target=target, name=f"{self.name}-{what}", daemon=True).start()
 
     def execute(self, requests) -> None:
         for request in requests:
@@ -154,19 +156,25 @@ class EntryModel:
 
     # -- cancellation ----------------------------------------------------------------------------------
 
+    def _watch_engine(self) -> None:
+        """Every period: when the engine process has died, every live request fails at once (none would
+        ever end: Triton 2.51 never answers what a dead stub was serving) and is forgotten."""
+        while not self.stopping.wait(self.period_s):
+            died = self.engine_watch.poll()
+            if not died:
+                continue
+            with self.lock:
+                lost, self.live = list(self.live.values()), {}
+            log.error("%s: %s; failing %d requests in flight", self.name, died, len(lost))
+            for live in lost:
+                live.cancelled = True  # its serving thread only drains from now on
+                self._fail(live, f"{died} while serving this request", "UNAVAILABLE")
+
     def _poll(self) -> None:
-        """Every period: a live request whose client cancelled or went away gets its engine request stopped;
-        when the engine process has died, every live request fails at once (none would ever end)."""
+        """Every period: a live request whose client cancelled or went away gets its engine request stopped."""
         while not self.stopping.wait(self.period_s):
             with self.lock:
                 watched = list(self.live.items())
-            died = self.engine_watch.poll()
-            if died:
-                log.error("%s: %s; failing %d requests in flight", self.name, died, len(watched))
-                for _, live in watched:
-                    live.cancelled = True  # its serving thread only drains from now on
-                    self._fail(live, f"{died} while serving this request", "UNAVAILABLE")
-                continue
             for rid, live in watched:
                 try:
                     if live.check_cancelled():

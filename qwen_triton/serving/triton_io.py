@@ -68,7 +68,8 @@ class BatchRows:
         if arr.ndim == 0 or arr.shape[0] not in (1, self.batch):
             raise InvalidRequestError(name, f"has batch size {arr.shape[0] if arr.ndim else 0}, "
                                             f"the request has {self.batch}")
-        return arr[row if arr.shape[0] > 1 else 0]
+        # an array, also where a row is one element: an object array's None is a value, not a missing input
+        return np.asarray(arr[row if arr.shape[0] > 1 else 0])
 
     def scalar(self, name: str, row: int, default=None, kind: type = int):
         """The one value of a scalar input as `kind` (int, float, bool: see `number`), or `default`."""

@@ -1,0 +1,163 @@
+"""The supervisor: tritonserver behind the HTTP front, kept serving.
+
+It starts tritonserver with its own HTTP on 127.0.0.1 only (the public HTTP port is the front's,
+qwen_triton/runtime/front.py), gRPC and metrics on the public address, explicit model control (so a
+model can be reloaded). A watchdog thread then checks twice a second:
+
+* the engine model's process (its pid file, qwen_triton/serving/engine_watch.py): when it died, the
+  front's readiness says so at once, the entry models fail what was waiting on it, and the engine model
+  is unloaded and loaded again; readiness comes back when it serves;
+* tritonserver itself: when it exited, its orphaned stub processes and shared memory are removed
+  (TritonServer.stop) and it is started again.
+
+stop() stops the front, lets tritonserver drain (its exit timeout), and removes anything it left behind.
+`python -m qwen_triton.runtime start` runs one in the background; `start --foreground` in the
+foreground (a container's entry point).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwen_triton.serving.engine_watch import RUN_DIR_ENV, EngineWatch
+from qwen_triton.wire import http_get, http_post
+
+from .front import FrontConfig, create_app
+from .process import free_port
+from .server import TritonServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """Where the public ports listen (`host`: 127.0.0.1 unless told otherwise) and the front's limits."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    engine_model: str = "tensorrt_llm"
+    poll_s: float = 0.5
+    max_body_bytes: int = 8 << 20
+    max_json_depth: int = 64
+    reload_timeout_s: float = 600.0
+    run_dir: Path = field(default_factory=lambda: Path("logs") / "run")
+
+
+class Supervisor:
+    """One tritonserver and its HTTP front (see the module docstring)."""
+
+    def __init__(self, server: TritonServer, config: SupervisorConfig):
+        self.server, self.config = server, config
+        self.run_dir = Path(config.run_dir).absolute() / server.shm_prefix.rstrip("-")
+        server.extra_args += [
+            "--http-address=127.0.0.1", f"--grpc-address={config.host}", f"--metrics-address={config.host}",
+            "--model-control-mode=explicit", "--load-model=*"]
+        server.extra_env[RUN_DIR_ENV] = str(self.run_dir)
+        self.watch = EngineWatch(self.run_dir, config.engine_model)
+        self.down: str | None = "starting"
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._front = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> Supervisor:
+        """Start tritonserver (waiting until it is ready), the front and the watchdog."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.server.start_and_wait()
+        self.down = None
+        self._start_front()
+        self._spawn(self._watchdog, "qwen-triton-watchdog")
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Whether the public /v2/health/ready answered 200 within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if http_get(f"http://127.0.0.1:{self.http_port}/v2/health/ready", 1.0)[0] == 200:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self, timeout: float = 40.0) -> None:
+        """Stop the front and the watchdog, let tritonserver drain and exit, remove what it left."""
+        self._stopping.set()
+        if self._front is not None:
+            self._front.should_exit = True
+        code = self.server.stop(timeout)  # it removes the stubs and shared memory it leaves
+        self._forget_pid_files()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        log.info("stopped (tritonserver exit code %s)", code)
+
+    def ready(self) -> str | None:
+        """None while serving, else why not (the front's /v2/health/ready answers 503 with it)."""
+        return self.down
+
+    @property
+    def http_port(self) -> int:
+        return self.config.http_port if self._front is None else self._front.config.port
+
+    # -- the front ---------------------------------------------------------------------------------------
+
+    def _start_front(self) -> None:
+        import uvicorn
+
+        app = create_app(FrontConfig(triton_url=self.server.http_url, max_body_bytes=self.config.max_body_bytes,
+                                     max_json_depth=self.config.max_json_depth, ready=self.ready))
+        port = self.config.http_port or free_port()
+        self._front = uvicorn.Server(uvicorn.Config(app, host=self.config.host, port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=5, lifespan="on"))
+        self._spawn(self._front.run, "qwen-triton-front")
+        deadline = time.monotonic() + 30
+        while not self._front.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # -- the watchdog ------------------------------------------------------------------------------------
+
+    def _watchdog(self) -> None:
+        while not self._stopping.wait(self.config.poll_s):
+            try:
+                if self.server.proc is not None and self.server.proc.poll() is not None:
+                    self._restart_server(f"tritonserver exited with code {self.server.proc.returncode}")
+                elif self.watch.poll():
+                    self._restart_engine(self.watch.down)
+            except Exception:  # the watchdog must outlive anything it meets
+                log.exception("watchdog step failed")
+
+    def _restart_engine(self, reason: str) -> None:
+        """Unload the engine model (its process is gone) and load it again."""
+        self.down = f"{reason}; the engine model is being restarted"
+        log.error("%s", self.down)
+        model, url = self.config.engine_model, self.server.http_url
+        http_post(f"{url}/v2/repository/models/{model}/unload", timeout=60)
+        status, body = http_post(f"{url}/v2/repository/models/{model}/load", timeout=self.config.reload_timeout_s)
+        if status != 200:
+            self.down = f"{reason}; restarting the engine model failed ({status}: {body[:200]!r})"
+            log.error("%s", self.down)
+            return
+        self.watch.poll()
+        self.down = self.watch.down
+        log.warning("the engine model is serving again" if self.down is None else self.down)
+
+    def _restart_server(self, reason: str) -> None:
+        """tritonserver died: remove its leftovers and start it again."""
+        self.down = f"{reason}; restarting it"
+        log.error("%s", self.down)
+        self.server.stop(timeout=5)  # it removes the stubs and shared memory the dead one left
+        self._forget_pid_files()
+        self.server.start_and_wait()
+        self.down = None
+        log.warning("tritonserver is serving again")
+
+    def _forget_pid_files(self) -> None:
+        for path in self.run_dir.glob("*.pid"):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,236 @@
+"""Nothing a client sends breaks the server, and a dead engine is found and restarted: the supervisor
+(qwen_triton/runtime/supervisor.py) runs tritonserver behind the HTTP front on the random-weight model.
+Each test reproduces a finding of the reliability issue against the served stack."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from served import TRITON_DIR, build_repo, grpc_stream, needs_triton, scrape
+
+from qwen_triton.runtime.process import processes
+from qwen_triton.runtime.server import TritonServer
+from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
+from qwen_triton.serving import contract as c
+
+pytestmark = [pytest.mark.server, needs_triton]
+SETS = ("max_num_seqs=8", "max_output_len=512", "max_input_len=256")
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliability")
+    repo = build_repo(root, sets=SETS)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
+                          log_file=root / "triton.log", extra_args=["--exit-timeout-secs=5"])
+    supervisor = Supervisor(server, SupervisorConfig(http_port=0, run_dir=root / "run", poll_s=0.2))
+    supervisor.start()
+    assert supervisor.wait_ready(60)
+    yield supervisor
+    supervisor.stop(timeout=20)
+
+
+def url(sv: Supervisor, path: str) -> str:
+    return f"http://127.0.0.1:{sv.http_port}{path}"
+
+
+def generate(sv: Supervisor, body, stream: bool = False, **kw) -> requests.Response:
+    path = f"/v2/models/{c.ENSEMBLE}/generate{'_stream' if stream else ''}"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(url(sv, path), data=data, timeout=60, **kw)
+
+
+def alive(sv: Supervisor) -> bool:
+    ok = generate(sv, {"text_input": "still there?", "max_tokens": 4, "temperature": 0.0})
+    return ok.status_code == 200 and c.TEXT_OUTPUT in ok.json()
+
+
+def test_deeply_nested_json_is_refused_and_the_server_lives(supervised):
+    """Finding 1: 200,000-deep JSON to /generate killed tritonserver (SIGSEGV)."""
+    body = b'{"text_input":"hi","max_tokens":8,"x":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    r = generate(supervised, body)
+    assert r.status_code == 400 and "nests deeper" in r.json()["error"]
+    assert supervised.server.proc.poll() is None and alive(supervised)
+
+
+@pytest.mark.parametrize("body, status, words", [
+    # finding 3: a missing max_tokens "succeeded" empty
+    ({"text_input": "hi"}, 400, "max_tokens is required"),
+    # finding 4: client errors answered 500
+    ({"text_input": "hi", "max_tokens": "abc"}, 400, "max_tokens must be an integer"),
+    ({"text_input": "hi", "max_tokens": 1.5}, 400, "max_tokens must be an integer"),
+    ({"text_input": "hi", "max_tokens": None}, 400, "max_tokens must be an integer"),
+    ({"text_input": 123, "max_tokens": 8}, 400, "text_input must be a string"),
+    ({"text_input": "hi", "max_tokens": 8, "random_seed": -1}, 400, "random_seed must be in"),
+    ({"text_input": "hi", "max_tokens": 8, "stop_words": [123]}, 400, "stop_words must be a string"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}, 400, "messages must be a string"),
+    (b'{"text_input": "\\ud800", "max_tokens": 8}', 400, "lone surrogate"),
+    (b"this is not json", 400, "not valid JSON"),
+    (b"[1,2,3]", 400, "must be a JSON object"),
+    (b"", 400, "not valid JSON"),
+    # finding 5: integers wrapped (4294967304 ran as 8)
+    ({"text_input": "hi", "max_tokens": 4294967304}, 400, "max_tokens must be in [-2147483648, 2147483647]"),
+    ({"text_input": "hi", "max_tokens": 8, "end_id": 2**32 + 5}, 400, "end_id must be in"),
+    ({"text_input": "hi", "max_tokens": 2**31}, 400, "max_tokens must be in"),
+    # the model's own checks, still 400
+    ({"text_input": "hi", "max_tokens": 0}, 400, "max_tokens"),
+    ({"text_input": "hi", "max_tokens": 8, "top_p": 1.5}, 400, "top_p"),
+])
+def test_client_errors_get_4xx_naming_the_field(supervised, body, status, words):
+    for stream in (False, True):
+        payload = dict(body, stream=True) if stream and isinstance(body, dict) else body
+        r = generate(supervised, payload, stream=stream)
+        assert r.status_code == status and words in r.text, (stream, r.status_code, r.text)
+
+
+def test_stream_true_on_generate_is_refused(supervised):
+    """Finding 3: `stream: true` on /generate answered 200 with an error body."""
+    r = generate(supervised, {"text_input": "hi", "max_tokens": 4, "stream": True})
+    assert r.status_code == 400 and "generate_stream" in r.json()["error"]
+
+
+def test_grpc_without_max_tokens_is_an_error(supervised):
+    """Finding 3 over gRPC: one empty response that looked like success."""
+    inputs = {c.TEXT_INPUT: np.array([[b"hi"]], dtype=object), c.STREAM: np.array([[True]])}
+    with pytest.raises(RuntimeError, match="max_tokens"):
+        grpc_stream(_grpc_target(supervised), inputs=inputs)
+
+
+def _grpc_target(sv: Supervisor):
+    return type("Target", (), {"grpc_url": sv.server.grpc_url})()
+
+
+def test_oversized_headers_get_431(supervised):
+    """Finding 7: 64 KB of headers got a TCP reset."""
+    with socket.create_connection(("127.0.0.1", supervised.http_port)) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n")
+        s.settimeout(10)
+        assert s.recv(64).startswith(b"HTTP/1.1 431")
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_abandoned_streams_leave_no_memory_behind(supervised):
+    """Finding 6: cancelled ensemble streams leaked 22-30 MB per 8 in tritonserver and kept generating."""
+    def abandon_round():
+        for _ in range(8):
+            r = requests.post(url(supervised, f"/v2/models/{c.ENSEMBLE}/generate_stream"), stream=True, timeout=60,
+                              json={"text_input": "a long story", "max_tokens": 400, "min_length": 400,
+                                    "stream": True})
+            next(line for line in r.iter_lines() if line.startswith(b"data: "))
+            r.close()
+        deadline = time.time() + 10
+        while time.time() < deadline and scrape(supervised.server, c.METRIC_REQUESTS).get("active", 1):
+            time.sleep(0.1)
+    abandon_round()  # warm-up: allocations that stay for good
+    before = _rss_kb(supervised.server.pid)
+    for _ in range(3):
+        abandon_round()
+    grown_mb = (_rss_kb(supervised.server.pid) - before) / 1024
+    kv = scrape(supervised.server, c.METRIC_KV_BLOCKS)
+    assert kv["free"] == kv["max"] and scrape(supervised.server, c.METRIC_REQUESTS)["active"] == 0
+    assert grown_mb < 16, f"tritonserver grew {grown_mb:.1f} MB over 24 abandoned streams"
+
+
+def _stream_until_error(sv: Supervisor, results: list, key: str) -> None:
+    t0 = time.monotonic()
+    r = requests.post(url(sv, f"/v2/models/{c.ENSEMBLE}/generate_stream"), stream=True, timeout=60,
+                      json={"text_input": "hi", "max_tokens": 500, "min_length": 500, "stream": True})
+    last = b""
+    for line in r.iter_lines():
+        if line.startswith(b"data: "):
+            last = line
+    results.append((key, last, time.monotonic() - t0))
+
+
+def test_a_dead_engine_fails_fast_and_is_restarted(supervised):
+    """Finding 2: after kill -9 of the engine's process, requests hung, readiness stayed 200, the engine
+    was never restarted. Now: in-flight requests fail within seconds, readiness drops, the supervisor
+    reloads the engine, and readiness and requests come back."""
+    results: list = []
+    threads = [threading.Thread(target=_stream_until_error, args=(supervised, results, f"s{i}")) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    engine = next(pid for pid, _, cmd in processes()
+                  if "triton_python_backend_stub" in cmd and f"/{c.ENGINE}/1/model.py" in cmd
+                  and str(supervised.server.model_repository) in cmd)
+    statuses: list[int] = []
+
+    def sample_readiness():
+        while time.monotonic() - killed_at < 120 and not (statuses[-1:] == [200] and 503 in statuses):
+            statuses.append(requests.get(url(supervised, "/v2/health/ready"), timeout=5).status_code)
+            time.sleep(0.1)
+
+    killed_at = time.monotonic()
+    os.kill(engine, signal.SIGKILL)
+    sampler = threading.Thread(target=sample_readiness)
+    sampler.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 3
+    for _, last, seconds in results:
+        assert b"unavailable: the engine process" in last and b"died" in last, last
+        assert seconds < 1.5 + 5, seconds  # failed within seconds of the kill
+    sampler.join(130)
+    assert 503 in statuses and statuses[-1] == 200, statuses[-5:]
+    assert alive(supervised)
+
+
+def test_stopping_leaves_no_process_or_shared_memory(tmp_path):
+    """Finding 1's aftermath: a crashed tritonserver left its engine running with its /dev/shm files,
+    and `make stop` left them. A stopped server leaves neither, even after a crash."""
+    repo = build_repo(tmp_path, sets=SETS)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
+                          log_file=tmp_path / "triton.log", extra_args=["--exit-timeout-secs=5"])
+    server.start_and_wait(180)
+    assert list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+    os.kill(server.pid, signal.SIGKILL)  # a crash: the stubs are orphaned
+    time.sleep(1)
+    assert any(str(repo) in cmd for _, _, cmd in processes() if "triton_python_backend_stub" in cmd)
+    server.stop()
+    assert not any(str(repo) in cmd for _, _, cmd in processes() if "triton_python_backend_stub" in cmd)
+    assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+
+
+def test_the_cli_runs_the_supervisor_and_stop_cleans_up(tmp_path):
+    """`make serve` / `make stop`: the background supervisor serves through the front; stop ends it all."""
+    repo = build_repo(tmp_path, sets=SETS)
+    ports = [str(_free()) for _ in range(3)]
+    pid_file = tmp_path / "server.pid"
+    cli = [sys.executable, "-m", "qwen_triton.runtime", "--pid-file", str(pid_file)]
+    start = subprocess.run([*cli, "start", "--model-repository", str(repo), "--http-port", ports[0],
+                            "--grpc-port", ports[1], "--metrics-port", ports[2], "--triton-dir", str(TRITON_DIR),
+                            "--log-file", str(tmp_path / "triton.log"), "--", "--exit-timeout-secs=5"],
+                           capture_output=True, text=True, timeout=300)
+    assert start.returncode == 0, start.stdout + start.stderr
+    state = json.loads(pid_file.with_suffix(".json").read_text())
+    assert state["supervised"] and state["http_port"] == int(ports[0])
+    r = requests.post(f"http://127.0.0.1:{ports[0]}/v2/models/{c.ENSEMBLE}/generate", timeout=60,
+                      json={"text_input": "hi", "max_tokens": 4})
+    assert r.status_code == 200
+    status = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and json.loads(status.stdout)["models"][c.ENGINE] == "READY"
+    assert subprocess.run([*cli, "stop"], capture_output=True, text=True, timeout=120).returncode == 0
+    assert not any(str(repo) in cmd for _, _, cmd in processes())
+
+
+def _free() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
