@@ -8,6 +8,9 @@
 * :mod:`loadtest.run` -- the headless concurrency sweep that writes CSV and JSON
   (``python -m loadtest.run --help``); ``tools/loadtest_report.py`` turns them into an HTML page.
 * ``loadtest/locustfile.py`` -- the same users for Locust's own CLI and web UI.
+* :mod:`loadtest.soak` -- the reliability soak (``python -m loadtest.soak --help``; docs/soak.md):
+  HTTP and gRPC, streaming and not, cancellations, a catalogue of malformed requests
+  (:mod:`loadtest.soak_catalogue`), KV-exhausting bursts, chats, faults; plain threads, no gevent.
 
 Only :mod:`loadtest.users` (and the modules that import it) patches the standard library for gevent;
 workloads, metrics and prometheus are plain Python and safe to import anywhere.

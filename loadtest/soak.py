@@ -20,7 +20,11 @@ answered as the catalogue says; afterwards the KV pool all free, nothing active,
 balanced (admitted = finished + aborted + failed), no failed request in the engine, cancellations seen
 as aborts, preemptions during bursts; every process's RSS flat across rounds (last <= first +
 max(``--rss-slack-mb``, ``--rss-slack-frac``)); no process died.  Writes a JSON report (``--out``) and
-prints a summary; exit status 0 on PASS, 1 on FAIL.
+prints a summary; exit status 0 on PASS, 1 on FAIL.  docs/soak.md has the details.
+
+The parts: :mod:`.soak_catalogue` (the malformed requests), :mod:`.soak_client` (one request over one
+protocol), :mod:`.soak_server` (processes, RSS, metrics, readiness), :mod:`.soak_faults` (kill-engine,
+sigterm), :mod:`.soak_report` (judging, checks, report, summary).
 """
 from __future__ import annotations
 
@@ -124,7 +128,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a("--server-pid", type=int, default=None, help="tritonserver's pid (default: the one on --http-port)")
     a("--out", type=Path, default=None, help="report file (default logs/soak/<time>/report.json)")
     a("-q", "--quiet", action="store_true", help="no summary on stdout")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        entries(args.dangerous, tuple(args.entry))
+    except KeyError as exc:
+        p.error(str(exc.args[0]))
+    return args
 
 
 class Planner:
@@ -206,6 +215,7 @@ class Soak:
         self.stop = threading.Event()
         self.dispatched = 0
         self.bursts = 0
+        self.limits_burst = 0  # requests per burst, once known
         self.faults = FaultInjector(self.probe, self.client, args, self.now, self.stop)
 
     def now(self) -> float:
@@ -223,7 +233,12 @@ class Soak:
         limits = self._limits(start["metrics"])
         self.monitor.t0 = self.t0
         self.monitor.start()
-        planner = Planner(self.args, self._references(limits), self.catalogue, limits)
+        try:
+            planner = Planner(self.args, self._references(limits), self.catalogue, limits)
+        except RuntimeError as exc:
+            self.monitor.stop()
+            report["checks"].append(rep.check("alone requests answered", False, str(exc)))
+            return report
         if self.args.sweep:
             self._run_jobs([Job(-1 - i, 0, "malformed", e.protocol, e.model, {}, entry=e)
                             for i, e in enumerate(self.catalogue)], None, 1)
@@ -244,6 +259,7 @@ class Soak:
         size = self.args.burst_size or max(2, min(limits["max_seqs"], limits["kv_max"] // each + 2))
         limits.update(burst_tokens=tokens, burst_blocks_each=each, burst_size=size,
                       exhausts_pool=size * each > limits["kv_max"] and size <= limits["max_seqs"])
+        self.limits_burst = size
         return limits
 
     def _references(self, limits: dict[str, Any]) -> dict[str, str]:
@@ -278,7 +294,7 @@ class Soak:
         slots = threading.Semaphore(concurrency)
         sent = 0
         with ThreadPoolExecutor(concurrency, thread_name_prefix="soak") as pool, \
-                ThreadPoolExecutor(16, thread_name_prefix="soak-burst") as burst_pool:
+                ThreadPoolExecutor(max(16, 2 * self.limits_burst), thread_name_prefix="soak-burst") as burst_pool:
             for job in jobs:
                 if planner is not None and self.args.burst_every and job.index and \
                         job.index % self.args.burst_every == 0:

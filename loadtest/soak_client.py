@@ -14,6 +14,7 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,8 @@ from qwen_triton.serving import contract as c
 
 PROTOCOLS = ("http", "sse", "grpc_stream", "grpc")
 STREAMING = ("sse", "grpc_stream")  # the protocols a request can be cancelled on
-_SPECS = {model: {s.name: s for s in specs} for model, specs in
-          ((c.ENSEMBLE, c.ENSEMBLE_INPUTS), (c.BLS, c.BLS_INPUTS))}
+_SPECS = MappingProxyType({model: MappingProxyType({s.name: s for s in specs}) for model, specs in
+                           ((c.ENSEMBLE, c.ENSEMBLE_INPUTS), (c.BLS, c.BLS_INPUTS))})
 
 
 @dataclass(frozen=True)

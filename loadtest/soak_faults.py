@@ -118,7 +118,7 @@ class FaultInjector:
         if self.args.fault == "none":
             return []
         info = self.info
-        out = [check("fault injected", "at" in info, info.get("error") or f"at {info.get('at')} s")]
+        out = [check("fault injected", "at" in info, f"at {info['at']} s" if "at" in info else info.get("error"))]
         if "at" not in info:
             return out
         at = info["at"]

@@ -197,7 +197,7 @@ def engine_summary(before: dict[str, Any] | None, idle: dict[str, Any] | None, r
     delta = {k: v - first.get(k, 0.0) for k, v in after.items()}
     parts = {k: after.get(k, 0.0) for k in ("admitted", "finished", "aborted", "failed", "rejected")}
     balanced = bool(after) and parts["admitted"] == parts["finished"] + parts["aborted"] + parts["failed"]
-    text = ("no counters (server gone)" if not after else
+    text = ("no counters (the metrics port or the engine is gone)" if not after else
             "admitted {admitted:.0f} = finished {finished:.0f} + aborted {aborted:.0f} + failed {failed:.0f}"
             " (rejected {rejected:.0f})".format(**parts) + ("" if balanced else "  UNBALANCED"))
     return {"before": first, "after": after, "delta": delta, "balanced": balanced, "balance": text}

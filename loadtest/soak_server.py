@@ -76,13 +76,24 @@ def listeners(port: int) -> list[int]:
     """The processes with a socket listening on TCP ``port`` (of those this user may look into)."""
     inodes, found = {f"socket:[{i}]" for i in _listening_inodes(port)}, []
     for pid in _pids() if inodes else ():
-        try:
-            links = {os.readlink(fd) for fd in (PROC / str(pid) / "fd").iterdir()}
-        except OSError:
-            continue
-        if links & inodes:
+        if _fd_links(pid) & inodes:
             found.append(pid)
     return found
+
+
+def _fd_links(pid: int) -> set[str]:
+    """What the open file descriptors of ``pid`` point to (those still open while read)."""
+    links = set()
+    try:
+        fds = list((PROC / str(pid) / "fd").iterdir())
+    except OSError:
+        return links
+    for fd in fds:
+        try:
+            links.add(os.readlink(fd))
+        except OSError:
+            continue
+    return links
 
 
 def is_tritonserver(pid: int) -> bool:

@@ -97,7 +97,7 @@ def _content_text(index: int, content: Any) -> str:
         raise InvalidRequestError(FIELD, f"message {index}: content must be a string or a list of text parts")
     try:
         content.encode("utf-8")
-    except UnicodeEncodeError:  # JSON may escape a lone surrogate ("\ud800"); no tokenizer takes one
+    except UnicodeEncodeError:  # JSON may escape one ("\ud800"): not text, and HF tokenizers raise TypeError
         raise InvalidRequestError(FIELD, f"message {index}: content holds a lone surrogate") from None
     return content
 

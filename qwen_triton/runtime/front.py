@@ -146,22 +146,31 @@ class Front:
         if not stream:
             try:
                 body = await response.aread()
+            except httpx.HTTPError as exc:
+                return _error(503, f"unavailable: Triton closed the connection ({type(exc).__name__})")
             finally:
                 await response.aclose()
             return Response(body, status_code=fault_status(response.status_code, body), headers=headers)
         chunks = response.aiter_bytes()
-        first = await anext(chunks, b"")  # Triton sends its status with the first event: read it first
+        try:
+            first = await anext(chunks, b"")  # Triton sends its status with the first event: read it first
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            return _error(503, f"unavailable: Triton closed the stream ({type(exc).__name__})")
         return StreamingResponse(_relay(first, chunks, response), status_code=fault_status(response.status_code, first),
                                  headers=headers)
 
 
 async def _relay(first: bytes, chunks, response: httpx.Response):
-    """Triton's SSE bytes as they come; closing early (the client left) closes Triton's stream too."""
+    """Triton's SSE bytes as they come; closing early (the client left) closes Triton's stream too. When
+    Triton goes away mid-stream (it is stopping), the stream ends with an error event."""
     try:
         if first:
             yield first
         async for chunk in chunks:
             yield chunk
+    except httpx.HTTPError as exc:
+        yield f'data: {{"error": "unavailable: the server closed the stream ({type(exc).__name__})"}}\n\n'.encode()
     finally:
         await response.aclose()
 

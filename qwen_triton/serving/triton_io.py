@@ -113,6 +113,8 @@ def reals(array: np.ndarray, name: str) -> np.ndarray:
     """Every value of an input as float64 (flattened; NaN and infinity are kept for the caller to judge).
     InvalidRequestError for values that are not real numbers."""
     flat = np.asarray(array).reshape(-1)
+    if flat.size == 0:
+        return np.zeros(0)
     if flat.dtype.kind not in "biuf":
         for v in flat.tolist():
             if not isinstance(v, (int, float, np.integer, np.floating)):
