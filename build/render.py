@@ -58,10 +58,11 @@ REQUIRED_PARAMS = {
                c.PARAM_CANCEL_PERIOD_MS),
     c.POSTPROCESSING: (c.PARAM_TOKENIZER_DIR, c.PARAM_SKIP_SPECIAL),
     **{m: (c.PARAM_TOKENIZER_DIR, c.PARAM_DEFAULT_SYSTEM, c.PARAM_MAX_INPUT_LEN, c.PARAM_MAX_OUTPUT_LEN,
-           c.PARAM_SKIP_SPECIAL, c.PARAM_ENGINE_MODEL, c.PARAM_MAX_REQUESTS, c.PARAM_CANCEL_PERIOD_MS)
+           c.PARAM_SKIP_SPECIAL, c.PARAM_ENGINE_MODEL, c.PARAM_MAX_REQUESTS, c.PARAM_CANCEL_PERIOD_MS,
+           c.PARAM_ENGINE_ACKS)
        for m in ENTRY_MODELS},
 }
-BOOL_PARAMS = (c.PARAM_EXCLUDE_INPUT, c.PARAM_SKIP_SPECIAL)
+BOOL_PARAMS = (c.PARAM_EXCLUDE_INPUT, c.PARAM_SKIP_SPECIAL, c.PARAM_ENGINE_ACKS)
 INT_PARAMS = (c.PARAM_MAX_INPUT_LEN, c.PARAM_MAX_OUTPUT_LEN, c.PARAM_CANCEL_PERIOD_MS, c.PARAM_MAX_REQUESTS)
 
 
@@ -188,6 +189,7 @@ def model_configs(settings: Settings, paths: BuildPaths) -> dict[str, mc.ModelCo
                     c.PARAM_ENGINE_MODEL: c.ENGINE, c.PARAM_MAX_REQUESTS: str(s.max_concurrent_requests),
                     c.PARAM_CANCEL_PERIOD_MS: str(s.cancellation_check_period_ms)}
     trt = settings.engine == "tensorrtllm"
+    entry_params[c.PARAM_ENGINE_ACKS] = _bool(not trt)
 
     def specs(model: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         ins, outs = c.MODEL_SPECS[model]
@@ -211,6 +213,7 @@ def model_configs(settings: Settings, paths: BuildPaths) -> dict[str, mc.ModelCo
     if trt:
         assert paths.engine_dir is not None
         ins, outs = specs(c.ENGINE)
+        outs = tuple(spec for spec in outs if spec.name != c.OUT_ERROR)  # ours only
         configs[c.ENGINE] = _model(
             c.ENGINE, backend=trtllm.BACKEND, settings=settings, inputs=ins, outputs=outs,
             count=s.engine_instance_count, params=trtllm.engine_parameters(settings, paths.engine_dir.as_posix()),

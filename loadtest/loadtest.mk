@@ -28,7 +28,7 @@ LOADTEST_WHEEL_PYTHON ?= 3.12
 
 LOADTEST_LEN_ARGS = $(if $(filter fixed,$(LOADTEST_WORKLOAD)),--input-len $(LOADTEST_INPUT_LEN) --output-len $(LOADTEST_OUTPUT_LEN))
 
-# What the GPU machine's image lacks for the load-test client (it has numpy, grpcio and torch; its protobuf 7
+# What the GPU machine's image lacks for the load-test client and the supervisor's front (it has numpy, grpcio and torch; its protobuf 7
 # is too new for tritonclient's generated code, hence protobuf 6).  Versions as tested on the CPU machine.
 LOADTEST_WHEEL_PKGS = locust==2.47.0 gevent==26.9.0 greenlet==3.3.2 zope.event==6.2 zope.interface==8.7 \
 	geventhttpclient==2.6.1 brotli==1.2.1 certifi tritonclient==2.73.0 python-rapidjson==1.25 ml-dtypes==0.5.4 \
@@ -36,7 +36,8 @@ LOADTEST_WHEEL_PKGS = locust==2.47.0 gevent==26.9.0 greenlet==3.3.2 zope.event==
 	flask-cors==6.0.5 flask-login==0.6.3 configargparse==1.9.0 msgpack==1.2.4 psutil==7.2.2 pyzmq==27.3.0 \
 	requests==2.34.2 charset-normalizer==3.5.2 idna==3.20 python-engineio==4.15.1 python-socketio==5.18.1 \
 	simple-websocket==1.1.0 wsproto==1.3.2 h11==0.16.0 bidict==0.24.1 websocket-client==1.9.2 pytest==9.2.0 \
-	iniconfig==2.3.1 pluggy==1.7.0 pygments==2.21.0 jinja2==3.1.6 markupsafe==3.0.4 packaging==26.3
+	iniconfig==2.3.1 pluggy==1.7.0 pygments==2.21.0 jinja2==3.1.6 markupsafe==3.0.4 packaging==26.3 \
+	starlette==1.10.0 uvicorn==0.54.0 httpx==0.28.1 httpcore==1.0.9 anyio==4.16.0 typing_extensions==4.16.0
 
 .PHONY: loadtest loadtest-report loadtest-wheels
 

@@ -210,8 +210,9 @@ def _gaps_outside(gaps: list[dict[str, float]], window: tuple[float, float] | No
 
 
 def run_checks(report: dict[str, Any], records: list[Record], dispatched: int,
-               window: tuple[float, float] | None, fault: str) -> list[dict[str, Any]]:
-    """The checks on the requests, readiness, the engine's state afterwards and memory."""
+               window: tuple[float, float] | None, fault: str, greedy_exact: bool = True) -> list[dict[str, Any]]:
+    """The checks on the requests, readiness, the engine's state afterwards and memory.  Without
+    ``greedy_exact`` greedy replies that differ are reported in the check's detail, not failed."""
     fails = report["failures"]
     greedy = {k: v["count"] for k, v in fails.items() if k.startswith("greedy")}
     malformed = {k: v["count"] for k, v in fails.items() if k.startswith("malformed")}
@@ -220,7 +221,10 @@ def run_checks(report: dict[str, Any], records: list[Record], dispatched: int,
     bad_entries = [m["name"] for m in report["malformed"] if m["ok"] is False]
     out = [check("no request lost", dispatched == len(records), f"{dispatched} sent, {len(records)} ended"),
            check("well-formed requests complete (no hang, error or client exception)", not other, other or "all"),
-           check("greedy replies equal the alone replies", not greedy, greedy or f"{checked} compared"),
+           check("greedy replies equal the alone replies" if greedy_exact else
+                 "greedy replies compared with the alone replies (drift reported, not failed)",
+                 not greedy or not greedy_exact,
+                 {"differ": greedy, "compared": checked} if greedy else f"{checked} compared"),
            check("malformed requests get a 4xx naming the problem", not malformed,
                  {"failures": malformed, "entries": bad_entries} if malformed else "all"),
            check("ready throughout", not _gaps_outside(report["readiness"]["gaps"], window),

@@ -7,7 +7,8 @@
 3. chat messages: any JSON either renders or raises InvalidRequestError("messages"); user text never
    becomes a control token;
 4. the preprocessing model's tensors and 5. the engine model's tensors: any arrays give well-formed
-   outputs or InvalidRequestError, never another exception.
+   outputs (the values asked for, never wrapped into INT32 / FP32) or InvalidRequestError, never another
+   exception; besides the random search, a sweep sets each input in turn to every odd value.
 
 Every test is deterministic (derandomize=True). Offline: the Qwen vocabulary comes from dashscope, the
 HF tokenizers are built here; the real SmolLM2 / Qwen2.5 tokenizers under artifacts/gguf/ are used
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -315,6 +316,8 @@ def test_streamed_engine_responses_decode_on_their_own(stream_vocab, data):
     assert [r.final for r in sent] == [False] * (len(sent) - 1) + [True]
     groups = [r.arrays[c.OUT_OUTPUT_IDS][0, 0].tolist() for r in sent if r.arrays is not None]
     assert [t for g in groups for t in g] == ids  # never the prompt, every token once, in order
+    for k in range(1, len(groups)):  # each response but the last ends on a whole character
+        assert utf8_incomplete_tail(b"".join(v.bytes_of(t) for g in groups[:k] for t in g)) == 0
     post = Postprocessor(v.tok)
     assert "".join(post.decode(g) for g in groups) == post.decode(ids)
 
@@ -323,8 +326,12 @@ def test_streamed_engine_responses_decode_on_their_own(stream_vocab, data):
 # 3. chat messages
 # ----------------------------------------------------------------------------------------------
 def _content_strategy():
-    return st.one_of(CONTENT, CONTENT, CONTENT.map(lambda t: [{"type": "text", "text": t}]),
-                     CONTENT.map(lambda t: t + "\udc80"))  # a lone surrogate (json.dumps escapes it)
+    """Message content: mostly text, as text parts too, now and then with a lone surrogate (which
+    json.dumps escapes, and which is no text: the HF tokenizers raise TypeError on one)."""
+    surrogate = CONTENT.map(lambda t: t + "\udc80")
+    return st.sampled_from(["text"] * 6 + ["parts"] * 2 + ["surrogate"]).flatmap(
+        lambda kind: {"text": CONTENT, "parts": CONTENT.map(lambda t: [{"type": "text", "text": t}]),
+                      "surrogate": surrogate}[kind])
 
 
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]),
@@ -532,15 +539,18 @@ def _odd_filled(shape: tuple[int, ...], dtype, text: bool, uniform: bool) -> st.
     return st.lists(_odd_values(dtype, text), min_size=n, max_size=n).map(build)
 
 
+def _dtypes_holding(value) -> list:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return [object]
+    if isinstance(value, float):
+        return [object, np.float64, np.float32]
+    return [object, np.float64] + [d for d in (np.int32, np.int64, np.uint64)
+                                   if np.iinfo(d).min <= value <= np.iinfo(d).max]
+
+
 def _odd_uniform(value, shape: tuple[int, ...], pick: int) -> np.ndarray:
     """`shape` filled with `value`, in one of the dtypes that can hold it (object always can)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        dtypes = [object]
-    elif isinstance(value, float):
-        dtypes = [object, np.float64, np.float32]
-    else:
-        dtypes = [object, np.float64] + [d for d in (np.int64, np.uint64)
-                                         if np.iinfo(d).min <= value <= np.iinfo(d).max]
+    dtypes = _dtypes_holding(value)
     arr = np.empty(shape, dtype=object)
     arr.fill(value)
     dtype = dtypes[pick % len(dtypes)]
@@ -584,8 +594,8 @@ def _apply_flaws(draw, flaws: set[str], inputs: dict, batch: int, specs) -> None
         if arr.ndim:
             inputs[name] = np.concatenate([arr, arr[:1]]) if len(arr) else np.zeros((batch + 1,) + arr.shape[1:])
     if "any array" in flaws:
-        for name in draw(st.lists(st.sampled_from([s.name for s in specs]), min_size=1, max_size=2, unique=True)):
-            inputs[name] = draw(NASTY_ARRAY)
+        for spec in draw(st.lists(st.sampled_from(specs), min_size=1, max_size=2, unique=True)):
+            inputs[spec.name] = draw(odd_array(batch, text=spec.dtype == "BYTES"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -606,12 +616,11 @@ PRE_PARSED = [c.PRE_QUERY, c.PRE_MESSAGES, c.PRE_REQUEST_OUTPUT_LEN, c.PRE_STOP_
 
 
 @st.composite
-def preprocess_inputs(draw, odd_input: str | None = None) -> dict[str, np.ndarray]:
-    """Preprocessing inputs of B rows (an input of one row applies to every row), with `_flaws`; or a
-    request without flaws but for input `odd_input` set to an `odd_array`."""
-    flaws = set() if odd_input else _flaws(draw)
+def preprocess_inputs(draw) -> dict[str, np.ndarray]:
+    """Preprocessing inputs of B rows (an input of one row applies to every row), with `_flaws`."""
+    flaws = _flaws(draw)
     odd = "values" in flaws
-    batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2] if odd_input else [1, 1, 2, 3]))
+    batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2, 3]))
 
     def rows(values, width=1, dtype=object) -> np.ndarray:
         return _rows(draw, draw(st.sampled_from([batch, batch, 1])) if batch else 0, values, width, dtype)
@@ -650,9 +659,6 @@ def preprocess_inputs(draw, odd_input: str | None = None) -> dict[str, np.ndarra
     if "missing" in flaws:
         del inputs[draw(st.sampled_from(sorted(inputs)))]
     _apply_flaws(draw, flaws, inputs, batch, c.PREPROCESSING_INPUTS)
-    if odd_input:
-        spec = next(s for s in c.PREPROCESSING_INPUTS if s.name == odd_input)
-        inputs[odd_input] = draw(odd_array(batch, text=spec.dtype == "BYTES"))
     return inputs
 
 
@@ -706,14 +712,19 @@ def _row_value(inputs: dict, name: str, i: int) -> int:
     return int(np.asarray(arr[i if arr.shape[0] > 1 else 0]).reshape(-1)[0])
 
 
+def _outcome(label: str) -> None:
+    if currently_in_test_context():  # the sweeps below run these checks outside hypothesis
+        event(label[:60])
+
+
 def _preprocess_or_refuse(tok: Tokenizer, inputs: dict) -> None:
     try:
         out = preprocess_arrays(Preprocessor(tok), inputs)
     except InvalidRequestError as err:
         assert isinstance(err.field, str) and err.field
-        event(f"rejected: {err}"[:60])
+        _outcome(f"rejected: {err}")
         return
-    event("accepted")
+    _outcome("accepted")
     check_preprocess_outputs(tok, inputs, out)
 
 
@@ -724,13 +735,35 @@ def test_preprocessing_gives_the_contract_or_an_invalid_request(name, inputs):
     _preprocess_or_refuse(tokenizer(name), inputs)
 
 
+PRE_GOOD = {  # a request that sets every input preprocessing reads
+    c.PRE_QUERY: np.array([[b"hi"]], dtype=object), c.PRE_REQUEST_OUTPUT_LEN: np.array([[4]], np.int32),
+    c.PRE_STOP_WORDS_DICT: np.array([[b"stop", b"<|im_end|>"]], dtype=object),
+    c.PRE_BAD_WORDS_DICT: np.array([[b"bad"]], dtype=object),
+    c.PRE_EMBEDDING_BIAS_WORDS: np.array([[b"a", b"b"]], dtype=object),
+    c.PRE_EMBEDDING_BIAS_WEIGHTS: np.array([[1.5, -1.0]], np.float32),
+    c.PRE_END_ID: np.array([[7]], np.int32), c.PRE_PAD_ID: np.array([[0]], np.int32)}
+
+
+def odd_arrays(text: bool, shapes: tuple[tuple[int, ...], ...] = ()):
+    """Every odd value, in every dtype that holds it, as [1] and [1, 1] arrays and of `shapes`."""
+    for value in ODD_TEXT_ITEMS if text else ODD_NUMBER_ITEMS:
+        for shape in [(1,), (1, 1), *shapes]:
+            for pick in range(len(_dtypes_holding(value))):
+                yield _odd_uniform(value, shape, pick)
+
+
 @pytest.mark.parametrize("odd_input", PRE_PARSED)
-@props(40)
-@given(data=st.data())
-def test_preprocessing_any_value_of_one_input(odd_input, data):
-    """A good request but for one input, which holds any array (any dtype, shape, value)."""
-    name = data.draw(st.sampled_from(["qwen", "bytelevel"]), label="tokenizer")
-    _preprocess_or_refuse(tokenizer(name), data.draw(preprocess_inputs(odd_input), label="inputs"))
+def test_preprocessing_every_odd_value_of_one_input(odd_input):
+    """A sweep, not a search: a good request but for one input, set to each odd value in each dtype
+    that holds it; the same contract as the property above."""
+    spec = next(s for s in c.PREPROCESSING_INPUTS if s.name == odd_input)
+    good = {k: v for k, v in PRE_GOOD.items() if not (odd_input == c.PRE_MESSAGES and k == c.PRE_QUERY)}
+    for arr in odd_arrays(text=spec.dtype == "BYTES"):
+        for name in ("qwen", "bytelevel"):
+            try:
+                _preprocess_or_refuse(tokenizer(name), {**good, odd_input: arr})
+            except AssertionError as exc:
+                raise AssertionError(f"{odd_input} = {arr!r} ({name})") from exc
 
 
 @props(60)
@@ -890,12 +923,11 @@ ENGINE_PARSED = [c.IN_INPUT_IDS, c.IN_INPUT_LENGTHS, c.IN_REQUEST_OUTPUT_LEN, c.
 
 
 @st.composite
-def engine_inputs(draw, odd_input: str | None = None) -> dict[str, np.ndarray]:
-    """Engine-model inputs of B rows (scalars as [B] or [B, 1]; one row applies to all), with `_flaws`;
-    or a request without flaws but for input `odd_input` set to an `odd_array`."""
-    flaws = set() if odd_input else _flaws(draw)
+def engine_inputs(draw) -> dict[str, np.ndarray]:
+    """Engine-model inputs of B rows (scalars as [B] or [B, 1]; one row applies to all), with `_flaws`."""
+    flaws = _flaws(draw)
     odd = "values" in flaws
-    batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2] if odd_input else [1, 1, 2, 3]))
+    batch = 0 if "no rows" in flaws else draw(st.sampled_from([1, 1, 2, 3]))
 
     def column(values, dtype) -> np.ndarray:
         return _column(draw, draw(st.sampled_from([batch, batch, 1])) if batch else 0, values, dtype)
@@ -930,8 +962,6 @@ def engine_inputs(draw, odd_input: str | None = None) -> dict[str, np.ndarray]:
     if "missing" in flaws:
         del inputs[draw(st.sampled_from(sorted(inputs)))]
     _apply_flaws(draw, flaws, inputs, batch, c.ENGINE_INPUTS)
-    if odd_input:
-        inputs[odd_input] = draw(odd_array(batch))
     return inputs
 
 
@@ -941,12 +971,35 @@ def test_engine_request_parsing_gives_requests_or_an_invalid_request(inputs, dec
     _parse_or_refuse(inputs, decoupled)
 
 
+ENGINE_GOOD = {  # a request that sets every input the engine model reads
+    c.IN_INPUT_IDS: np.array([[1, 2, 3]], np.int32), c.IN_INPUT_LENGTHS: np.array([3], np.int32),
+    c.IN_REQUEST_OUTPUT_LEN: np.array([8], np.int32),
+    c.IN_STOP_WORDS: np.array([[[5, 6], [1, 2]]], np.int32), c.IN_BAD_WORDS: np.array([[[9], [1]]], np.int32),
+    c.IN_EMBEDDING_BIAS: np.array([[0, 0, 1.5]], np.float32),
+    c.IN_DECODER_INPUT_IDS: np.zeros((1, 0), np.int32), c.IN_DECODER_INPUT_LENGTHS: np.array([0], np.int32),
+    c.IN_TEMPERATURE: np.array([0.5], np.float32), c.IN_TOP_K: np.array([5], np.int32),
+    c.IN_TOP_P: np.array([0.9], np.float32), c.IN_REPETITION_PENALTY: np.array([1.1], np.float32),
+    c.IN_MIN_LENGTH: np.array([1], np.int32), c.IN_PRESENCE_PENALTY: np.array([0.1], np.float32),
+    c.IN_FREQUENCY_PENALTY: np.array([0.1], np.float32), c.IN_RANDOM_SEED: np.array([7], np.uint64),
+    c.IN_END_ID: np.array([2], np.int32), c.IN_PAD_ID: np.array([0], np.int32),
+    c.IN_BEAM_WIDTH: np.array([1], np.int32), c.IN_NUM_RETURN_SEQUENCES: np.array([1], np.int32),
+    c.IN_LEN_PENALTY: np.array([1.0], np.float32),
+    **{name: np.array([False]) for name in (c.IN_EARLY_STOPPING, c.IN_RETURN_LOG_PROBS, c.IN_RETURN_CONTEXT_LOGITS,
+                                            c.IN_RETURN_GENERATION_LOGITS, c.IN_RETURN_PERF_METRICS,
+                                            c.IN_EXCLUDE_INPUT, c.IN_STREAMING, c.IN_STOP)}}
+
+
 @pytest.mark.parametrize("odd_input", ENGINE_PARSED)
-@props(20)
-@given(data=st.data())
-def test_engine_request_parsing_any_value_of_one_input(odd_input, data):
-    """A good request but for one input, which holds any array (any dtype, shape, value)."""
-    _parse_or_refuse(data.draw(engine_inputs(odd_input), label="inputs"), decoupled=True)
+def test_engine_request_parsing_every_odd_value_of_one_input(odd_input):
+    """A sweep, not a search: a good request but for one input, set to each odd value in each dtype
+    that holds it; the same contract as the property above."""
+    shapes = {c.IN_STOP_WORDS: (1, 2, 1), c.IN_BAD_WORDS: (1, 2, 1), c.IN_INPUT_IDS: (1, 3),  # as ENGINE_GOOD's
+              c.IN_EMBEDDING_BIAS: (1, 3)}
+    for arr in odd_arrays(text=False, shapes=(shapes[odd_input],) if odd_input in shapes else ()):
+        try:
+            _parse_or_refuse({**ENGINE_GOOD, odd_input: arr}, decoupled=True)
+        except AssertionError as exc:
+            raise AssertionError(f"{odd_input} = {arr!r}") from exc
 
 
 def _parse_or_refuse(inputs: dict, decoupled: bool) -> None:
@@ -956,9 +1009,9 @@ def _parse_or_refuse(inputs: dict, decoupled: bool) -> None:
         requests = parse_engine_request(inputs, opts)
     except InvalidRequestError as err:
         assert isinstance(err.field, str) and err.field
-        event(f"rejected: {err}"[:60])
+        _outcome(f"rejected: {err}")
         return
-    event("accepted")
+    _outcome("accepted")
     batch = 1 if np.ndim(inputs[c.IN_INPUT_IDS]) == 1 else np.shape(inputs[c.IN_INPUT_IDS])[0]
     assert len(requests) == batch >= 1
     ids = np.asarray(inputs[c.IN_INPUT_IDS])

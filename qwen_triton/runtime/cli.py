@@ -33,7 +33,7 @@ from qwen_triton.wire import env_port, http_get, http_post, is_ready
 
 from .launch import LATENCY_METRICS, TritonError
 from .paths import LOG_DIR, MODEL_REPO, default_python, default_triton_dir
-from .process import is_tritonserver, tail, terminate
+from .process import is_tritonserver, remove_leftovers, tail, terminate
 from .server import TritonServer
 from .state import read_state, remove_state, write_supervisor_state
 
@@ -165,6 +165,7 @@ def cmd_supervise(args) -> int:
     from .supervisor import Supervisor, SupervisorConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request forwarded by the front
     supervisor = Supervisor(_server(args, supervised=True),
                             SupervisorConfig(host=args.host, http_port=args.http_port,
                                              run_dir=args.log_file.parent / "run"))
@@ -222,9 +223,22 @@ def cmd_stop(args) -> int:
         return 0
     print(f"[triton-server] stopping pid {pid} ...", flush=True)
     killed = terminate(pid, args.timeout)
+    if state.get("supervised"):  # a supervisor killed before it stopped its tritonserver (own session)
+        _stop_orphans(state)
     remove_state(args.pid_file)
     print(f"[triton-server] stopped{' (SIGKILL)' if killed else ''}")
     return 0
+
+
+def _stop_orphans(state: dict) -> None:
+    """What a killed supervisor left: its tritonserver (its own process group), that one's stubs and
+    shared memory."""
+    server_pid = state.get("tritonserver_pid")
+    if server_pid and is_tritonserver(server_pid):
+        print(f"[triton-server] stopping the supervisor's tritonserver (pid {server_pid}) ...", flush=True)
+        terminate(server_pid, 10)
+    if state.get("model_repository") and state.get("shm_prefix"):
+        remove_leftovers(server_pid, Path(state["model_repository"]), state["shm_prefix"])
 
 
 def cmd_status(args) -> int:

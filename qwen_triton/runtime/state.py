@@ -72,6 +72,6 @@ def write_supervisor_state(pid_file: Path, supervisor: Supervisor) -> None:
         "pid": os.getpid(), "supervised": True, "tritonserver_pid": server.pid, "http_port": supervisor.http_port,
         "triton_http_port": server.http_port, "grpc_port": server.grpc_port, "metrics_port": server.metrics_port,
         "model_repository": str(server.model_repository), "log_file": str(server.log_file), "python": server.python,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "shm_prefix": server.shm_prefix, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     state_file(pid_file).write_text(json.dumps(state, indent=2) + "\n")

@@ -4,13 +4,14 @@ It starts tritonserver with its own HTTP on 127.0.0.1 only (the public HTTP port
 qwen_triton/runtime/front.py), gRPC and metrics on the public address, explicit model control (so a
 model can be reloaded). A watchdog thread then checks twice a second:
 
-* the engine model's process (its pid file, qwen_triton/serving/engine_watch.py): when it died, the
-  front's readiness says so at once, the entry models fail what was waiting on it, and the engine model
-  is unloaded and loaded again; readiness comes back when it serves;
+* each model's process (its pid files, qwen_triton/serving/engine_watch.py): when one died, the front's
+  readiness says so at once (for the engine, the entry models also fail what was waiting on it), and
+  that model is unloaded and loaded again; readiness comes back when it serves;
 * tritonserver itself: when it exited, its orphaned stub processes and shared memory are removed
   (TritonServer.stop) and it is started again.
 
-stop() stops the front, lets tritonserver drain (its exit timeout), and removes anything it left behind.
+stop() stops the front, lets tritonserver drain (its exit timeout), and removes anything it left behind;
+a restart under way finishes first, and none starts after it.
 `python -m qwen_triton.runtime start` runs one in the background; `start --foreground` in the
 foreground (a container's entry point).
 """
@@ -56,9 +57,11 @@ class Supervisor:
             "--http-address=127.0.0.1", f"--grpc-address={config.host}", f"--metrics-address={config.host}",
             "--model-control-mode=explicit", "--load-model=*"]
         server.extra_env[RUN_DIR_ENV] = str(self.run_dir)
-        self.watch = EngineWatch(self.run_dir, config.engine_model)
+        self.watches = [EngineWatch(self.run_dir, model, what="the engine process" if model == config.engine_model
+                                    else f"the {model} model's process") for model in _models(server.model_repository)]
         self.down: str | None = "starting"
         self._stopping = threading.Event()
+        self._acting = threading.Lock()  # held by a watchdog step and by stop(): no restart after a stop
         self._threads: list[threading.Thread] = []
         self._front = None
 
@@ -87,8 +90,9 @@ class Supervisor:
         self._stopping.set()
         if self._front is not None:
             self._front.should_exit = True
-        code = self.server.stop(timeout)  # it removes the stubs and shared memory it leaves
-        self._forget_pid_files()
+        with self._acting:
+            code = self.server.stop(timeout)  # it removes the stubs and shared memory it leaves
+            self._forget_pid_files()
         for thread in self._threads:
             thread.join(timeout=10)
         log.info("stopped (tritonserver exit code %s)", code)
@@ -125,28 +129,36 @@ class Supervisor:
 
     def _watchdog(self) -> None:
         while not self._stopping.wait(self.config.poll_s):
-            try:
-                if self.server.proc is not None and self.server.proc.poll() is not None:
-                    self._restart_server(f"tritonserver exited with code {self.server.proc.returncode}")
-                elif self.watch.poll():
-                    self._restart_engine(self.watch.down)
-            except Exception:  # the watchdog must outlive anything it meets
-                log.exception("watchdog step failed")
+            with self._acting:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._check()
+                except Exception:  # the watchdog must outlive anything it meets
+                    log.exception("watchdog step failed")
 
-    def _restart_engine(self, reason: str) -> None:
-        """Unload the engine model (its process is gone) and load it again."""
-        self.down = f"{reason}; the engine model is being restarted"
+    def _check(self) -> None:
+        if self.server.proc is not None and self.server.proc.poll() is not None:
+            self._restart_server(f"tritonserver exited with code {self.server.proc.returncode}")
+            return
+        for watch in self.watches:
+            if watch.poll():
+                self._restart_model(watch)
+
+    def _restart_model(self, watch: EngineWatch) -> None:
+        """Unload a model whose process is gone and load it again."""
+        reason, model, url = watch.down, watch.model, self.server.http_url
+        self.down = f"{reason}; the {model} model is being restarted"
         log.error("%s", self.down)
-        model, url = self.config.engine_model, self.server.http_url
         http_post(f"{url}/v2/repository/models/{model}/unload", timeout=60)
         status, body = http_post(f"{url}/v2/repository/models/{model}/load", timeout=self.config.reload_timeout_s)
         if status != 200:
-            self.down = f"{reason}; restarting the engine model failed ({status}: {body[:200]!r})"
+            self.down = f"{reason}; restarting the {model} model failed ({status}: {body[:200]!r})"
             log.error("%s", self.down)
             return
-        self.watch.poll()
-        self.down = self.watch.down
-        log.warning("the engine model is serving again" if self.down is None else self.down)
+        watch.poll()
+        self.down = watch.down
+        log.warning(f"the {model} model is serving again" if self.down is None else self.down)
 
     def _restart_server(self, reason: str) -> None:
         """tritonserver died: remove its leftovers and start it again."""
@@ -161,3 +173,8 @@ class Supervisor:
     def _forget_pid_files(self) -> None:
         for path in self.run_dir.glob("*.pid"):
             path.unlink(missing_ok=True)
+
+
+def _models(repository: Path) -> list[str]:
+    """The models of a repository (the folders holding a config.pbtxt)."""
+    return sorted(p.parent.name for p in Path(repository).glob("*/config.pbtxt"))

@@ -238,6 +238,10 @@ IN_STOP = "stop"
 IN_STREAMING = "streaming"
 OUT_OUTPUT_IDS = "output_ids"
 OUT_SEQUENCE_LENGTH = "sequence_length"
+# ours: how the engine fails a request after its acknowledgement (REQUEST_PARAM_ACK), as JSON
+# {"code": Triton error code name, "message": ...}: Triton 2.51's Python backend drops an error response
+# that follows the first response of a BLS stream (it saves no request id with it), and the caller waits
+OUT_ERROR = "qwen_triton_error"
 
 ENGINE_INPUTS = (
     _t(IN_INPUT_IDS, "INT32", -1, ragged=True),  # optional upstream (encoder models); required by ours
@@ -288,7 +292,7 @@ ENGINE_INPUTS = (
     _t("lookahead_verification_set_size", "INT32", ragged=True, no=_LOOKAHEAD),
 )
 ENGINE_OUTPUTS = (_t(OUT_OUTPUT_IDS, "INT32", -1, -1), _t(OUT_SEQUENCE_LENGTH, "INT32", -1)) \
-    + _COMMON_OUTPUTS + PERF_OUTPUTS
+    + _COMMON_OUTPUTS + PERF_OUTPUTS + (_t(OUT_ERROR, "BYTES", 1),)
 
 # -- postprocessing ------------------------------------------------------------------------------------
 POST_TOKENS_BATCH = "TOKENS_BATCH"
@@ -357,6 +361,9 @@ DIFFERENCES = {
     (ENSEMBLE, "output", "kv_cache_alloc_total_blocks (listed twice)"): "upstream's ensemble lists this output "
         "twice; once here",
     (ENGINE, "output", "context_phase_params"): "left out: disaggregated serving is not supported",
+    (ENGINE, "output", OUT_ERROR): "ours, sent only to our entry models (requests with the qwen_triton_ack "
+        "parameter): how a request fails after its first response, which Triton 2.51's Python backend would "
+        "lose as an error response inside a BLS stream",
     **{(PREPROCESSING, "output", name): "left out: the models served are text-only (multimodal output)"
        for name in ("PIXEL_VALUES", "ASPECT_RATIO_IDS", "ASPECT_RATIO_MASK", "CROSS_ATTENTION_MASK", "IMAGE_SIZES",
                     "IS_VIDEO_INPUT", "ATTENTION_MASK", "IMAGE_GRID_THW", "VISION_INPUT_ID")},
@@ -383,3 +390,11 @@ PARAM_MAX_OUTPUT_LEN = "max_output_len"  # preprocessing: most tokens one reques
 PARAM_SKIP_SPECIAL = "skip_special_tokens"  # postprocessing ("true")
 PARAM_ENGINE_MODEL = "tensorrt_llm_model_name"  # entry points: the engine model they call (upstream name)
 PARAM_MAX_REQUESTS = "max_concurrent_requests"  # entry points: requests served at once (more wait their turn)
+PARAM_ENGINE_ACKS = "engine_acknowledges"  # entry points: "true" when the engine is ours (REQUEST_PARAM_ACK, OUT_ERROR)
+
+# -- request parameters (Triton's per-request `parameters`) between our own models. --
+# entry points -> a decoupled engine: send an empty response at once.  A BLS call holds one of the
+# Python backend's parent threads (32 per model instance, shared with response sends) until the
+# called model's first response; a request queued in the engine would hold it for its whole wait, and
+# 32 such requests stall every stream the entry model is sending.
+REQUEST_PARAM_ACK = "qwen_triton_ack"

@@ -13,6 +13,7 @@ runtime_top_p and repetition_penalty gets the checkpoint's own generation_config
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -183,3 +184,13 @@ def is_stop_request(inputs: Arrays) -> bool:
     """A request with `stop` true ends the live requests sent under its request id."""
     value = inputs.get(c.IN_STOP)
     return value is not None and np.size(value) > 0 and bool(np.asarray(value).reshape(-1)[0])
+
+
+def wants_ack(parameters: str) -> bool:
+    """Whether a request's parameters (Triton's JSON string) ask for the empty first response
+    (contract.REQUEST_PARAM_ACK; anything but a JSON object asks for nothing)."""
+    try:
+        params = json.loads(parameters or "{}")
+    except ValueError:
+        return False
+    return isinstance(params, dict) and params.get(c.REQUEST_PARAM_ACK) is True

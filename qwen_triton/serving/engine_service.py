@@ -87,9 +87,10 @@ class EngineService:
         return requests
 
     def submit(self, key: str, inputs: Arrays, send: Send, client_id: str = "",
-               is_cancelled: Callable[[], bool] | None = None) -> None:
+               is_cancelled: Callable[[], bool] | None = None, accepted: Callable[[], None] | None = None) -> None:
         """Queue a request (every batch row); `send` receives its responses from the sender thread.
-        Bad input raises InvalidRequestError here and queues nothing."""
+        Bad input raises InvalidRequestError here and queues nothing; `accepted` runs once the input is
+        known good, before any response can be sent."""
         try:
             requests = self.parse(inputs)
         except InvalidRequestError:
@@ -102,6 +103,8 @@ class EngineService:
             if key in self._calls:
                 raise InvalidRequestError("request_id", f"{key!r} is already in flight")
             self._calls[key] = live
+        if accepted is not None:
+            accepted()
         try:
             for i, r in enumerate(requests):
                 engine_id = f"{key}#{i}"

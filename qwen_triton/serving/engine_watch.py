@@ -1,19 +1,24 @@
-"""Engine processes, watched through pid files: how the entry models learn that the engine died.
+"""Model processes, watched through pid files: how the entry models learn that the engine died, and
+the supervisor that any model's process did.
 
 Triton 2.51's Python backend does not restart a stub process that dies, and a request that the dead
 engine was serving never gets an answer: an entry model waiting on it would wait forever. So each
-engine model instance writes its process id to `<run dir>/<model>-<instance>.pid` when it starts (and
-removes it when it is unloaded cleanly); the entry models poll those files, and a file whose process is
-gone means the engine died: they fail what was waiting on it with UNAVAILABLE and refuse new requests
-until a live engine process writes its file again (the supervisor reloads the model). The run directory
-is QWEN_TRITON_RUN_DIR, else one per model repository under the system's temp folder.
+instance of each of our models writes its process id to `<run dir>/<model>-<instance>.pid` when it
+starts (announce_process; removed when it is unloaded cleanly); a file whose process is gone means that
+model died. The entry models poll the engine's files: they fail what was waiting on it with UNAVAILABLE
+and refuse new requests until a live engine process writes its file again. The supervisor polls every
+model's files and reloads a model whose process died. The run directory is QWEN_TRITON_RUN_DIR, else one
+per model repository under the system's temp folder.
 """
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from ..runtime.process import pid_alive
 
 RUN_DIR_ENV = "QWEN_TRITON_RUN_DIR"
 
@@ -27,21 +32,6 @@ def run_dir(model_repository: str) -> Path:
     return Path(tempfile.gettempdir()) / f"qwen-triton-{hashlib.sha1(repo.encode()).hexdigest()[:12]}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except OSError:
-        return True  # no /proc: kill(0) said it exists
-
-
 def write_pid_file(directory: Path, model: str, instance: str) -> Path:
     """Record this process as engine `model` instance `instance` (atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -52,12 +42,20 @@ def write_pid_file(directory: Path, model: str, instance: str) -> Path:
     return path
 
 
-class EngineWatch:
-    """Polls the engine pid files of one run directory. `down` is the reason the engine is not
-    serving (a pid that died), else None."""
+def announce_process(args: dict) -> Path:
+    """Record this process as an instance of a model, from the `args` of Triton's initialize (the model's
+    finalize removes the returned file), and have a fatal signal print every thread's Python stack to
+    stderr, which is tritonserver's log (the stub's embedded interpreter ignores PYTHONFAULTHANDLER)."""
+    faulthandler.enable(all_threads=True)
+    return write_pid_file(run_dir(args["model_repository"]), args["model_name"], args["model_instance_name"])
 
-    def __init__(self, directory: Path, model: str):
-        self.directory, self.model = directory, model
+
+class EngineWatch:
+    """Polls the pid files of one model (`what` names it in the reason) in one run directory. `down` is
+    the reason the model is not serving (a pid that died), else None."""
+
+    def __init__(self, directory: Path, model: str, what: str = "the engine process"):
+        self.directory, self.model, self.what = directory, model, what
         self.down: str | None = None
 
     def poll(self) -> str | None:
@@ -71,7 +69,7 @@ class EngineWatch:
             if pid and not pid_alive(pid):
                 dead.append(pid)
         if dead:
-            reason = f"the engine process (pid {dead[0]}) died"
+            reason = f"{self.what} (pid {dead[0]}) died"
             newly = self.down is None
             self.down = reason
             return reason if newly else None

@@ -8,6 +8,13 @@ KV blocks within a step, and the request ends with a CANCELLED error.
 
 Requests are served on a bounded thread pool (the engine model batches them inflight); responses go
 out through each request's response sender, one per request when the model is not decoupled.
+
+The Python backend serves a stub's BLS calls and response sends on one pool of 32 threads per model
+instance, and a BLS call holds its thread until the called model's first response. So a decoupled
+engine is asked for an empty first response at once (contract.REQUEST_PARAM_ACK), and at most
+BLS_CALL_SLOTS calls wait at a time, leaving threads for the sends: without both, 32 requests queued in
+the engine stall every stream this model is sending (found by the GPU soak, docs/reliability.md).  A
+build that is not decoupled therefore has at most BLS_CALL_SLOTS requests in the engine per instance.
 Imported only by the model.py files, which hand in Triton's `triton_python_backend_utils`.
 """
 from __future__ import annotations
@@ -22,11 +29,14 @@ from dataclasses import dataclass
 from ..errors import QwenTritonError
 from . import bls
 from . import contract as c
-from .engine_watch import EngineWatch, run_dir
+from .engine_watch import EngineWatch, announce_process, run_dir
 from .preprocess import Preprocessor
 from .triton_io import CancelGuard, as_bool, error_code, model_parameters, read_inputs, resolve_path, triton_error
 
 log = logging.getLogger(__name__)
+
+# BLS calls waiting at once per instance: the Python backend's 32 parent threads less 8 for response sends
+BLS_CALL_SLOTS = 24
 
 
 @dataclass
@@ -66,8 +76,12 @@ class EntryModel:
         self.skip_special = as_bool(params.get(c.PARAM_SKIP_SPECIAL), True)
         self.engine_model = params.get(c.PARAM_ENGINE_MODEL) or c.ENGINE
         self.decoupled = pb.using_decoupled_model_transaction_policy(json.loads(args["model_config"]))
+        # our engine, decoupled, acknowledges each request at once and fails it through OUT_ERROR afterwards
+        self.ack = self.decoupled and as_bool(params.get(c.PARAM_ENGINE_ACKS), False)
+        self.outputs = list(bls.ENGINE_OUTPUT_NAMES) + ([c.OUT_ERROR] if self.ack else [])
         self.pool = ThreadPoolExecutor(int(params.get(c.PARAM_MAX_REQUESTS) or 512), thread_name_prefix=self.name)
         self.lock = threading.Lock()
+        self.call_slots = threading.BoundedSemaphore(BLS_CALL_SLOTS)
         self.live: dict[str, _Live] = {}  # engine request id -> the client's request
         self.stopping = threading.Event()
         self.period_s = int(params.get(c.PARAM_CANCEL_PERIOD_MS) or 100) / 1000.0
@@ -76,6 +90,7 @@ class EntryModel:
         # be seen even then
         for target, what in ((self._poll, "poll"), (self._watch_engine, "engine-watch")):
             threading.Thread(target=target, name=f"{self.name}-{what}", daemon=True).start()
+        self.pid_file = announce_process(args)  # the supervisor reloads this model if its process dies
 
     def execute(self, requests) -> None:
         for request in requests:
@@ -83,6 +98,7 @@ class EntryModel:
 
     def finalize(self) -> None:
         self.stopping.set()
+        self.pid_file.unlink(missing_ok=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one request ---------------------------------------------------------------------------------
@@ -119,8 +135,13 @@ class EntryModel:
                 live.send(self.pb.InferenceResponse(error=response.error()), final)
                 return
             outputs = {t.name(): t.as_numpy() for t in response.output_tensors()}
+            if c.OUT_ERROR in outputs:  # how the engine fails a request after acknowledging it
+                failure = json.loads(outputs[c.OUT_ERROR].reshape(-1)[0])
+                live.send(self.pb.InferenceResponse(
+                    error=triton_error(self.pb, failure["message"], failure["code"])), final)
+                return
             if not outputs:
-                continue  # the engine's flag-only final
+                continue  # the acknowledgement, or the engine's flag-only final
             part = decoder.push(outputs, plan.streaming)
             rows_done += len(part[c.TEXT_OUTPUT])
             last = not self.decoupled or (not plan.streaming and rows_done >= plan.batch)
@@ -137,9 +158,13 @@ class EntryModel:
             live.send(None, final)
 
     def _engine_call(self, rid: str, inputs: dict):
+        """The engine's responses to one request (an iterator when decoupled; with our engine its first
+        item is the empty acknowledgement, which carries no outputs)."""
         call = self.pb.InferenceRequest(model_name=self.engine_model, inputs=self._tensors(inputs),
-                                        requested_output_names=list(bls.ENGINE_OUTPUT_NAMES), request_id=rid)
-        return call.exec(decoupled=True) if self.decoupled else [call.exec()]
+                                        requested_output_names=self.outputs, request_id=rid,
+                                        parameters={c.REQUEST_PARAM_ACK: True} if self.ack else {})
+        with self.call_slots:  # exec returns at the first response: at once when decoupled
+            return call.exec(decoupled=True) if self.decoupled else [call.exec()]
 
     def _response(self, arrays: dict):
         return self.pb.InferenceResponse(self._tensors(arrays))

@@ -11,14 +11,15 @@ import logging
 import os
 import uuid
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from qwen_triton.config import EngineConfig
 from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
-from qwen_triton.serving.engine_request import is_stop_request
+from qwen_triton.serving.engine_request import is_stop_request, wants_ack
 from qwen_triton.serving.engine_service import EngineService, ServiceOptions
-from qwen_triton.serving.engine_watch import run_dir, write_pid_file
+from qwen_triton.serving.engine_watch import announce_process
 from qwen_triton.serving.triton_io import (
     as_bool,
     error_code,
@@ -33,8 +34,12 @@ log = logging.getLogger(__name__)
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _error(message, code="INTERNAL"):
-    return triton_error(pb_utils, message, code)
+def _failure(message, code, acked):
+    """A failed request's response: an error response, or after an acknowledgement an OUT_ERROR output."""
+    if not acked:
+        return pb_utils.InferenceResponse(error=triton_error(pb_utils, message, code))
+    text = json.dumps({"code": code, "message": message}).encode()
+    return pb_utils.InferenceResponse([pb_utils.Tensor(c.OUT_ERROR, np.array([text], dtype=np.object_))])
 
 
 class TritonPythonModel:
@@ -47,9 +52,10 @@ class TritonPythonModel:
         self.stopping = False
         self.metrics = self._metric_families()
         self.metric_cache = {}
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         options = ServiceOptions(
             exclude_input_default=as_bool(params.get(c.PARAM_EXCLUDE_INPUT), False),
-            decoupled=pb_utils.using_decoupled_model_transaction_policy(config),
+            decoupled=self.decoupled,
             poll_period_s=int(params.get(c.PARAM_CANCEL_PERIOD_MS) or 100) / 1000.0)
         self.service = EngineService(
             resolve_path(params[c.PARAM_MODEL_PATH], args), self.engine_config,
@@ -57,8 +63,7 @@ class TritonPythonModel:
             options=options, on_poll=self._on_poll)
         self._export_metrics()  # the gauges exist once the model is ready, not a poll period later
         # the entry models watch this file: if this process dies they fail what waits on it (engine_watch.py)
-        self.pid_file = write_pid_file(run_dir(args["model_repository"]), args["model_name"],
-                                       args["model_instance_name"])
+        self.pid_file = announce_process(args)
 
     def execute(self, requests):
         for request in requests:
@@ -73,6 +78,16 @@ class TritonPythonModel:
     def _submit(self, request):
         client_id = request.request_id()
         sender = request.get_response_sender()
+        # our entry models ask for an empty first response at once (contract.REQUEST_PARAM_ACK); after it,
+        # errors go out as OUT_ERROR outputs: the Python backend loses error responses later in a BLS stream
+        acked = []
+        ack = self.decoupled and wants_ack(request.parameters())
+
+        def accepted():
+            if ack:
+                sender.send(pb_utils.InferenceResponse([]))
+                acked.append(True)
+
         try:
             inputs = read_inputs(c.ENGINE_INPUTS, lambda n: pb_utils.get_input_tensor_by_name(request, n))
             if is_stop_request(inputs):
@@ -82,21 +97,21 @@ class TritonPythonModel:
                 sender.send(pb_utils.InferenceResponse([]), flags=FINAL)  # as upstream: an empty response
                 return
             key = f"{client_id or 'req'}-{uuid.uuid4().hex[:12]}"
-            self.service.submit(key, inputs, lambda resp: self._send(sender, resp), client_id=client_id,
-                                is_cancelled=request.is_cancelled)
+            self.service.submit(key, inputs, lambda resp: self._send(sender, resp, bool(acked)),
+                                client_id=client_id, is_cancelled=request.is_cancelled, accepted=accepted)
         except QwenTritonError as exc:
-            sender.send(pb_utils.InferenceResponse(error=_error(str(exc), error_code(exc))), flags=FINAL)
+            sender.send(_failure(str(exc), error_code(exc), bool(acked)), flags=FINAL)
         except Exception as exc:  # never crash the model on a request
             log.exception("submitting a request failed")
-            sender.send(pb_utils.InferenceResponse(error=_error(f"engine error: {exc}")), flags=FINAL)
+            sender.send(_failure(f"engine error: {exc}", "INTERNAL", bool(acked)), flags=FINAL)
 
     @staticmethod
-    def _send(sender, resp):
+    def _send(sender, resp, acked):
         flags = FINAL if resp.final else 0
         if resp.cancelled:
-            sender.send(pb_utils.InferenceResponse(error=_error("request cancelled", "CANCELLED")), flags=FINAL)
+            sender.send(_failure("request cancelled", "CANCELLED", acked), flags=FINAL)
         elif resp.error is not None:
-            sender.send(pb_utils.InferenceResponse(error=_error(resp.error)), flags=FINAL)
+            sender.send(_failure(resp.error, "INTERNAL", acked), flags=FINAL)
         elif resp.arrays is not None:
             sender.send(pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in resp.arrays.items()]),
                         flags=flags)
