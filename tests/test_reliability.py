@@ -247,11 +247,39 @@ def test_a_dead_engine_fails_fast_and_is_restarted(supervised):
     assert alive(supervised)
 
 
-def test_any_dead_model_process_is_restarted(supervised):
-    """GPU soak finding: the tensorrt_llm_bls stub died and every request to it answered 'Stub process
-    is not healthy' for the rest of the run. Now the supervisor reloads any model whose process died."""
+def _stream_forever(sv: Supervisor, model: str, started: threading.Event) -> None:
+    """A long stream the test abandons: its model's process is killed under it (Triton never ends it)."""
+    try:
+        with requests.post(url(sv, f"/v2/models/{model}/generate_stream"), stream=True, timeout=(5, 90),
+                           json={"text_input": "hi", "max_tokens": 500, "min_length": 500, "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith(b"data: "):
+                    started.set()
+    except requests.RequestException:
+        pass
+
+
+def test_any_dead_model_process_is_restarted_and_holds_up_no_other(supervised):
+    """GPU soak findings: the tensorrt_llm_bls stub died and every request to it answered 'Stub process
+    is not healthy' for the rest of the run; and an entry model's process that died with streams in
+    flight stopped every stream of every model (the engine's one sender thread waited forever on a
+    response to the dead process). Now the supervisor reloads any model whose process died, the engine
+    sends each caller's responses on its own thread and aborts a dead caller's requests."""
+    started = [threading.Event() for _ in range(3)]
+    for event in started:
+        threading.Thread(target=_stream_forever, args=(supervised, c.BLS, event), daemon=True).start()
+    assert all(event.wait(30) for event in started)
     os.kill(_stub(supervised, c.BLS), signal.SIGKILL)
-    body = {"text_input": "back?", "max_tokens": 4, "temperature": 0.0}
+    killed_at = time.monotonic()
+    # the other entry model is served meanwhile, and the dead caller's requests leave the engine
+    body = {"text_input": "still there?", "max_tokens": 4, "temperature": 0.0}
+    ok = requests.post(url(supervised, f"/v2/models/{c.ENSEMBLE}/generate"), json=body, timeout=30)
+    assert ok.status_code == 200 and c.TEXT_OUTPUT in ok.json(), ok.text
+    while scrape(supervised.server, c.METRIC_REQUESTS)["active"] and time.monotonic() - killed_at < 15:
+        time.sleep(0.2)
+    assert scrape(supervised.server, c.METRIC_REQUESTS)["active"] == 0
+    kv = scrape(supervised.server, c.METRIC_KV_BLOCKS)
+    assert kv["free"] == kv["max"]
     deadline, reply = time.monotonic() + 120, None
     while time.monotonic() < deadline:
         reply = requests.post(url(supervised, f"/v2/models/{c.BLS}/generate"), json=body, timeout=60)
@@ -274,7 +302,9 @@ def test_stopping_leaves_no_process_or_shared_memory(tmp_path):
     time.sleep(1)
     assert any(str(repo) in cmd for _, _, cmd in processes() if "triton_python_backend_stub" in cmd)
     server.stop()
-    assert not any(str(repo) in cmd for _, _, cmd in processes() if "triton_python_backend_stub" in cmd)
+    left = [(pid, ppid, cmd) for pid, ppid, cmd in processes() if "triton_python_backend_stub" in cmd
+            and str(repo) in cmd]
+    assert not left
     assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
 
 

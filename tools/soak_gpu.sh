@@ -6,10 +6,10 @@
 # Carry (a gitignored folder, default .carry; see tools/gpu_serve_check.py for how each is made):
 #   triton-py312.tar.xz        Triton from the pytriton wheel (`make triton-tarball`, recompressed with xz)
 #   numpy-1.26.4-cp312-*.whl   the Python backend stub needs numpy 1.x (the image has 2.x)
-#   soakwheels/                the client's and the front's wheels the image lacks: tritonclient, protobuf<7,
+#   soakwheels/                the client's and the front's wheels the image lacks: tritonclient 2.73, protobuf 6,
 #                              requests, starlette, uvicorn, httpx (and their dependencies)
 #   qwen7b-random/             Qwen-7B's config.json + random_weights.json (a 7B-shape checkpoint drawn on the GPU)
-#   gpu_repo7b/                python -m build --model-repo .carry/gpu_repo7b --checkpoint .carry/qwen7b-random
+#   gpu_repo7b/                python -m build --model-repo .carry/gpu_repo7b --model .carry/qwen7b-random
 #                                --set device=cuda --set max_num_seqs=256 ...  (its paths are relative to it)
 #
 #   OUT=/path PYTHONPATH=. tools/soak_gpu.sh [more loadtest.soak flags]

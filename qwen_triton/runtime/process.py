@@ -135,4 +135,19 @@ def remove_leftovers(server_pid: int | None, model_repository: Path, shm_prefix:
     for path in Path("/dev/shm").glob(f"{shm_prefix}*"):
         with contextlib.suppress(OSError):
             path.unlink()
+    _wait_exited(killed)
     return killed
+
+
+def _wait_exited(pids: list[int], timeout: float = 5.0) -> None:
+    """Wait until SIGKILLed processes are gone (a zombie counts as gone: it has no command line left)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_cmdline(pid) for pid in pids):
+        time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

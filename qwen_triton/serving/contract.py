@@ -240,7 +240,7 @@ OUT_OUTPUT_IDS = "output_ids"
 OUT_SEQUENCE_LENGTH = "sequence_length"
 # ours: how the engine fails a request after its acknowledgement (REQUEST_PARAM_ACK), as JSON
 # {"code": Triton error code name, "message": ...}: Triton 2.51's Python backend drops an error response
-# that follows the first response of a BLS stream (it saves no request id with it), and the caller waits
+# that follows the first response of a BLS stream (it saves no request id with it): the caller would wait
 OUT_ERROR = "qwen_triton_error"
 
 ENGINE_INPUTS = (
@@ -369,16 +369,14 @@ DIFFERENCES = {
                     "IS_VIDEO_INPUT", "ATTENTION_MASK", "IMAGE_GRID_THW", "VISION_INPUT_ID")},
 }
 
-# -- the engine's own gauges on Triton's metrics port, with the C++ backend's names and labels
-# (model, version, and the category label) so dashboards and autoscalers work for either engine --
+# -- the engine's gauges on the metrics port, named and labelled as the C++ backend's: dashboards work for both --
 METRIC_REQUESTS = "nv_trt_llm_request_metrics"  # request_type: active|max|scheduled|context|waiting
 METRIC_KV_BLOCKS = "nv_trt_llm_kv_cache_block_metrics"  # kv_cache_block_type: max|free|used|tokens_per|...
 # ours, label counter: steps|preemptions|generated_tokens|max_batch_seen, and requests
 # admitted|finished|aborted|failed|rejected (admitted = finished + aborted + failed + in flight)
 METRIC_ENGINE = "qwen_triton_engine"
 
-# -- config.pbtxt `parameters` our Python models read. Paths are absolute or
-# relative to the model repository's root, so a built repository can move. --
+# -- config.pbtxt `parameters` our Python models read (paths: absolute, or relative to the repository's root) --
 PARAM_TOKENIZER_DIR = "tokenizer_dir"  # preprocessing, engine, postprocessing, entry points
 PARAM_MODEL_PATH = "gpt_model_path"  # engine: the checkpoint folder (upstream name)
 PARAM_ENGINE_CONFIG = "engine_config"  # engine: JSON object of qwen_triton.EngineConfig fields
@@ -390,11 +388,13 @@ PARAM_MAX_OUTPUT_LEN = "max_output_len"  # preprocessing: most tokens one reques
 PARAM_SKIP_SPECIAL = "skip_special_tokens"  # postprocessing ("true")
 PARAM_ENGINE_MODEL = "tensorrt_llm_model_name"  # entry points: the engine model they call (upstream name)
 PARAM_MAX_REQUESTS = "max_concurrent_requests"  # entry points: requests served at once (more wait their turn)
-PARAM_ENGINE_ACKS = "engine_acknowledges"  # entry points: "true" when the engine is ours (REQUEST_PARAM_ACK, OUT_ERROR)
+PARAM_ENGINE_ACKS = "engine_acknowledges"  # entry points: "true" when the engine is ours (REQUEST_PARAM_*)
 
 # -- request parameters (Triton's per-request `parameters`) between our own models. --
-# entry points -> a decoupled engine: send an empty response at once.  A BLS call holds one of the
-# Python backend's parent threads (32 per model instance, shared with response sends) until the
-# called model's first response; a request queued in the engine would hold it for its whole wait, and
-# 32 such requests stall every stream the entry model is sending.
+# entry points -> a decoupled engine: send an empty response at once. A BLS call holds one of the Python
+# backend's 32 parent threads per instance (shared with response sends) until the called model's first
+# response: 32 requests queued in the engine would stall every stream the entry model is sending.
 REQUEST_PARAM_ACK = "qwen_triton_ack"
+# entry points -> our engine: the caller's process id; each caller's responses go out on their own
+# thread, as a send to a dead process never returns (send_lanes.py).
+REQUEST_PARAM_CALLER = "qwen_triton_caller"

@@ -186,11 +186,22 @@ def is_stop_request(inputs: Arrays) -> bool:
     return value is not None and np.size(value) > 0 and bool(np.asarray(value).reshape(-1)[0])
 
 
-def wants_ack(parameters: str) -> bool:
-    """Whether a request's parameters (Triton's JSON string) ask for the empty first response
-    (contract.REQUEST_PARAM_ACK; anything but a JSON object asks for nothing)."""
+def _request_params(parameters: str) -> dict:
+    """A request's parameters (Triton's JSON string) as a dict; anything but a JSON object is empty."""
     try:
         params = json.loads(parameters or "{}")
     except ValueError:
-        return False
-    return isinstance(params, dict) and params.get(c.REQUEST_PARAM_ACK) is True
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def wants_ack(parameters: str) -> bool:
+    """Whether a request's parameters ask for the empty first response (contract.REQUEST_PARAM_ACK)."""
+    return _request_params(parameters).get(c.REQUEST_PARAM_ACK) is True
+
+
+def caller_pid(parameters: str) -> int:
+    """The calling process named by a request's parameters (contract.REQUEST_PARAM_CALLER), else 0
+    (a client of the engine model itself)."""
+    pid = _request_params(parameters).get(c.REQUEST_PARAM_CALLER)
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else 0

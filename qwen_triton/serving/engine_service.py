@@ -5,15 +5,15 @@ with numpy inputs, a `send` callback and the request's `is_cancelled`. Everythin
 where tests reach it without a server: parsing (engine_request), one engine sequence per batch row,
 responses shaped as tensorrtllm_backend's (engine_response), `stop` requests, and cancellation.
 
-Threads: the engine's step loop (BackgroundEngine), the sender here (builds and sends responses, so
-the step loop never waits on clients) and the poller here (every `poll_period_s`: cancelled requests
-are aborted, then `on_poll` runs, e.g. to export metrics). `_calls` (request key -> CallState) is
-the service's one table of live Triton requests, under `_lock`.
+Threads: the engine's step loop (BackgroundEngine), one sender per calling process (send_lanes: builds
+and sends responses, so the step loop never waits on clients, and a caller that died holds up only its
+own) and the poller here (every `poll_period_s`: cancelled requests are aborted, so are the requests of
+a caller that died, then `on_poll` runs, e.g. to export metrics). `_calls` (request key -> _Live) is the
+service's one table of live Triton requests, under `_lock`.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,6 +28,7 @@ from ..errors import InvalidRequestError
 from ..outputs import EngineStats, RequestOutput
 from .engine_request import EngineRequest, ParseOptions, parse_engine_request
 from .engine_response import CallState, Send
+from .send_lanes import SendLanes
 from .triton_io import Arrays, CancelGuard
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class _Live:
 
     client_id: str
     guard: CancelGuard
+    caller: int = 0  # the calling process (send_lanes), 0 for the engine model's own clients
     call: CallState | None = None
     engine_ids: list[str] = field(default_factory=list)
 
@@ -65,13 +67,11 @@ class EngineService:
         self._lock = threading.Lock()
         self._calls: dict[str, _Live] = {}
         self.rejected = 0  # requests refused before the engine (bad input)
-        self._outbox: queue.Queue[tuple[_Live, int, RequestOutput] | None] = queue.Queue()
+        self._lanes = SendLanes(self._send_batch)
         self._stopping = threading.Event()
         self._on_poll = on_poll
-        self._threads = [threading.Thread(target=self._send_loop, name="qwen-triton-sender", daemon=True),
-                         threading.Thread(target=self._poll_loop, name="qwen-triton-poll", daemon=True)]
-        for thread in self._threads:
-            thread.start()
+        self._poller = threading.Thread(target=self._poll_loop, name="qwen-triton-poll", daemon=True)
+        self._poller.start()
 
     def end_ids_of(self, end_id: int | None) -> tuple[int, ...]:
         eos = tuple(self.tokenizer.eos_ids)
@@ -87,16 +87,17 @@ class EngineService:
         return requests
 
     def submit(self, key: str, inputs: Arrays, send: Send, client_id: str = "",
-               is_cancelled: Callable[[], bool] | None = None, accepted: Callable[[], None] | None = None) -> None:
-        """Queue a request (every batch row); `send` receives its responses from the sender thread.
-        Bad input raises InvalidRequestError here and queues nothing; `accepted` runs once the input is
-        known good, before any response can be sent."""
+               is_cancelled: Callable[[], bool] | None = None, accepted: Callable[[], None] | None = None,
+               caller: int = 0) -> None:
+        """Queue a request (every batch row); `send` receives its responses from the sender thread of
+        `caller` (the calling process, send_lanes). Bad input raises InvalidRequestError here and queues
+        nothing; `accepted` runs once the input is known good, before any response can be sent."""
         try:
             requests = self.parse(inputs)
         except InvalidRequestError:
             self.rejected += 1
             raise
-        live = _Live(client_id, CancelGuard(is_cancelled))
+        live = _Live(client_id, CancelGuard(is_cancelled), caller)
         live.call = CallState(requests, lambda response: self._deliver(key, live, send, response),
                               self.options.decoupled, self._bytes_of)
         with self._lock:
@@ -109,7 +110,7 @@ class EngineService:
             for i, r in enumerate(requests):
                 engine_id = f"{key}#{i}"
                 self.engine.submit(engine_id, r.prompt, r.params,
-                                   on_output=lambda out, i=i: self._outbox.put((live, i, out)))
+                                   on_output=lambda out, i=i: self._lanes.put(live.caller, (live, i, out)))
                 live.engine_ids.append(engine_id)
         except Exception:
             live.call.done = True  # nothing is sent for the rows already queued: the caller answers
@@ -145,9 +146,8 @@ class EngineService:
     def shutdown(self) -> None:
         self._stopping.set()
         self.engine.shutdown()
-        self._outbox.put(None)
-        for thread in self._threads:
-            thread.join(timeout=10)
+        self._lanes.shutdown()
+        self._poller.join(timeout=10)
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -168,34 +168,30 @@ class EngineService:
         table = self._token_bytes
         return table[token_id] if 0 <= token_id < len(table) else b""
 
-    def _send_loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            for live, index, out in coalesce(batch):
-                try:
-                    if live.call.handle(index, out):
-                        self._abort(live)  # one row failed or was cancelled: the others go too
-                except Exception:  # a broken client connection must not stop other requests' responses
-                    log.exception("sending a response for %s failed", out.request_id)
-                    self._abort(live)
-
-    def _next_batch(self) -> list[tuple[_Live, int, RequestOutput]] | None:
-        """Wait for one output, then take every output already queued (None: shut down)."""
-        first = self._outbox.get()
-        if first is None:
-            return None
-        batch = [first]
-        while True:
+    def _send_batch(self, batch: list[tuple[_Live, int, RequestOutput]]) -> None:
+        """Send one lane's queued outputs (send_lanes), each row's merged into one response."""
+        for live, index, out in coalesce(batch):
             try:
-                item = self._outbox.get_nowait()
-            except queue.Empty:
-                return batch
-            if item is None:
-                self._outbox.put(None)  # shut down after this batch
-                return batch
-            batch.append(item)
+                if live.call.handle(index, out):
+                    self._abort(live)  # one row failed or was cancelled: the others go too
+            except Exception:  # a broken client connection must not stop other requests' responses
+                log.exception("sending a response for %s failed", out.request_id)
+                self._abort(live)
+
+    def _drop_callers(self) -> None:
+        """Abort the requests of callers whose process died: nobody will read their responses."""
+        for pid in self._lanes.reap():
+            with self._lock:
+                lost = {k: v for k, v in self._calls.items() if v.caller == pid}
+                for key in lost:
+                    del self._calls[key]
+            for live in lost.values():
+                self._abort(live)
+            log.warning("the calling process %d died: %d of its requests aborted", pid, len(lost))
 
     def _poll_loop(self) -> None:
         while not self._stopping.wait(self.options.poll_period_s):
+            self._drop_callers()
             with self._lock:
                 watched = list(self._calls.values())
             for live in watched:

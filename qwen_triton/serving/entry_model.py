@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -76,8 +77,12 @@ class EntryModel:
         self.skip_special = as_bool(params.get(c.PARAM_SKIP_SPECIAL), True)
         self.engine_model = params.get(c.PARAM_ENGINE_MODEL) or c.ENGINE
         self.decoupled = pb.using_decoupled_model_transaction_policy(json.loads(args["model_config"]))
-        # our engine, decoupled, acknowledges each request at once and fails it through OUT_ERROR afterwards
-        self.ack = self.decoupled and as_bool(params.get(c.PARAM_ENGINE_ACKS), False)
+        # our engine sends each caller's responses on its own thread (it is told our pid) and, decoupled,
+        # acknowledges each request at once and fails it through OUT_ERROR afterwards
+        ours = as_bool(params.get(c.PARAM_ENGINE_ACKS), False)
+        self.ack = self.decoupled and ours
+        self.call_params = ({c.REQUEST_PARAM_CALLER: os.getpid()} if ours else {}) | \
+            ({c.REQUEST_PARAM_ACK: True} if self.ack else {})
         self.outputs = list(bls.ENGINE_OUTPUT_NAMES) + ([c.OUT_ERROR] if self.ack else [])
         self.pool = ThreadPoolExecutor(int(params.get(c.PARAM_MAX_REQUESTS) or 512), thread_name_prefix=self.name)
         self.lock = threading.Lock()
@@ -162,7 +167,7 @@ class EntryModel:
         item is the empty acknowledgement, which carries no outputs)."""
         call = self.pb.InferenceRequest(model_name=self.engine_model, inputs=self._tensors(inputs),
                                         requested_output_names=self.outputs, request_id=rid,
-                                        parameters={c.REQUEST_PARAM_ACK: True} if self.ack else {})
+                                        parameters=self.call_params)
         with self.call_slots:  # exec returns at the first response: at once when decoupled
             return call.exec(decoupled=True) if self.decoupled else [call.exec()]
 

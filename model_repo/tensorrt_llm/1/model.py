@@ -17,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 from qwen_triton.config import EngineConfig
 from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
-from qwen_triton.serving.engine_request import is_stop_request, wants_ack
+from qwen_triton.serving.engine_request import caller_pid, is_stop_request, wants_ack
 from qwen_triton.serving.engine_service import EngineService, ServiceOptions
 from qwen_triton.serving.engine_watch import announce_process
 from qwen_triton.serving.triton_io import (
@@ -81,7 +81,8 @@ class TritonPythonModel:
         # our entry models ask for an empty first response at once (contract.REQUEST_PARAM_ACK); after it,
         # errors go out as OUT_ERROR outputs: the Python backend loses error responses later in a BLS stream
         acked = []
-        ack = self.decoupled and wants_ack(request.parameters())
+        parameters = request.parameters()
+        ack = self.decoupled and wants_ack(parameters)
 
         def accepted():
             if ack:
@@ -98,7 +99,8 @@ class TritonPythonModel:
                 return
             key = f"{client_id or 'req'}-{uuid.uuid4().hex[:12]}"
             self.service.submit(key, inputs, lambda resp: self._send(sender, resp, bool(acked)),
-                                client_id=client_id, is_cancelled=request.is_cancelled, accepted=accepted)
+                                client_id=client_id, is_cancelled=request.is_cancelled, accepted=accepted,
+                                caller=caller_pid(parameters))
         except QwenTritonError as exc:
             sender.send(_failure(str(exc), error_code(exc), bool(acked)), flags=FINAL)
         except Exception as exc:  # never crash the model on a request
