@@ -8,12 +8,17 @@ and nesting; /generate and /generate_stream bodies are checked field by field ag
 own inputs (name, type, range, shape) and refused with a 400 that names the field. What passes goes
 to Triton unchanged, responses and SSE streams come back unchanged, and a client that goes away closes
 the upstream connection, which Triton treats as a cancellation. Readiness answers 503 while the
-supervisor knows the engine is down (`ready` below); the model repository API stays private.
+supervisor knows the engine is down (`ready` below); the model repository API stays private. Triton
+2.51 never answers a request whose model's process died under it: such a request (/generate,
+/generate_stream, /infer) gets a 503, or an error event mid-stream, once the supervisor has seen the
+death (`deaths` below) instead of waiting forever.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +46,10 @@ class FrontConfig:
     max_header_bytes: int = 16 << 10
     timeout_s: float = 600.0
     ready: Callable[[], str | None] = lambda: None
+    # how many times a model's process has died (the supervisor counts): a request under way when the
+    # count moves is answered 503 (checked every death_poll_s)
+    deaths: Callable[[str], int] = lambda model: 0
+    death_poll_s: float = 0.5
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -90,7 +99,7 @@ class Front:
         except ClientDisconnect:
             return Response(status_code=499)
         content = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
-        return await self._forward(request, content, stream=streaming)
+        return await self._forward(request, content, stream=streaming, model=request.path_params["model"])
 
     async def proxy(self, request: Request) -> Response:
         path = request.url.path
@@ -105,7 +114,8 @@ class Front:
             return _error(exc.status, str(exc))
         except ClientDisconnect:
             return Response(status_code=499)
-        return await self._forward(request, content, stream=False)
+        infer = _INFER_PATH.match(path)
+        return await self._forward(request, content, stream=False, model=infer and infer.group(1))
 
     # -- helpers -----------------------------------------------------------------------------------------
 
@@ -135,40 +145,77 @@ class Front:
     def _headers(self, request: Request) -> dict[str, str]:
         return {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
 
-    async def _forward(self, request: Request, content: bytes, stream: bool) -> Response:
+    async def _forward(self, request: Request, content: bytes, stream: bool, model: str | None = None) -> Response:
+        watch = _DeathWatch(self.config, model)
         upstream = self.client.build_request(request.method, request.url.path, params=request.query_params,
                                              headers=self._headers(request), content=content)
         try:
-            response = await self.client.send(upstream, stream=True)
+            response = await watch.run(self.client.send(upstream, stream=True))
+        except _ModelDied as exc:
+            return _error(503, str(exc))
         except httpx.HTTPError as exc:
             return _error(503, f"Triton is not reachable: {type(exc).__name__}")
         headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS}
-        if not stream:
-            try:
-                body = await response.aread()
-            except httpx.HTTPError as exc:
-                return _error(503, f"unavailable: Triton closed the connection ({type(exc).__name__})")
-            finally:
-                await response.aclose()
-            return Response(body, status_code=fault_status(response.status_code, body), headers=headers)
         chunks = response.aiter_bytes()
         try:
-            first = await anext(chunks, b"")  # Triton sends its status with the first event: read it first
+            first = await watch.run(response.aread() if not stream else anext(chunks, b""))
+        except _ModelDied as exc:
+            await response.aclose()
+            return _error(503, str(exc))
         except httpx.HTTPError as exc:
             await response.aclose()
-            return _error(503, f"unavailable: Triton closed the stream ({type(exc).__name__})")
-        return StreamingResponse(_relay(first, chunks, response), status_code=fault_status(response.status_code, first),
-                                 headers=headers)
+            return _error(503, f"unavailable: Triton closed the connection ({type(exc).__name__})")
+        if not stream:
+            await response.aclose()
+            return Response(first, status_code=fault_status(response.status_code, first), headers=headers)
+        # Triton sends a stream's status with its first event: it was read first
+        return StreamingResponse(_relay(first, chunks, response, watch), headers=headers,
+                                 status_code=fault_status(response.status_code, first))
 
 
-async def _relay(first: bytes, chunks, response: httpx.Response):
+_INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+
+
+class _ModelDied(Exception):
+    pass
+
+
+class _DeathWatch:
+    """Awaits what a request waits on from Triton, unless its model's process dies meanwhile
+    (FrontConfig.deaths moved since the request came): then raises _ModelDied."""
+
+    def __init__(self, config: FrontConfig, model: str | None):
+        self.config, self.model = config, model
+        self.seen = config.deaths(model) if model else 0
+
+    async def run(self, awaitable):
+        if not self.model:
+            return await awaitable
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.config.death_poll_s)
+                if done:
+                    return task.result()
+                if self.config.deaths(self.model) != self.seen:
+                    raise _ModelDied(f"unavailable: the {self.model} model's process died while serving this "
+                                     "request; it is being restarted, try again shortly")
+        finally:
+            if not task.done():
+                task.cancel()
+
+
+async def _relay(first: bytes, chunks, response: httpx.Response, watch: _DeathWatch):
     """Triton's SSE bytes as they come; closing early (the client left) closes Triton's stream too. When
-    Triton goes away mid-stream (it is stopping), the stream ends with an error event."""
+    Triton goes away mid-stream (it is stopping), or the model's process dies, the stream ends with an
+    error event."""
     try:
         if first:
             yield first
-        async for chunk in chunks:
+        while (chunk := await watch.run(anext(chunks, None))) is not None:
             yield chunk
+    except _ModelDied as exc:
+        yield f"data: {json.dumps({'error': str(exc)})}\n\n".encode()
     except httpx.HTTPError as exc:
         yield f'data: {{"error": "unavailable: the server closed the stream ({type(exc).__name__})"}}\n\n'.encode()
     finally:

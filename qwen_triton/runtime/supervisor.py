@@ -64,6 +64,7 @@ class Supervisor:
         self._acting = threading.Lock()  # held by a watchdog step and by stop(): no restart after a stop
         self._threads: list[threading.Thread] = []
         self._front = None
+        self._deaths: dict[str, int] = {}  # model -> how many times its process was found dead
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -101,6 +102,11 @@ class Supervisor:
         """None while serving, else why not (the front's /v2/health/ready answers 503 with it)."""
         return self.down
 
+    def deaths(self, model: str) -> int:
+        """How many times the model's process (or tritonserver) was found dead: the front fails the
+        requests that were under way (Triton 2.51 never answers them)."""
+        return self._deaths.get(model, 0) + self._deaths.get("", 0)
+
     @property
     def http_port(self) -> int:
         return self.config.http_port if self._front is None else self._front.config.port
@@ -111,7 +117,8 @@ class Supervisor:
         import uvicorn
 
         app = create_app(FrontConfig(triton_url=self.server.http_url, max_body_bytes=self.config.max_body_bytes,
-                                     max_json_depth=self.config.max_json_depth, ready=self.ready))
+                                     max_json_depth=self.config.max_json_depth, ready=self.ready,
+                                     deaths=self.deaths))
         port = self.config.http_port or free_port()
         self._front = uvicorn.Server(uvicorn.Config(app, host=self.config.host, port=port, log_level="warning",
                                                     timeout_graceful_shutdown=5, lifespan="on"))
@@ -148,6 +155,7 @@ class Supervisor:
     def _restart_model(self, watch: EngineWatch) -> None:
         """Unload a model whose process is gone and load it again."""
         reason, model, url = watch.down, watch.model, self.server.http_url
+        self._deaths[model] = self._deaths.get(model, 0) + 1
         self.down = f"{reason}; the {model} model is being restarted"
         log.error("%s", self.down)
         http_post(f"{url}/v2/repository/models/{model}/unload", timeout=60)
@@ -163,6 +171,7 @@ class Supervisor:
     def _restart_server(self, reason: str) -> None:
         """tritonserver died: remove its leftovers and start it again."""
         self.down = f"{reason}; restarting it"
+        self._deaths[""] = self._deaths.get("", 0) + 1  # every model's
         log.error("%s", self.down)
         self.server.stop(timeout=5)  # it removes the stubs and shared memory the dead one left
         self._forget_pid_files()
