@@ -50,7 +50,7 @@ loadtest: $(LOADTEST_DEPS)
 
 loadtest-report:
 	@test -n "$(RUN)" || { echo "usage: make loadtest-report RUN=logs/loadtest/<time>"; exit 2; }
-	$(PY) tools/loadtest_report.py $(RUN)
+	$(PY) -m tools.loadtest_report $(RUN)
 
 # Binary wheels only, for CPython $(LOADTEST_WHEEL_PYTHON) on x86_64 Linux, without dependencies (the list is
 # complete for the GPU image); carry the folder and let tools/loadtest_gpu.sh install them.

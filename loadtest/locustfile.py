@@ -1,7 +1,7 @@
 """The qwen-triton users for Locust's own command line and web UI.
 
-    .venv/bin/locust -f loadtest/locustfile.py                      # web UI on http://localhost:8089
-    .venv/bin/locust -f loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --qt-output-len 64 \\
+    PYTHONPATH=. .venv/bin/locust -f loadtest/locustfile.py                    # web UI on http://localhost:8089
+    PYTHONPATH=. .venv/bin/locust -f loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --qt-output-len 64 \\
         --qt-out logs/loadtest/cli HttpStreamUser GrpcStreamUser
 
 Pick users by class name (HttpStreamUser, GrpcStreamUser, HttpGenerateUser; all three if none is named).
@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f` from anywhere
 
 from locust import events
 

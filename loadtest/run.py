@@ -2,7 +2,7 @@
 
     python -m loadtest.run --concurrency 1,4,16,64,256 --duration 60 --workload fixed \\
         --input-len 128 --output-len 128 --protocol http_stream --out logs/loadtest/run1
-    python tools/loadtest_report.py logs/loadtest/run1        # the HTML report (also --report here)
+    python -m tools.loadtest_report logs/loadtest/run1        # the HTML report (also --report here)
 
 For each level of concurrency c it starts c closed-loop Locust users (no wait between requests) and lets
 them run until the level's time (``--duration``) or request count (``--requests``, or
@@ -473,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"[loadtest] wrote {out}/run.json, summary.csv, requests.csv, server_timeseries.csv")
     if args.report and importlib.util.find_spec("matplotlib") is None:
         say(f"[loadtest] no matplotlib here: render the report where it is, "
-            f"`python tools/loadtest_report.py {out}` (it needs only the files written above)")
+            f"`python -m tools.loadtest_report {out}` (it needs only the files written above)")
     elif args.report:
         cmd = [sys.executable, str(ROOT / "tools" / "loadtest_report.py"), str(out)]
         if args.label:

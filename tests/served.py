@@ -17,8 +17,6 @@ from qwen_triton.runtime.server import TritonServer
 from qwen_triton.serving import contract as c
 
 ROOT = Path(__file__).resolve().parents[1]
-# Only for tests/test_loadtest.py's `import loadtest_report` (a tools/ script, not yet in a package).
-sys.path.insert(0, str(ROOT / "tools"))
 
 TRITON_DIR = ROOT / ".triton"
 

@@ -18,11 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("QWEN_TRITON_UPDATE_GOLDEN") == "1"
 
-# `build` is run from the repository root, not installed (and PyPA has a package of the same name).
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-if "build" in sys.modules and not str(getattr(sys.modules["build"], "__file__", "")).startswith(str(ROOT)):
-    del sys.modules["build"]
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 from served import ROOT, build_repo, needs_triton, serve
 
-sys.path.insert(0, str(ROOT))  # loadtest/ is a top-level folder of the repository, not an installed package
-
 from loadtest import prometheus
 from loadtest.metrics import LevelWindow, RequestRecord, count_tokens, flat_summary, percentile, summarize
 from loadtest.workloads import (
@@ -183,7 +181,7 @@ def test_metrics_port_deltas_per_level():
 
 def test_report_of_a_run_without_server_data(tmp_path):
     """The report copes with a run whose metrics port did not answer and with non-streaming users only."""
-    import loadtest_report  # tools/ is on sys.path (served.py)
+    from tools import loadtest_report
 
     records = []
     for i in range(6):

@@ -2,8 +2,8 @@
 """The engine against transformers' generate, in one run, on one GPU, at
 Qwen-7B's shapes with random bf16 weights (nothing is downloaded).
 
-    python3 tools/benchmark.py --out results.json            # the full run (docs/benchmarks.md)
-    python3 tools/benchmark.py --quick --out quick.json       # fewer requests, smaller sweeps
+    python3 -m tools.benchmark --out results.json            # the full run (docs/benchmarks.md)
+    python3 -m tools.benchmark --quick --out quick.json       # fewer requests, smaller sweeps
 
 Measures, in this order:
   copy       device-to-device copy bandwidth (bytes read + written), the ceiling for T1
@@ -20,7 +20,6 @@ import argparse
 import datetime
 import gc
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -29,11 +28,8 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from qwen_triton import EngineConfig, LLMEngine, SamplingParams  # noqa: E402
-from qwen_triton.models.loader import write_random_checkpoint  # noqa: E402
+from qwen_triton import EngineConfig, LLMEngine, SamplingParams
+from qwen_triton.models.loader import write_random_checkpoint
 
 EOS = 151643
 QWEN_7B = {  # Qwen-7B's shapes as a Qwen2 config: MHA, qkv bias, untied lm_head

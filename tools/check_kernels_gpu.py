@@ -5,7 +5,7 @@ attention backend against the torch backend on mixed batches, and the engine's
 fast path (Triton kernels, CUDA graphs) against its reference path and
 transformers on tiny checkpoints. Also times the kernels once.
 
-    python3 tools/check_kernels_gpu.py [--json OUT.json]
+    python3 -m tools.check_kernels_gpu [--json OUT.json]
 
 Exits non-zero when a check fails. The CPU twin is tests/test_kernels.py.
 """
@@ -19,20 +19,17 @@ import tempfile
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-from qwen_triton.attention import AttentionMetadata  # noqa: E402
-from qwen_triton.attention.torch_backend import TorchAttentionBackend  # noqa: E402
-from qwen_triton.attention.torch_backend import write_kv_cache as write_kv_reference  # noqa: E402
-from qwen_triton.attention.triton_backend import TritonAttentionBackend  # noqa: E402
-from qwen_triton.kernels import activation, kv_cache, norm, rotary  # noqa: E402
-from qwen_triton.kernels.paged_attention import (  # noqa: E402
+from qwen_triton.attention import AttentionMetadata
+from qwen_triton.attention.torch_backend import TorchAttentionBackend
+from qwen_triton.attention.torch_backend import write_kv_cache as write_kv_reference
+from qwen_triton.attention.triton_backend import TritonAttentionBackend
+from qwen_triton.kernels import activation, kv_cache, norm, rotary
+from qwen_triton.kernels.paged_attention import (
     choose_num_splits,
     paged_decode_attention,
     paged_decode_attention_reference,
 )
-from qwen_triton.models import layers  # noqa: E402
+from qwen_triton.models import layers
 
 DEV = torch.device("cuda")
 RESULTS: list[dict] = []
@@ -165,10 +162,9 @@ def check_backend(dtype):
 
 
 def check_engine():
-    import checkpoints as ck
-    from test_engine import prompts
-
     from qwen_triton import EngineConfig, LLMEngine, SamplingParams
+    from tests import checkpoints as ck
+    from tests.test_engine import prompts
 
     root = tempfile.mkdtemp()
     mha = ck.write_qwen2_mha(os.path.join(root, "qwen2-mha"), seed=4)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The HTML report of a load test run (``python -m loadtest.run``): one self-contained page.
 
-    python tools/loadtest_report.py RUN_DIR [--out RUN_DIR/report.html] [--title TEXT]
+    python -m tools.loadtest_report RUN_DIR [--out RUN_DIR/report.html] [--title TEXT]
         [--offline offline.json] [--batch1-step-ms 4.2]
 
 Reads ``run.json``, ``requests.csv`` and ``server_timeseries.csv`` from RUN_DIR and writes
@@ -38,7 +38,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qwen_triton.serving import contract as c  # the model and metric names
 
 ENSEMBLE, ENGINE, PRE, POST = c.ENSEMBLE, c.ENGINE, c.PREPROCESSING, c.POSTPROCESSING
