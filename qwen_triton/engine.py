@@ -2,7 +2,7 @@
 
 request -> validation -> Scheduler (which tokens run) -> ModelRunner (model +
 sampler on the device) -> Scheduler.update (append, stop, free) -> RequestOutput.
-Single-threaded; `BackgroundEngine` (async_engine.py) runs it on a thread.
+Single-threaded; `BackgroundEngine` (background.py) runs it on a thread.
 """
 from __future__ import annotations
 
