@@ -23,7 +23,7 @@ from locust import events
 
 from loadtest.context import LoadTestContext, Target
 from loadtest.metrics import RECORD_FIELDS, summarize
-from loadtest.users import GrpcStreamUser, HttpGenerateUser, HttpStreamUser
+from loadtest.users import GrpcStreamUser, HttpGenerateUser, HttpStreamUser, init_grpc_gevent
 from loadtest.workloads import WORKLOADS, make_workload
 from qwen_triton.wire import env_port
 
@@ -48,6 +48,7 @@ def _add_arguments(parser) -> None:
 
 @events.init.add_listener
 def _context(environment, **_kw) -> None:
+    init_grpc_gevent()  # before the users' first channel
     opts = environment.parsed_options
     if opts is None:  # used as a library (loadtest.run sets environment.loadtest itself)
         return

@@ -52,7 +52,7 @@ from qwen_triton.serving import contract as c
 from .context import PROTOCOLS, LoadTestContext, Target
 from .metrics import RECORD_FIELDS, LevelWindow, RequestRecord, flat_summary, summarize
 from .prometheus import TIMESERIES_FIELDS, Snapshot, fetch, flat_server, level_server_summary, timeseries_row
-from .users import USER_CLASSES
+from .users import USER_CLASSES, init_grpc_gevent
 from .workloads import WORKLOADS, Workload, make_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +152,7 @@ def user_classes(protocols: Sequence[str]) -> list[type]:
 def run_level(ctx: LoadTestContext, classes: list[type], concurrency: int, duration_s: float | None,
               drain_timeout_s: float) -> tuple[LevelWindow, Environment]:
     """Run one level until its time or request budget is used up, then drain; the level's window."""
+    init_grpc_gevent()  # before the users' first channel
     env = Environment(user_classes=classes, catch_exceptions=True)
     env.loadtest = ctx  # type: ignore[attr-defined]
     runner = env.create_local_runner()

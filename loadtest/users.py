@@ -5,7 +5,7 @@
 * :class:`GrpcStreamUser` -- gRPC bidirectional streaming (``ModelStreamInfer``, tritonclient's protobuf
   stubs): one open stream per user, requests sent one after another on it, the empty final response asked
   for, the end read from ``triton_final_response``.  gRPC is made to cooperate with gevent
-  (``grpc.experimental.gevent.init_gevent()``) when this module is imported, before any channel exists,
+  (``init_grpc_gevent()``, which the runners call before any channel exists),
   and the users share a few channels (why: :class:`_Channels`).
 * :class:`HttpGenerateUser` -- ``POST /v2/models/ensemble/generate`` (one response: no TTFT, no ITL).
 
@@ -24,6 +24,7 @@ from gevent import monkey
 
 monkey.patch_all()  # first, before anything opens sockets or threads (importing Locust would do it too)
 
+import functools
 import json
 import os
 import queue
@@ -45,18 +46,12 @@ from .context import LoadTestContext
 from .metrics import RequestRecord, count_tokens
 from .workloads import Session
 
-_GRPC_GEVENT = False
 
-
+@functools.cache
 def init_grpc_gevent() -> None:
-    """Make grpc cooperate with gevent; must run before the first channel (idempotent)."""
-    global _GRPC_GEVENT
-    if not _GRPC_GEVENT:
-        grpc_gevent.init_gevent()
-        _GRPC_GEVENT = True
-
-
-init_grpc_gevent()
+    """Make grpc cooperate with gevent; must run before the first channel (loadtest.run and the
+    locustfile call it; once is enough)."""
+    grpc_gevent.init_gevent()
 
 import tritonclient.grpc as grpcclient  # after init_gevent
 from tritonclient.grpc import service_pb2, service_pb2_grpc
