@@ -92,6 +92,18 @@ def test_concurrent_http_and_grpc_match_engine_and_batch_inflight(server, expect
     assert after["generated_tokens"] - before.get("generated_tokens", 0) > 0
 
 
+def test_bls_inputs_the_config_reshapes_reach_the_engine(server):
+    """tensorrt_llm_bls declares num_return_sequences and return_log_probs with upstream's `reshape: [ ]`:
+    the model sees them as [batch], and the BLS call must send [batch, 1] again (tensorrtllm_backend
+    v0.14.0's end_to_end_grpc_client sends num_return_sequences; it failed with "Expected [-1,1], got [1]")."""
+    inputs = {c.TEXT_INPUT: np.array([[b"Hello, my name is"]], dtype=object),
+              c.MAX_TOKENS: np.array([[4]], np.int32), c.STREAM: np.array([[True]]),
+              c.TEMPERATURE: np.array([[0.0]], np.float32), c.NUM_RETURN_SEQUENCES: np.array([[1]], np.int32),
+              c.RETURN_LOG_PROBS: np.array([[True]])}
+    chunks = grpc_stream(server, model=c.BLS, inputs=inputs, output=c.OUTPUT_LOG_PROBS)
+    assert len(chunks) == 4  # one log prob per token
+
+
 def test_chat_messages_are_original_qwen_chatml(server):
     import tritonclient.http as httpclient
 

@@ -88,6 +88,10 @@ class Session:
         self.runs.append(Run(rel, build, args, proc.returncode, what, ok, round(time.monotonic() - t0, 1)))
         print(f"{'ok ' if ok else 'FAIL'} {rel} [{build}] {' '.join(args)}\n     {what}", flush=True)
 
+    def has(self, rel: str, text: str) -> bool:
+        """Whether the script at this tag contains `text` (the scripts' flags and checks differ by tag)."""
+        return text in (self.scripts / rel).read_text()
+
     def url(self, build: str, protocol: str) -> str:
         srv = self.servers[build]
         return f"localhost:{srv.grpc_port if protocol == 'grpc' else srv.http_port}"
@@ -103,10 +107,13 @@ def run_e2e_grpc_client(s: Session) -> None:
     prompt, n = "Hello, my name is", 32
     ids = s.tokenizer.encode(prompt, allow_special=True)
     reply = s.tokenizer.decode(reference(s.engine, _engine_inputs(ids, n, top_k=1)))
-    # the script's own check compares the reply (it puts the prompt in front when not streaming)
+    # the script's own check compares the reply; v0.19.0's puts the prompt in front itself when not
+    # streaming (the reply holds it: exclude_input_in_output is false by default), v0.14.0's does not
+    adds_prompt = s.has(rel, "expected = prompt + expected")
     for args in (["-p", prompt, "-o", str(n)], ["-p", prompt, "-o", str(n), "--streaming"],
                  ["-p", prompt, "-o", str(n), "--model-name", "tensorrt_llm_bls"]):
-        full = ["-u", s.url("stream", "grpc"), *args, "--check-outputs", "--expected-outputs", json.dumps([reply])]
+        expected = reply if adds_prompt or "--streaming" in args else prompt + reply
+        full = ["-u", s.url("stream", "grpc"), *args, "--check-outputs", "--expected-outputs", json.dumps([expected])]
         s.script(rel, "stream", full, lambda out: ("its own --check-outputs passed", True))
     prompts = ["This is a test", "I want you to", "The cat is"]
     s.script(rel, "stream", ["-u", s.url("stream", "grpc"), "-o", "5", "-p", json.dumps(prompts), "--batch-inputs"],
@@ -155,10 +162,13 @@ def run_inflight_batcher_llm_client(s: Session) -> None:
     for build, extra in (("unary", []), ("stream", ["--streaming"])):
         s.script(rel, build, ["-u", s.url(build, "grpc"), *tok, *extra, "--stop-after-ms", "2000",
                               "--request-output-len", "200", "--request-id", "7"], stopped)
+    perf = s.has(rel, "--return-perf-metrics")  # v0.19.0's flag; v0.14.0's script has no such flag
     s.script(rel, "unary", ["-u", s.url("unary", "grpc"), *tok, "--request-output-len", "4", "--return-log-probs",
-                            "--return-context-logits", "--return-generation-logits", "--return-perf-metrics"],
-             lambda out: ("log probs, logits and perf metrics printed",
-                          "generation_logits.shape: (1, 4," in out and "kv_cache_alloc_total_blocks" in out))
+                            "--return-context-logits", "--return-generation-logits"]
+             + (["--return-perf-metrics"] if perf else []),
+             lambda out: ("log probs, logits" + (" and perf metrics" if perf else "") + " printed",
+                          "generation_logits.shape: (1, 4," in out
+                          and (not perf or "kv_cache_alloc_total_blocks" in out)))
 
 
 def run_end_to_end_test(s: Session) -> None:

@@ -50,11 +50,19 @@ def plan(pre: Preprocessor, specs: tuple[c.TensorSpec, ...], inputs: Arrays) -> 
     if c.MESSAGES in inputs and c.EXCLUDE_INPUT_IN_OUTPUT not in inputs:
         tensors[c.EXCLUDE_INPUT_IN_OUTPUT] = np.ones((batch, 1), dtype=bool)
     _, eng_in, _ = _ENGINE_STEP
-    engine_inputs = {name: tensors[src] for name, src in eng_in.items() if src in tensors}
+    engine_inputs = {name: _rows(tensors[src]) for name, src in eng_in.items() if src in tensors}
     rows = BatchRows(inputs, batch)
     streaming = any(rows.scalar(c.STREAM, i, False, bool) for i in range(batch))
     logprobs = any(rows.scalar(c.RETURN_LOG_PROBS, i, False, bool) for i in range(batch))
     return EnginePlan(engine_inputs, streaming, batch, logprobs)
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """An input as the engine model takes it, [batch, ...]: an entry input that the config reshapes to
+    one value per row (upstream's `reshape: { shape: [ ] }`, e.g. `num_return_sequences`) reaches the
+    entry model as [batch], and a BLS call must send it as [batch, 1] again."""
+    array = np.asarray(array)
+    return array.reshape(-1, 1) if array.ndim == 1 else array
 
 
 def stop_inputs() -> dict[str, np.ndarray]:
