@@ -47,7 +47,7 @@ stop: triton-stop
 
 status: triton-status
 
-test: install triton-install
+test: install triton-install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

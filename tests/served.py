@@ -14,6 +14,7 @@ import requests
 
 from qwen_triton import wire
 from qwen_triton.runtime.server import TritonServer
+from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
 from qwen_triton.serving import contract as c
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,22 @@ def build_repo(dest: Path, model: str = "random", sets: tuple[str, ...] = (), ar
         cmd += ["--set", s]
     subprocess.run(cmd, cwd=ROOT, check=True)
     return dest / "model_repo"
+
+
+@contextmanager
+def supervised(root: Path, sets: tuple[str, ...]):
+    """The random-weight model built with `sets` under root, served by the supervisor (tritonserver behind
+    the HTTP front, model processes watched); yields the Supervisor, ready."""
+    repo = build_repo(root, sets=sets)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
+                          log_file=root / "triton.log", extra_args=["--exit-timeout-secs=5"])
+    supervisor = Supervisor(server, SupervisorConfig(http_port=0, run_dir=root / "run", poll_s=0.2))
+    supervisor.start()
+    try:
+        assert supervisor.wait_ready(60)
+        yield supervisor
+    finally:
+        supervisor.stop(timeout=20)
 
 
 @contextmanager

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import requests
 from served import TRITON_DIR, build_repo, grpc_stream, needs_triton, scrape
+from served import supervised as supervised_stack
 
 from qwen_triton.runtime.process import processes
 from qwen_triton.runtime.server import TritonServer
-from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
+from qwen_triton.runtime.supervisor import Supervisor
 from qwen_triton.serving import contract as c
 
 pytestmark = [pytest.mark.server, needs_triton]
@@ -30,15 +31,8 @@ SETS = ("max_num_seqs=8", "max_output_len=512", "max_input_len=256")
 
 @pytest.fixture(scope="module")
 def supervised(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability")
-    repo = build_repo(root, sets=SETS)
-    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
-                          log_file=root / "triton.log", extra_args=["--exit-timeout-secs=5"])
-    supervisor = Supervisor(server, SupervisorConfig(http_port=0, run_dir=root / "run", poll_s=0.2))
-    supervisor.start()
-    assert supervisor.wait_ready(60)
-    yield supervisor
-    supervisor.stop(timeout=20)
+    with supervised_stack(tmp_path_factory.mktemp("reliability"), SETS) as supervisor:
+        yield supervisor
 
 
 def url(sv: Supervisor, path: str) -> str:

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from served import TRITON_DIR, build_repo, needs_triton
+from served import needs_triton, supervised
 
 from loadtest import soak
 from loadtest.soak_catalogue import CATALOGUE
-from qwen_triton.runtime.server import TritonServer
-from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, needs_triton]
 # 64 blocks of 16 tokens: one 256-token reply takes 17, so a burst of 5 overflows the pool
@@ -23,14 +21,8 @@ SETS = ("max_num_seqs=8", "max_input_len=512", "max_output_len=256", "num_kv_blo
 def report(tmp_path_factory):
     """Run the soak once (about 40 s) against a supervised server; its JSON report."""
     root = tmp_path_factory.mktemp("soak")
-    repo = build_repo(root, sets=SETS)
-    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
-                          log_file=root / "triton.log", extra_args=["--exit-timeout-secs=5"])
-    supervisor = Supervisor(server, SupervisorConfig(http_port=0, run_dir=root / "run", poll_s=0.2))
-    supervisor.start()
-    try:
-        assert supervisor.wait_ready(60)
-        out = root / "report.json"
+    with supervised(root, SETS) as supervisor:
+        server, out = supervisor.server, root / "report.json"
         code = soak.main(["--http-port", str(supervisor.http_port), "--grpc-port", str(server.grpc_port),
                           "--metrics-port", str(server.metrics_port), "--server-pid", str(server.pid),
                           "--rounds", "3", "--requests-per-round", "24", "--concurrency", "6",
@@ -39,8 +31,6 @@ def report(tmp_path_factory):
         data = json.loads(out.read_text())
         data["exit_code"] = code
         yield data
-    finally:
-        supervisor.stop(timeout=20)
 
 
 def _failed(report: dict) -> list[str]:
