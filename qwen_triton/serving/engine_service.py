@@ -191,7 +191,10 @@ class EngineService:
 
     def _poll_loop(self) -> None:
         while not self._stopping.wait(self.options.poll_period_s):
-            self._drop_callers()
+            try:
+                self._drop_callers()
+            except Exception:  # the poller must outlive anything it meets: cancellation and metrics depend on it
+                log.exception("dropping the requests of dead callers failed")
             with self._lock:
                 watched = list(self._calls.values())
             for live in watched:
