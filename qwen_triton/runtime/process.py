@@ -115,9 +115,9 @@ def processes():
             continue
         try:
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
-            continue
+            continue  # gone meanwhile
+        cmdline = _cmdline(int(entry.name)).replace(b"\0", b" ").decode(errors="replace")
         yield int(entry.name), int(stat.rsplit(")", 1)[-1].split()[1]), cmdline
 
 
@@ -147,6 +147,7 @@ def _wait_exited(pids: list[int], timeout: float = 5.0) -> None:
 
 
 def _cmdline(pid: int) -> bytes:
+    """A process's raw command line (NUL-separated); empty for a zombie or a process that is gone."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

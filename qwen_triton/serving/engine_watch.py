@@ -33,7 +33,7 @@ def run_dir(model_repository: str) -> Path:
 
 
 def write_pid_file(directory: Path, model: str, instance: str) -> Path:
-    """Record this process as engine `model` instance `instance` (atomically)."""
+    """Record this process as instance `instance` of `model` (atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{model}-{instance}.pid"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
