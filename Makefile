@@ -2,7 +2,9 @@
 #   make install        virtual environment with everything (CPU torch where no GPU)
 #   make build-engine   the real default model, or MODEL=/path/to/ckpt (MODEL=random: random weights);
 #                       DECOUPLED=false: unary /infer and ModelInfer instead of streaming
-#   make serve          installs Triton from the pytriton wheel, builds when needed, starts, waits for ready
+#   make serve          installs Triton from the pytriton wheel, builds when needed, starts, waits for ready;
+#                       with the OpenAI-compatible API on OPENAI_PORT (9000; OPENAI=0: without it)
+#   make serve-openai   the OpenAI-compatible API alone, in the foreground, for a Triton already running
 #   make stop           stops the server
 #   make test           the whole test suite (starts its own servers on free ports)
 #   make loadtest       a Locust sweep against the running server (report under logs/loadtest/)
@@ -23,7 +25,7 @@ TRITON_INSTALL_DEPS := install
 include tools/triton.mk
 include loadtest/loadtest.mk
 
-.PHONY: install build-engine serve stop status test test-fast lint clean genai-perf
+.PHONY: install build-engine serve serve-openai stop status test test-fast lint clean genai-perf
 
 install: $(VENV)/.installed
 
@@ -42,6 +44,11 @@ $(MODEL_REPO)/ensemble/config.pbtxt:
 	$(MAKE) build-engine
 
 serve: install triton-install $(MODEL_REPO)/ensemble/config.pbtxt triton-start
+
+# the OpenAI-compatible API (qwen_triton/openai_api) in the foreground, for the Triton on TRITON_GRPC_PORT
+serve-openai: install
+	$(PY) -m qwen_triton.openai_api --triton-grpc 127.0.0.1:$(TRITON_GRPC_PORT) --port $(OPENAI_PORT) \
+		--model-repository $(MODEL_REPO) $(OPENAI_ARGS)
 
 stop: triton-stop
 

@@ -17,6 +17,11 @@ TRITON_PY ?= $(if $(PY),$(PY),.venv/bin/python)
 TRITON_TARBALL_PYTHON ?= 3.12
 TRITON_TARBALL ?= artifacts/triton-py$(subst .,,$(TRITON_TARBALL_PYTHON)).tar.gz
 TRITON_START_ARGS ?=
+# The OpenAI-compatible API beside Triton, supervised with it (python -m qwen_triton.openai_api, on
+# 127.0.0.1 unless TRITON_HOST says otherwise; API key from $QWEN_TRITON_API_KEY): OPENAI=0 leaves it out.
+OPENAI ?= 1
+OPENAI_PORT ?= 9000
+TRITON_OPENAI_ARGS = $(if $(filter 1 true yes,$(OPENAI)),--openai-port $(OPENAI_PORT))
 TRITON_INSTALL_DEPS ?=
 
 TRITON_SERVER = $(TRITON_PY) tools/triton_server.py
@@ -35,15 +40,16 @@ triton-tarball:
 	$(TRITON_PY) tools/triton_install.py --dest artifacts/triton-py$(TRITON_TARBALL_PYTHON)/.triton \
 		--python $(TRITON_TARBALL_PYTHON) --tarball $(TRITON_TARBALL)
 
-# In the background (logs/tritonserver.log, logs/tritonserver.pid); returns once /v2/health/ready is 200.
+# In the background (logs/tritonserver.log, logs/tritonserver.pid, logs/openai_api.log); returns once
+# /v2/health/ready (and the OpenAI API's /health) answer 200.
 triton-start: triton-install
 	$(TRITON_SERVER) start --triton-dir $(TRITON_DIR) --python $(TRITON_PY) \
-		--model-repository $(TRITON_MODEL_REPO) $(TRITON_PORT_ARGS) $(TRITON_START_ARGS)
+		--model-repository $(TRITON_MODEL_REPO) $(TRITON_PORT_ARGS) $(TRITON_OPENAI_ARGS) $(TRITON_START_ARGS)
 
 # In the foreground; Ctrl-C stops it.
 triton-serve: triton-install
 	$(TRITON_SERVER) start --foreground --triton-dir $(TRITON_DIR) --python $(TRITON_PY) \
-		--model-repository $(TRITON_MODEL_REPO) $(TRITON_PORT_ARGS) $(TRITON_START_ARGS)
+		--model-repository $(TRITON_MODEL_REPO) $(TRITON_PORT_ARGS) $(TRITON_OPENAI_ARGS) $(TRITON_START_ARGS)
 
 triton-stop:
 	$(TRITON_SERVER) stop

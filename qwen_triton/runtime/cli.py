@@ -2,7 +2,7 @@
 
     python -m qwen_triton.runtime [--pid-file logs/tritonserver.pid]
         start  [--model-repository model_repo] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
-               [--python .venv/bin/python] [--foreground] [-- extra tritonserver flags]
+               [--python .venv/bin/python] [--openai-port 9000] [--foreground] [-- extra tritonserver flags]
         stop
         status
 
@@ -13,6 +13,8 @@ tritonserver in its own process session, sends its output to ``logs/tritonserver
 ``logs/tritonserver.pid`` and ``logs/tritonserver.json`` (:mod:`.state`), then waits until
 ``GET /v2/health/ready`` answers 200.  If the process dies or the timeout passes first, it prints the tail
 of the log and exits 1.  ``--foreground`` stays attached and stops the server on Ctrl-C/SIGTERM.
+``--openai-port`` also runs the OpenAI-compatible API (``python -m qwen_triton.openai_api``) on that port,
+supervised like the rest; ``start`` then also waits until its ``/health`` answers 200.
 """
 
 from __future__ import annotations
@@ -138,9 +140,10 @@ def cmd_start(args) -> int:
     print(f"[triton-server] supervisor pid {proc.pid}; log {log}; waiting for readiness ...", flush=True)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if is_ready(f"127.0.0.1:{args.http_port}"):
+        if is_ready(f"127.0.0.1:{args.http_port}") and _openai_ready(args):
+            openai = f"  OpenAI API http://127.0.0.1:{args.openai_port}/v1" if args.openai_port else ""
             print(f"[triton-server] ready: HTTP http://127.0.0.1:{args.http_port} (front)  "
-                  f"gRPC 127.0.0.1:{args.grpc_port}  metrics :{args.metrics_port}", flush=True)
+                  f"gRPC 127.0.0.1:{args.grpc_port}  metrics :{args.metrics_port}{openai}", flush=True)
             return 0
         time.sleep(0.3)
     print(f"[triton-server] ERROR: not ready (supervisor {'exited' if proc.poll() is not None else 'timed out'});"
@@ -150,6 +153,11 @@ def cmd_start(args) -> int:
     return 1
 
 
+def _openai_ready(args) -> bool:
+    """True without the OpenAI API, else whether its /health answers 200 (the engine model is ready)."""
+    return not args.openai_port or http_get(f"http://127.0.0.1:{args.openai_port}/health", 1.0)[0] == 200
+
+
 def _start_argv(args) -> list[str]:
     """The start options again, for the background supervisor's command line."""
     argv = ["--model-repository", str(args.model_repository), "--http-port", str(args.http_port),
@@ -157,18 +165,22 @@ def _start_argv(args) -> list[str]:
             "--triton-dir", str(args.triton_dir), "--python", args.python, "--log-file", str(args.log_file),
             "--log-verbose", str(args.log_verbose), "--timeout", str(args.timeout),
             "--latency-metrics", args.latency_metrics]
+    argv += ["--openai-port", str(args.openai_port)] if args.openai_port else []
     return argv + (["--allow-numpy2"] if args.allow_numpy2 else []) + list(args.extra)
 
 
 def cmd_supervise(args) -> int:
     """Run the supervisor in this process until SIGINT/SIGTERM (it writes the pid/state files)."""
+    from .child import OpenAIService
     from .supervisor import Supervisor, SupervisorConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request forwarded by the front
     supervisor = Supervisor(_server(args, supervised=True),
                             SupervisorConfig(host=args.host, http_port=args.http_port,
-                                             run_dir=args.log_file.parent / "run"))
+                                             run_dir=args.log_file.parent / "run",
+                                             openai=OpenAIService(args.openai_port, args.host) if args.openai_port
+                                             else None))
     try:
         supervisor.start()
     except TritonError as exc:
@@ -252,6 +264,8 @@ def cmd_status(args) -> int:
     ready = is_ready(f"127.0.0.1:{http}")
     live, _ = http_get(f"http://127.0.0.1:{http}/v2/health/live")
     out = dict(state, running=True, live=live == 200, ready=ready)
+    if state.get("openai_port"):
+        out["openai_ready"] = http_get(f"http://127.0.0.1:{state['openai_port']}/health", 1.0)[0] == 200
     triton_http = state.get("triton_http_port", http)  # the repository API is not served by the front
     code, body = http_post(f"http://127.0.0.1:{triton_http}/v2/repository/index", {})
     if code == 200:
@@ -288,6 +302,9 @@ def _add_start_parser(sub) -> None:
     s.add_argument("--allow-numpy2", action="store_true", help="start even if the environment has numpy >= 2")
     s.add_argument("--host", default=os.environ.get("TRITON_HOST", "127.0.0.1"),
                    help="address the public ports listen on (127.0.0.1; 0.0.0.0 to serve other machines)")
+    s.add_argument("--openai-port", type=int, default=None,
+                   help="also serve the OpenAI-compatible API on this port (python -m qwen_triton.openai_api; "
+                        "API key from $QWEN_TRITON_API_KEY)")
     s.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the server")
     s.add_argument("--unsupervised", action="store_true",
                    help="tritonserver alone: its own HTTP on the public port, no front, no restarts")

@@ -74,4 +74,6 @@ def write_supervisor_state(pid_file: Path, supervisor: Supervisor) -> None:
         "model_repository": str(server.model_repository), "log_file": str(server.log_file), "python": server.python,
         "shm_prefix": server.shm_prefix, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if supervisor.config.openai is not None:
+        state["openai_port"] = supervisor.config.openai.port
     state_file(pid_file).write_text(json.dumps(state, indent=2) + "\n")

@@ -26,6 +26,7 @@ from pathlib import Path
 from qwen_triton.serving.engine_watch import RUN_DIR_ENV, EngineWatch
 from qwen_triton.wire import http_get, http_post
 
+from .child import OpenAIService, SupervisedProcess
 from .front import FrontConfig, create_app
 from .process import free_port
 from .server import TritonServer
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    """Where the public ports listen (`host`: 127.0.0.1 unless told otherwise) and the front's limits."""
+    """Where the public ports listen (`host`: 127.0.0.1 unless told otherwise) and the front's limits;
+    `openai`: run the OpenAI-compatible API beside Triton (None: do not)."""
 
     host: str = "127.0.0.1"
     http_port: int = 8000
@@ -45,6 +47,7 @@ class SupervisorConfig:
     max_json_depth: int = 64
     reload_timeout_s: float = 600.0
     run_dir: Path = field(default_factory=lambda: Path("logs") / "run")
+    openai: OpenAIService | None = None
 
 
 class Supervisor:
@@ -65,6 +68,9 @@ class Supervisor:
         self._threads: list[threading.Thread] = []
         self._front = None
         self._deaths: dict[str, int] = {}  # model -> how many times its process was found dead
+        self.children = [] if config.openai is None else [SupervisedProcess(
+            "the OpenAI-compatible API", config.openai.argv(server.grpc_port, server.model_repository),
+            Path(server.log_file).with_name("openai_api.log"))]
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -74,6 +80,8 @@ class Supervisor:
         self.server.start_and_wait()
         self.down = None
         self._start_front()
+        for child in self.children:
+            child.start()
         self._spawn(self._watchdog, "qwen-triton-watchdog")
         return self
 
@@ -92,6 +100,8 @@ class Supervisor:
         if self._front is not None:
             self._front.should_exit = True
         with self._acting:
+            for child in self.children:
+                child.stop()
             code = self.server.stop(timeout)  # it removes the stubs and shared memory it leaves
             self._forget_pid_files()
         for thread in self._threads:
@@ -151,6 +161,8 @@ class Supervisor:
         for watch in self.watches:
             if watch.poll():
                 self._restart_model(watch)
+        for child in self.children:
+            child.poll()
 
     def _restart_model(self, watch: EngineWatch) -> None:
         """Unload a model whose process is gone and load it again."""
