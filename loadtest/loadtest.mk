@@ -1,4 +1,4 @@
-# Load tests (loadtest/, tools/loadtest_report.py, docs/loadtest.md).  Include from the top-level Makefile:
+# Load tests (loadtest/, its report loadtest/report/, docs/loadtest.md).  Include from the top-level Makefile:
 #     include loadtest/loadtest.mk
 #
 #   make loadtest                 a concurrency sweep against the running server (`make serve`), then the HTML
@@ -50,7 +50,7 @@ loadtest: $(LOADTEST_DEPS)
 
 loadtest-report:
 	@test -n "$(RUN)" || { echo "usage: make loadtest-report RUN=logs/loadtest/<time>"; exit 2; }
-	$(PY) -m tools.loadtest_report $(RUN)
+	$(PY) -m loadtest.report $(RUN)
 
 # Binary wheels only, for CPython $(LOADTEST_WHEEL_PYTHON) on x86_64 Linux, without dependencies (the list is
 # complete for the GPU image); carry the folder and let tools/loadtest_gpu.sh install them.

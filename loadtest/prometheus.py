@@ -127,28 +127,44 @@ def level_server_summary(before: Snapshot, after: Snapshot, rows: Sequence[Mappi
     mean queue / request / compute time), the engine's counters and its gauges' mean and peak."""
     if not (before.ok and after.ok):
         return {"available": False}
-    models: dict[str, Any] = {}
-    for model in after.models():
-        success = _delta(before, after, SUCCESS, model=model)
-        failure = _delta(before, after, FAILURE, model=model)
-        reasons = {}
-        for labels, v in after.select(FAILURE, model=model):
-            prev = before.get(FAILURE, **labels) or 0.0
-            if v - prev:
-                reasons[labels.get("reason", "?")] = v - prev
-        done = (success or 0.0) + (failure or 0.0)
-        summary = after.by_label(QUEUE_SUMMARY_US, "quantile", model=model)
-        quantiles = {k: v / 1000.0 for k, v in summary.items()}
-        models[model] = {
-            "success": success, "failure": failure, "failure_by_reason": reasons,
-            "count": _delta(before, after, COUNT, model=model),
-            "exec_count": _delta(before, after, EXEC_COUNT, model=model),
-            "avg_queue_ms": _per(_delta(before, after, QUEUE_US, model=model), done, 1e-3),
-            "avg_request_ms": _per(_delta(before, after, REQUEST_US, model=model), done, 1e-3),
-            "avg_compute_infer_ms": _per(_delta(before, after, COMPUTE_INFER_US, model=model), done, 1e-3),
-            # Triton's summaries cover a sliding window, so these are "lately", not exactly this level
-            "queue_p50_ms": quantiles.get("0.5"), "queue_p99_ms": quantiles.get("0.99"),
-        }
+    _, gpu_mem_max = _gauge_stats(rows, "gpu_mem_used_gb")
+    gpu_mean, gpu_max = _gauge_stats(rows, "gpu_util")
+    return {
+        "available": True,
+        "models": {model: _model_summary(before, after, model) for model in after.models()},
+        "engine": _engine_summary(before, after, rows, duration_s),
+        "gpu": {"util_mean": gpu_mean, "util_max": gpu_max, "mem_used_gb_max": gpu_mem_max},
+        "samples": len(rows),
+    }
+
+
+def _model_summary(before: Snapshot, after: Snapshot, model: str) -> dict[str, Any]:
+    """One model's Triton counters over a level: successes, failures (by reason), mean times."""
+    success = _delta(before, after, SUCCESS, model=model)
+    failure = _delta(before, after, FAILURE, model=model)
+    reasons = {}
+    for labels, v in after.select(FAILURE, model=model):
+        prev = before.get(FAILURE, **labels) or 0.0
+        if v - prev:
+            reasons[labels.get("reason", "?")] = v - prev
+    done = (success or 0.0) + (failure or 0.0)
+    summary = after.by_label(QUEUE_SUMMARY_US, "quantile", model=model)
+    quantiles = {k: v / 1000.0 for k, v in summary.items()}
+    return {
+        "success": success, "failure": failure, "failure_by_reason": reasons,
+        "count": _delta(before, after, COUNT, model=model),
+        "exec_count": _delta(before, after, EXEC_COUNT, model=model),
+        "avg_queue_ms": _per(_delta(before, after, QUEUE_US, model=model), done, 1e-3),
+        "avg_request_ms": _per(_delta(before, after, REQUEST_US, model=model), done, 1e-3),
+        "avg_compute_infer_ms": _per(_delta(before, after, COMPUTE_INFER_US, model=model), done, 1e-3),
+        # Triton's summaries cover a sliding window, so these are "lately", not exactly this level
+        "queue_p50_ms": quantiles.get("0.5"), "queue_p99_ms": quantiles.get("0.99"),
+    }
+
+
+def _engine_summary(before: Snapshot, after: Snapshot, rows: Sequence[Mapping[str, Any]],
+                    duration_s: float) -> dict[str, Any]:
+    """The engine's counters over a level (steps, tokens, preemptions) and its gauges' mean and peak."""
     eng_before = before.by_label(c.METRIC_ENGINE, "counter")
     eng_after = after.by_label(c.METRIC_ENGINE, "counter")
 
@@ -163,25 +179,17 @@ def level_server_summary(before: Snapshot, after: Snapshot, rows: Sequence[Mappi
     sched_mean, sched_max = _gauge_stats(rows, "scheduled")
     kv_used_mean, kv_used_max = _gauge_stats(rows, "kv_used")
     _, kv_max = _gauge_stats(rows, "kv_max")
-    gpu_mean, gpu_max = _gauge_stats(rows, "gpu_util")
-    _, gpu_mem_max = _gauge_stats(rows, "gpu_mem_used_gb")
     return {
-        "available": True,
-        "models": models,
-        "engine": {
-            "steps": steps, "generated_tokens": generated, "preemptions": eng("preemptions"),
-            "max_batch_seen": eng_after.get("max_batch_seen"),
-            "tokens_per_step": _per(generated, steps),
-            "generated_token_throughput": _per(generated, duration_s),
-            "step_ms": _per(duration_s * 1000.0, steps),  # wall time per step, idle time included
-            "active_mean": active_mean, "active_max": active_max,
-            "scheduled_mean": sched_mean, "scheduled_max": sched_max,
-            "waiting_mean": waiting_mean, "waiting_max": waiting_max,
-            "kv_used_mean": kv_used_mean, "kv_used_max": kv_used_max, "kv_blocks": kv_max,
-            "kv_used_frac_max": _per(kv_used_max, kv_max),
-        },
-        "gpu": {"util_mean": gpu_mean, "util_max": gpu_max, "mem_used_gb_max": gpu_mem_max},
-        "samples": len(rows),
+        "steps": steps, "generated_tokens": generated, "preemptions": eng("preemptions"),
+        "max_batch_seen": eng_after.get("max_batch_seen"),
+        "tokens_per_step": _per(generated, steps),
+        "generated_token_throughput": _per(generated, duration_s),
+        "step_ms": _per(duration_s * 1000.0, steps),  # wall time per step, idle time included
+        "active_mean": active_mean, "active_max": active_max,
+        "scheduled_mean": sched_mean, "scheduled_max": sched_max,
+        "waiting_mean": waiting_mean, "waiting_max": waiting_max,
+        "kv_used_mean": kv_used_mean, "kv_used_max": kv_used_max, "kv_blocks": kv_max,
+        "kv_used_frac_max": _per(kv_used_max, kv_max),
     }
 
 

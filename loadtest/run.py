@@ -2,7 +2,7 @@
 
     python -m loadtest.run --concurrency 1,4,16,64,256 --duration 60 --workload fixed \\
         --input-len 128 --output-len 128 --protocol http_stream --out logs/loadtest/run1
-    python -m tools.loadtest_report logs/loadtest/run1        # the HTML report (also --report here)
+    python -m loadtest.report logs/loadtest/run1        # the HTML report again (--report writes it here)
 
 For each level of concurrency c it starts c closed-loop Locust users (no wait between requests) and lets
 them run until the level's time (``--duration``) or request count (``--requests``, or
@@ -18,7 +18,11 @@ The server is found at 127.0.0.1 on TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON
   per protocol), the server summary and Locust's own counts;
 * ``summary.csv`` -- one row per level and protocol ("all" for the whole level), latencies in ms;
 * ``requests.csv`` -- one row per request (``loadtest.metrics.RequestRecord``);
-* ``server_timeseries.csv`` -- the engine's gauges and counters every scrape.
+* ``server_timeseries.csv`` -- the engine's gauges and counters every scrape;
+* ``report.html`` and ``plots/`` -- the report (:mod:`loadtest.report`, where matplotlib is installed).
+
+This module is the command line; :mod:`loadtest.sweep` runs the levels, :mod:`loadtest.scrape` asks the
+server, :mod:`loadtest.run_files` writes the files.
 
 Exit status: 0 when the sweep ran (failed requests are data; ``--fail-on-errors`` makes them exit 3),
 2 when the server was not ready.
@@ -27,248 +31,33 @@ from __future__ import annotations
 
 from gevent import monkey
 
-monkey.patch_all()  # first: the users run on gevent (loadtest.users also tells gRPC about gevent)
+monkey.patch_all()  # first: the users run on gevent (this is the entry point; see loadtest.users)
 
 import argparse
-import csv
 import importlib.util
 import json
-import logging
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import gevent
-from locust.env import Environment
-
 from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
-from .context import PROTOCOLS, LoadTestContext, Target
-from .metrics import RECORD_FIELDS, LevelWindow, RequestRecord, flat_summary, summarize
-from .prometheus import TIMESERIES_FIELDS, Snapshot, fetch, flat_server, level_server_summary, timeseries_row
-from .users import USER_CLASSES, init_grpc_gevent
+from .context import PROTOCOLS, Target
+from .report import ReportOptions, write_report
+from .run_files import ROOT, now_text, run_meta, write_outputs
+from .scrape import Scraper, server_info
+from .sweep import Say, SweepPlan, run_sweep, user_classes
 from .workloads import WORKLOADS, Workload, make_workload
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class _QuietSpawnWarning(logging.Filter):
-    """Locust warns about spawn rates above 100/s; here every user of a level starts at once on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "spawn rate is very high" not in record.getMessage()
-
-
-logging.getLogger("locust.runners").addFilter(_QuietSpawnWarning())
 DEFAULT_LEVELS = (1, 4, 16, 64, 256)
 INPUT_SPECS = {spec.name: spec for spec in c.ENSEMBLE_INPUTS}
 
 
-# ------------------------------------------------------------------------------------------- server
-def http_json(url: str, timeout: float = 5.0) -> Any:
-    """The JSON of a GET that answered 200, else None."""
-    status, body = wire.http_get(url, timeout)
-    try:
-        return json.loads(body) if status == 200 else None
-    except ValueError:
-        return None
-
-
-def server_info(target: Target) -> dict[str, Any]:
-    """Triton's version and the engine model's settings, for the report (best effort)."""
-    info: dict[str, Any] = {"http_url": target.http_url, "grpc_url": target.grpc_url,
-                            "metrics_url": target.metrics_url, "model": target.model}
-    meta = http_json(f"{target.http_url}/v2")
-    if isinstance(meta, dict):
-        info["triton_version"] = meta.get("version")
-    engine = http_json(f"{target.http_url}/v2/models/{c.ENGINE}/config")
-    if isinstance(engine, dict):
-        params = {k: v.get("string_value") for k, v in (engine.get("parameters") or {}).items()
-                  if isinstance(v, dict)}
-        info["engine_backend"] = engine.get("backend")
-        info["engine_max_batch_size"] = engine.get("max_batch_size")
-        raw = params.get(c.PARAM_ENGINE_CONFIG)
-        if raw:
-            try:
-                info["engine_config"] = json.loads(raw)
-            except ValueError:
-                info["engine_config"] = raw
-        info["engine_parameters"] = {k: v for k, v in params.items() if k != c.PARAM_ENGINE_CONFIG}
-    return info
-
-
-class Scraper:
-    """Scrapes the metrics port every ``interval`` seconds in a greenlet; rows carry the current level."""
-
-    def __init__(self, ctx_t0: float, url: str, interval: float):
-        self.t0 = ctx_t0
-        self.url = url
-        self.interval = interval
-        self.level: int | None = None
-        self.rows: list[dict[str, Any]] = []
-        self.greenlet: gevent.Greenlet | None = None
-        self.failures = 0
-
-    def now(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def snapshot(self) -> Snapshot:
-        snap = fetch(self.url, self.now())
-        if not snap.ok:
-            self.failures += 1
-        return snap
-
-    def _loop(self) -> None:
-        while True:
-            snap = self.snapshot()
-            if snap.ok:
-                self.rows.append(timeseries_row(snap, self.level))
-            gevent.sleep(self.interval)
-
-    def start(self) -> None:
-        if self.interval > 0:
-            self.greenlet = gevent.spawn(self._loop)
-
-    def stop(self) -> None:
-        if self.greenlet is not None:
-            self.greenlet.kill()
-            self.greenlet = None
-
-
-# ---------------------------------------------------------------------------------------------- levels
-def user_classes(protocols: Sequence[str]) -> list[type]:
-    unknown = [p for p in protocols if p not in USER_CLASSES]
-    if unknown:
-        raise SystemExit(f"unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
-    return [USER_CLASSES[p] for p in protocols]
-
-
-def run_level(ctx: LoadTestContext, classes: list[type], concurrency: int, duration_s: float | None,
-              drain_timeout_s: float) -> tuple[LevelWindow, Environment]:
-    """Run one level until its time or request budget is used up, then drain; the level's window."""
-    init_grpc_gevent()  # before the users' first channel
-    env = Environment(user_classes=classes, catch_exceptions=True)
-    env.loadtest = ctx  # type: ignore[attr-defined]
-    runner = env.create_local_runner()
-    start = drain_start = ctx.now()
-    runner.start(concurrency, spawn_rate=float(concurrency))  # one batch: every user at once
-    try:
-        while True:
-            gevent.sleep(0.05)
-            elapsed = ctx.now() - start
-            if duration_s is not None and elapsed >= duration_s:
-                break
-            if ctx.exhausted and ctx.in_flight == 0:
-                break
-        ctx.draining = True
-        drain_start = ctx.now()
-        deadline = time.monotonic() + drain_timeout_s
-        while ctx.in_flight > 0 and time.monotonic() < deadline:
-            gevent.sleep(0.02)
-    finally:
-        runner.quit()  # users still in a request are killed; their records say "cancelled"
-    ends = [r.start_s + (r.latency_s or 0.0) for r in ctx.records]
-    end = max(ends) if ends else ctx.now()
-    return LevelWindow(start, end, drain_start), env
-
-
-def locust_counts(env: Environment) -> dict[str, Any]:
-    total = env.stats.total
-    return {"requests": total.num_requests, "failures": total.num_failures,
-            "avg_response_ms": total.avg_response_time, "median_response_ms": total.median_response_time}
-
-
-def _summaries(records: list[RequestRecord], window: LevelWindow) -> tuple[dict, dict[str, dict]]:
-    overall = summarize(records, window).as_dict()
-    by_protocol = {}
-    for protocol in sorted({r.protocol for r in records}):
-        by_protocol[protocol] = summarize([r for r in records if r.protocol == protocol], window).as_dict()
-    return overall, by_protocol
-
-
-def describe_level(level: dict[str, Any]) -> str:
-    s = level["client"]
-    ttft, itl, lat = s["ttft_s"], s["itl_s"], s["latency_s"]
-
-    def ms(d: dict, key: str) -> str:
-        v = d.get(key)
-        return "-" if v is None else f"{v * 1000:.1f}"
-
-    line = (f"c={level['concurrency']:>4}: {s['ok']} ok, {s['failed']} failed, {s['cancelled']} cancelled in "
-            f"{s['duration_s']:.1f} s | {s['output_token_throughput']:.1f} out tok/s "
-            f"({s['steady_output_token_throughput'] or 0:.1f} steady), "
-            f"{s['request_throughput']:.2f} req/s | TTFT p50 {ms(ttft, 'p50')} p99 {ms(ttft, 'p99')} ms | "
-            f"ITL p50 {ms(itl, 'p50')} p99 {ms(itl, 'p99')} ms | latency p50 {ms(lat, 'p50')} ms")
-    srv = level.get("server", {})
-    if srv.get("available"):
-        e = srv["engine"]
-        ens = srv["models"].get(c.ENSEMBLE, {})
-        gen = e.get("generated_token_throughput")
-        gen_text = "-" if gen is None else f"{gen:.1f}"
-        line += (f"\n        server: ensemble {ens.get('success') or 0:.0f} ok / "
-                 f"{ens.get('failure') or 0:.0f} failed, engine {gen_text} gen tok/s, batch mean "
-                 f"{e.get('scheduled_mean') or 0:.1f} peak {e.get('scheduled_max') or 0:.0f}, waiting peak "
-                 f"{e.get('waiting_max') or 0:.0f}")
-    return line
-
-
-# ---------------------------------------------------------------------------------------------- output
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str] | None = None) -> None:
-    if fields is None:
-        fields = []
-        for row in rows:
-            fields.extend(k for k in row if k not in fields)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-
-
-def write_outputs(out: Path, run: dict[str, Any], records: list[RequestRecord],
-                  series: list[dict[str, Any]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n", encoding="utf-8")
-    rows = []
-    for level in run["levels"]:
-        base = {"concurrency": level["concurrency"], "protocol": "all"}
-        rows.append({**base, **flat_summary(level["client"]), **flat_server(level.get("server", {}))})
-        if len(level["by_protocol"]) > 1:
-            for protocol, s in level["by_protocol"].items():
-                rows.append({"concurrency": level["concurrency"], "protocol": protocol, **flat_summary(s)})
-    write_csv(out / "summary.csv", rows)
-    write_csv(out / "requests.csv", [r.as_row() for r in records], RECORD_FIELDS)
-    write_csv(out / "server_timeseries.csv", series, TIMESERIES_FIELDS)
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=5, check=False).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("locust", "gevent", "geventhttpclient", "tritonclient", "grpcio"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-# -------------------------------------------------------------------------------------------------- CLI
 def parse_levels(text: str) -> list[int]:
+    """``1,4,16`` -> [1, 4, 16] (each at least 1)."""
     try:
         levels = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
@@ -280,6 +69,7 @@ def parse_levels(text: str) -> list[int]:
 
 
 def parse_value(text: str) -> Any:
+    """A command-line value as JSON if it parses (numbers, booleans, lists), else the text."""
     try:
         return json.loads(text)
     except ValueError:
@@ -287,6 +77,7 @@ def parse_value(text: str) -> Any:
 
 
 def key_values(items: Sequence[str], what: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items of option ``what`` as a dict (values through :func:`parse_value`)."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -297,6 +88,7 @@ def key_values(items: Sequence[str], what: str) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The runner's options."""
     p = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("load")
@@ -346,13 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", type=Path, default=None, help="output folder (default logs/loadtest/<time>)")
     o.add_argument("--label", default="", help="a title for the report")
     o.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                   help="write report.html with tools/loadtest_report.py (default on)")
+                   help="write report.html with loadtest.report (default on)")
     o.add_argument("--fail-on-errors", action="store_true", help="exit 3 if any request failed")
     o.add_argument("-q", "--quiet", action="store_true")
     return p
 
 
 def extra_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The ensemble inputs sent with every request: sampling, log probs (the token count), --input."""
     extra: dict[str, Any] = {}
     for name, value in ((c.TEMPERATURE, args.temperature), (c.TOP_P, args.top_p), (c.TOP_K, args.top_k)):
         if value is not None:
@@ -369,6 +162,7 @@ def extra_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def workload_of(args: argparse.Namespace) -> Workload:
+    """The workload the arguments name, with its settings."""
     params: dict[str, Any] = key_values(args.wl, "--wl")
     if args.workload == "fixed":
         params.setdefault("input_len", args.input_len)
@@ -383,104 +177,69 @@ def workload_of(args: argparse.Namespace) -> Workload:
         raise SystemExit(str(exc)) from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
-    classes = user_classes(protocols)
-    workload = workload_of(args)
-    extra = extra_inputs(args)
+def plan_of(args: argparse.Namespace) -> SweepPlan:
+    """The sweep the arguments ask for (SystemExit on a setting that makes no sense)."""
+    protocols = tuple(p.strip() for p in args.protocol.split(",") if p.strip())
+    user_classes(protocols)  # an unknown protocol fails here, before anything is sent
     duration = args.duration
     if duration is None and args.requests is None and args.requests_per_user is None:
         duration = 60.0
     target = Target(args.host, args.http_port, args.grpc_port, args.metrics_port, args.model)
+    return SweepPlan(target=target, workload=workload_of(args), protocols=protocols,
+                     levels=tuple(args.concurrency), duration_s=duration, requests=args.requests,
+                     requests_per_user=args.requests_per_user, extra_inputs=extra_inputs(args),
+                     warmup=args.warmup, drain_timeout_s=args.drain_timeout, seed=args.seed,
+                     timeout_s=args.timeout, think_time_s=args.think_time)
+
+
+def settings_meta(args: argparse.Namespace, argv: Sequence[str] | None, plan: SweepPlan) -> dict[str, Any]:
+    """The sweep's settings as run.json's ``meta`` records them."""
+    return {"label": args.label, "argv": list(sys.argv[1:] if argv is None else argv),
+            "protocols": list(plan.protocols), "workload": plan.workload.describe(),
+            "concurrency": list(plan.levels), "duration_s": plan.duration_s, "requests": plan.requests,
+            "requests_per_user": plan.requests_per_user, "warmup": plan.warmup, "seed": plan.seed,
+            "extra_inputs": dict(plan.extra_inputs), "timeout_s": plan.timeout_s}
+
+
+def render_report(out: Path, label: str, say: Say) -> None:
+    """report.html beside the run's files, where matplotlib is installed (a failure only says so)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        say(f"[loadtest] no matplotlib here: render the report where it is, "
+            f"`python -m loadtest.report {out}` (it needs only the files written above)")
+        return
+    try:
+        path = write_report(out, ReportOptions(title=label or None))
+    except Exception as exc:  # noqa: BLE001 -- the run's data is written; the report is a view of it
+        print(f"[loadtest] the report failed (the run's data is written): {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return
+    say(f"[loadtest-report] wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep the command line asks for; 0, 2 (server not ready) or 3 (failures, --fail-on-errors)."""
+    args = build_parser().parse_args(argv)
+    plan = plan_of(args)
     out = args.out or ROOT / "logs" / "loadtest" / time.strftime("%Y%m%d-%H%M%S")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-
-    if not wire.wait_ready(target.http_url, args.ready_timeout):  # time.sleep is gevent's here
-        print(f"[loadtest] the server at {target.http_url} is not ready (GET /v2/health/ready); start it "
-              f"with `make serve` or set TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT",
+    if not wire.wait_ready(plan.target.http_url, args.ready_timeout):  # time.sleep is gevent's here
+        print(f"[loadtest] the server at {plan.target.http_url} is not ready (GET /v2/health/ready); start "
+              f"it with `make serve` or set TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT",
               file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    scraper = Scraper(t0, target.metrics_url, args.scrape_interval)
+    scraper = Scraper(time.perf_counter(), plan.target.metrics_url, args.scrape_interval)
+    run: dict[str, Any] = {"meta": run_meta(settings_meta(args, argv, plan)), "server": server_info(plan.target),
+                           "levels": []}
     scraper.start()
-
-    def context(level: int, **kw: Any) -> LoadTestContext:
-        return LoadTestContext(target=target, workload=workload, level=level, seed=args.seed,
-                               timeout_s=args.timeout, extra_inputs=extra, think_time_s=args.think_time,
-                               t0=t0, **kw)
-
-    run: dict[str, Any] = {
-        "meta": {
-            "label": args.label, "started_at": started_at,
-            "argv": list(sys.argv[1:] if argv is None else argv),
-            "protocols": protocols, "workload": workload.describe(), "concurrency": args.concurrency,
-            "duration_s": duration, "requests": args.requests, "requests_per_user": args.requests_per_user,
-            "warmup": args.warmup, "seed": args.seed, "extra_inputs": extra, "timeout_s": args.timeout,
-            "host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "git_commit": git_commit(), "versions": versions(),
-            "definitions": {
-                "ttft": "send -> first response carrying an output token",
-                "itl": "(latency - TTFT) / (output tokens - 1), first token excluded",
-                "latency": "send -> last response",
-                "output_token_throughput": "output tokens of successful requests / level duration",
-                "steady_output_token_throughput": "output tokens that arrived before the drain / that time",
-                "request_throughput": "successful requests / level duration",
-                "level_duration": "the level's start -> its last completion",
-                "output_tokens": "length of output_log_probs in each response (the engine's count)",
-            },
-        },
-        "server": server_info(target),
-        "levels": [],
-    }
-    records: list[RequestRecord] = []
     try:
-        if args.warmup > 0:
-            ctx = context(0, max_requests=args.warmup, record=True)
-            run_level(ctx, classes[:1], 1, None, args.drain_timeout)
-            bad = [r for r in ctx.records if not r.ok]
-            say(f"[loadtest] warm-up: {len(ctx.records) - len(bad)} of {len(ctx.records)} requests ok"
-                + (f"; first error: {bad[0].error_kind}: {bad[0].error}" if bad else ""))
-        for level in args.concurrency:
-            n = args.requests if args.requests is not None else (
-                args.requests_per_user * level if args.requests_per_user is not None else None)
-            ctx = context(level, max_requests=n)
-            scraper.level = level
-            before = scraper.snapshot()
-            window, env = run_level(ctx, classes, level, duration, args.drain_timeout)
-            gevent.sleep(0.3)  # the engine exports its gauges every 100 ms
-            after = scraper.snapshot()
-            scraper.level = None
-            rows = [r for r in scraper.rows if r["level"] == level]
-            overall, by_protocol = _summaries(ctx.records, window)
-            entry = {
-                "concurrency": level, "start_s": window.start_s, "end_s": window.end_s,
-                "client": overall, "by_protocol": by_protocol,
-                "server": level_server_summary(before, after, rows, window.duration_s),
-                "locust": locust_counts(env),
-                "error_samples": sorted({f"{r.error_kind}: {r.error}" for r in ctx.records
-                                         if not r.ok and not r.cancelled})[:10],
-            }
-            run["levels"].append(entry)
-            records.extend(ctx.records)
-            say("[loadtest] " + describe_level(entry))
-            write_outputs(out, run, records, scraper.rows)  # after every level: a partial run is readable
+        records = run_sweep(plan, scraper, run, out, say)
     finally:
         scraper.stop()
-    run["meta"]["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    run["meta"]["scrape_failures"] = scraper.failures
+    run["meta"].update(finished_at=now_text(), scrape_failures=scraper.failures)
     write_outputs(out, run, records, scraper.rows)
     say(f"[loadtest] wrote {out}/run.json, summary.csv, requests.csv, server_timeseries.csv")
-    if args.report and importlib.util.find_spec("matplotlib") is None:
-        say(f"[loadtest] no matplotlib here: render the report where it is, "
-            f"`python -m tools.loadtest_report {out}` (it needs only the files written above)")
-    elif args.report:
-        cmd = [sys.executable, str(ROOT / "tools" / "loadtest_report.py"), str(out)]
-        if args.label:
-            cmd += ["--title", args.label]
-        if subprocess.run(cmd, check=False).returncode != 0:
-            print("[loadtest] the report failed (the run's data is written)", file=sys.stderr)
+    if args.report:
+        render_report(out, args.label, say)
     failed = sum(lv["client"]["failed"] for lv in run["levels"])
     return 3 if failed and args.fail_on_errors else 0
 

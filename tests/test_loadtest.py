@@ -1,4 +1,4 @@
-"""The load tests (loadtest/) and their report (tools/loadtest_report.py).
+"""The load tests (loadtest/) and their report (loadtest/report/).
 
 The unit tests check the metric definitions, the workloads' token counts and the metrics-port parsing
 without a server.  The `server` test runs a short bounded sweep with all three Locust users against the real
@@ -181,7 +181,7 @@ def test_metrics_port_deltas_per_level():
 
 def test_report_of_a_run_without_server_data(tmp_path):
     """The report copes with a run whose metrics port did not answer and with non-streaming users only."""
-    from tools import loadtest_report
+    from loadtest.report.cli import main as report_main
 
     records = []
     for i in range(6):
@@ -198,7 +198,7 @@ def test_report_of_a_run_without_server_data(tmp_path):
         writer = csv.DictWriter(f, fieldnames=list(records[0].as_row()))
         writer.writeheader()
         writer.writerows(r.as_row() for r in records)
-    assert loadtest_report.main([str(tmp_path)]) == 0
+    assert report_main([str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 and "qwen-triton load test" in page
 

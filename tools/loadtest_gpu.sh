@@ -8,7 +8,7 @@
 # and Triton installed under .triton/ (the tarball of `make triton-tarball`).  Settings (environment):
 #   OUT                    output folder (default logs/loadtest-gpu); gets run.json, summary.csv, requests.csv,
 #                          server_timeseries.csv, triton.log, env.txt, and report.html + plots/ where
-#                          matplotlib is installed (else render it later: python -m tools.loadtest_report $OUT)
+#                          matplotlib is installed (else render it later: python -m loadtest.report $OUT)
 #   MODEL_REPO             the built model repository (default model_repo)
 #   TRITON_PY              the Python the server's models run in: numpy<2, torch (default .venv/bin/python
 #                          if present, else python3); see docs/loadtest.md
@@ -107,9 +107,9 @@ REPORT_ARGS=()
 [[ -n "${BATCH1_STEP_MS:-}" ]] && REPORT_ARGS+=(--batch1-step-ms "$BATCH1_STEP_MS")
 if [[ -f "$OUT/run.json" ]]; then
   if "$LOADTEST_PY" -c "import matplotlib" >/dev/null 2>&1; then
-    "$LOADTEST_PY" -m tools.loadtest_report "$OUT" ${REPORT_ARGS[@]+"${REPORT_ARGS[@]}"} || status=$?
+    "$LOADTEST_PY" -m loadtest.report "$OUT" ${REPORT_ARGS[@]+"${REPORT_ARGS[@]}"} || status=$?
   else
-    log "no matplotlib here: render the report on the CPU machine: python -m tools.loadtest_report <fetched OUT> ${REPORT_ARGS[*]}"
+    log "no matplotlib here: render the report on the CPU machine: python -m loadtest.report <fetched OUT> ${REPORT_ARGS[*]}"
   fi
 fi
 log "done (status $status): $OUT"
