@@ -25,14 +25,14 @@ import pytest
 from clients import ClientError, GenerateRequest, GrpcClient, HttpClient, ServerError, TextStream, parse_sse
 from clients import cli as cli_mod
 from clients.chat import Chat
+from clients.response import flat_output, texts_of
+from clients.triton_client import INPUT_SPECS, REQUEST_FIELDS, RequestStats
+from qwen_triton import wire
 from qwen_triton.runtime.layout import is_installed
 from qwen_triton.runtime.server import TritonServer
-
-ROOT = Path(__file__).resolve().parents[1]
-from clients.triton_client import INPUT_SPECS, REQUEST_FIELDS, RequestStats, _flat, _texts
-from qwen_triton import wire
 from qwen_triton.serving import contract as c
 
+ROOT = Path(__file__).resolve().parents[1]
 TRITON_DIR = Path(os.environ.get("TRITON_DIR", ROOT / ".triton"))
 INSTALLED = is_installed(TRITON_DIR)
 SERVER_MARKS = [
@@ -143,9 +143,9 @@ def test_malformed_sse_is_a_client_error():
 
 
 def test_output_values_are_flattened_like_http():
-    assert _texts([["a", "b"]]) == ["a", "b"] and _texts(np.array([[b"\xe4\xbd\xa0"]], dtype=object)) == ["你"]
-    assert _flat(np.array([[3]], dtype=np.int32)) == 3
-    assert _flat(np.zeros((1, 1, 3), dtype=np.float32)) == [0.0, 0.0, 0.0]
+    assert texts_of([["a", "b"]]) == ["a", "b"] and texts_of(np.array([[b"\xe4\xbd\xa0"]], dtype=object)) == ["你"]
+    assert flat_output(np.array([[3]], dtype=np.int32)) == 3
+    assert flat_output(np.zeros((1, 1, 3), dtype=np.float32)) == [0.0, 0.0, 0.0]
 
 
 # -------------------------------------------------------------------------- HTTP against a fake server
