@@ -6,7 +6,8 @@
 #                       with the OpenAI-compatible API on OPENAI_PORT (9000; OPENAI=0: without it)
 #   make serve-openai   the OpenAI-compatible API alone, in the foreground, for a Triton already running
 #   make stop           stops the server
-#   make test           the whole test suite (starts its own servers on free ports)
+#   make test           the whole test suite (starts its own servers on free ports), after make lint
+#   make lint           ruff, and the size limits (python -m tools.check_sizes: 400 lines a file, 60 a function)
 #   make loadtest       a Locust sweep against the running server (report under logs/loadtest/)
 #   make genai-perf     NVIDIA GenAI-Perf against the running server (logs/genai-perf/)
 SHELL := /bin/bash
@@ -62,6 +63,7 @@ test-fast: install
 
 lint: install
 	$(PY) -m ruff check qwen_triton build tools clients tests model_repo loadtest
+	$(PY) -m tools.check_sizes
 
 # NVIDIA GenAI-Perf against the running server, from its own venv (GENAI_PERF_ARGS: genai-perf profile flags)
 genai-perf:

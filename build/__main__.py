@@ -58,7 +58,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _check(settings: Settings, quiet: bool) -> int:
-    from .render import check_repository
+    from .check import check_repository
 
     report = check_repository(Path(settings.paths.model_repo), strict=True)
     for warning in report.warnings:
@@ -135,7 +135,9 @@ def _build(settings: Settings, quiet: bool) -> int:
     except ValueError as exc:
         return _fail(str(exc))
 
-    from .render import BuildError, BuildPaths, write_repository
+    from .paths import BuildPaths
+    from .render import BuildError
+    from .repository import write_repository
 
     paths = BuildPaths.resolve(settings, checkpoint)
     try:

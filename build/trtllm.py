@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qwen_triton.serving import contract as c
@@ -53,7 +53,7 @@ def engine_parameters(settings: Settings, engine_dir: str) -> dict[str, str]:
         "gpt_model_path": engine_dir,
         "max_beam_width": str(t.max_beam_width),
         "batch_scheduler_policy": t.batch_scheduler_policy,
-        "kv_cache_free_gpu_mem_fraction": repr(lim.kv_cache_free_gpu_mem_fraction),
+        "kv_cache_free_gpu_mem_fraction": repr(lim.kv_cache_memory_fraction),
         "enable_chunked_context": _bool(t.enable_chunked_context),
         "enable_kv_cache_reuse": _bool(t.enable_kv_cache_reuse),
         "exclude_input_in_output": _bool(s.exclude_input_in_output),
@@ -115,40 +115,40 @@ def _script_path(target: Path, project_root: Path | None) -> str:
     return target.as_posix()
 
 
-def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir: Path, script_dir: Path,
-                 project_root: Path | None, seq_length: int = 0) -> str:
-    """The text of build_engine.sh: HF checkpoint -> TensorRT-LLM checkpoint -> engine in engine_dir."""
-    check_model(arch, settings)
-    s, lim, t = settings.serving, settings.limits, settings.trtllm
-    family = EXAMPLE_FAMILY[arch]
-    inside = project_root is not None and _is_within(script_dir, project_root)
-    root = project_root if inside else None
-    ckpt = _script_path(checkpoint, root)
-    trt_ckpt = _script_path(script_dir / "checkpoint", root)
-    engine = engine_dir.as_posix()  # absolute: the same path goes into gpt_model_path
+@dataclass(frozen=True)
+class _Convert:
+    """Step 1 of the script: the program that writes the TensorRT-LLM checkpoint, its flags, a comment."""
 
+    program: list[str]
+    flags: list[str]
+    note: str
+
+
+def _convert_step(settings: Settings) -> _Convert:
+    """convert_checkpoint.py (plain, weight-only, GPTQ) or, for the calibrated formats, quantize.py."""
+    dtype, t = settings.limits.dtype, settings.trtllm
     q = t.quantization
+    io = ["--model_dir", '"$CHECKPOINT"', "--output_dir", '"$TRTLLM_CHECKPOINT"']
     if q in ("int4_awq", "fp8", "int8_sq"):
-        program = ["python3", '"$TRTLLM_EXAMPLES/quantization/quantize.py"']
-        convert = ["--model_dir", '"$CHECKPOINT"', "--output_dir", '"$TRTLLM_CHECKPOINT"',
-                   "--dtype", lim.dtype, "--qformat", q, "--calib_size", "512", "--tp_size", str(t.tp_size)]
+        flags = [*io, "--dtype", dtype, "--qformat", q, "--calib_size", "512", "--tp_size", str(t.tp_size)]
         if q == "fp8":
-            convert += ["--kv_cache_dtype", "fp8"]
-        convert_note = (f"# {q}: calibrated with NVIDIA ModelOpt (pip install nvidia-modelopt); calibration reads\n"
-                        "# the cnn_dailymail dataset from the Hugging Face Hub unless --calib_dataset names a "
-                        "local copy.\n")
-    else:
-        program = ["python3", '"$CONVERT"']
-        convert = ["--model_dir", '"$CHECKPOINT"', "--output_dir", '"$TRTLLM_CHECKPOINT"',
-                   "--dtype", lim.dtype, "--tp_size", str(t.tp_size)]
-        convert_note = ""
-        if q in ("int8_wo", "int4_wo"):
-            convert += ["--use_weight_only", "--weight_only_precision", q[:4]]
-        elif q == "int4_gptq":
-            convert += ["--use_weight_only", "--weight_only_precision", "int4_gptq", "--per_group"]
-            convert_note = "# int4_gptq: the checkpoint must already be GPTQ-quantized (e.g. Qwen-7B-Chat-Int4).\n"
+            flags += ["--kv_cache_dtype", "fp8"]
+        note = (f"# {q}: calibrated with NVIDIA ModelOpt (pip install nvidia-modelopt); calibration reads\n"
+                "# the cnn_dailymail dataset from the Hugging Face Hub unless --calib_dataset names a local copy.\n")
+        return _Convert(["python3", '"$TRTLLM_EXAMPLES/quantization/quantize.py"'], flags, note)
+    flags, note = [*io, "--dtype", dtype, "--tp_size", str(t.tp_size)], ""
+    if q in ("int8_wo", "int4_wo"):
+        flags += ["--use_weight_only", "--weight_only_precision", q[:4]]
+    elif q == "int4_gptq":
+        flags += ["--use_weight_only", "--weight_only_precision", "int4_gptq", "--per_group"]
+        note = "# int4_gptq: the checkpoint must already be GPTQ-quantized (e.g. Qwen-7B-Chat-Int4).\n"
+    return _Convert(["python3", '"$CONVERT"'], flags, note)
 
-    build = ["--checkpoint_dir", '"$TRTLLM_CHECKPOINT"', "--output_dir", '"$ENGINE_DIR"',
+
+def _build_flags(settings: Settings) -> list[str]:
+    """trtllm-build's flags: the limits of the settings, paged KV cache, inflight batching."""
+    s, lim, t = settings.serving, settings.limits, settings.trtllm
+    flags = ["--checkpoint_dir", '"$TRTLLM_CHECKPOINT"', "--output_dir", '"$ENGINE_DIR"',
              "--max_batch_size", str(lim.max_num_seqs),
              "--max_input_len", str(s.max_input_len),
              "--max_seq_len", str(settings.max_seq_len),
@@ -163,23 +163,27 @@ def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir:
              "--gemm_plugin", "auto",
              "--logits_dtype", t.logits_dtype]
     if t.gather_logits:
-        build.append("--gather_all_token_logits")
+        flags.append("--gather_all_token_logits")
+    return flags
 
-    notes = []
+
+def _notes(settings: Settings, arch: str, seq_length: int) -> str:
+    """Comments on what the engine will not do as our engine does, and on serving it."""
+    notes, tp = [], settings.trtllm.tp_size
     if arch == "qwen" and seq_length and settings.max_seq_len > seq_length:
         notes.append(f"# Note: max_seq_len {settings.max_seq_len} > the checkpoint's seq_length {seq_length}; "
                      "TensorRT-LLM does not implement\n# Qwen's dynamic NTK / logn attention, so quality past "
                      f"{seq_length} tokens is not promised (our engine implements both).\n")
-    if t.tp_size > 1:
-        notes.append(f"# tp_size {t.tp_size}: serve with one MPI rank per GPU, e.g. tensorrtllm_backend's\n"
+    if tp > 1:
+        notes.append(f"# tp_size {tp}: serve with one MPI rank per GPU, e.g. tensorrtllm_backend's\n"
                      "#   python3 scripts/launch_triton_server.py"
-                     f" --world_size {t.tp_size} --model_repo <model_repo>\n")
+                     f" --world_size {tp} --model_repo <model_repo>\n")
+    return "".join(notes)
 
-    cd = ""
-    if root is not None:
-        back = os.path.relpath(root, script_dir)
-        cd = f'cd "$(dirname "$0")/{back}"  # the project root: the paths below are relative to it\n'
 
+def _header(settings: Settings, arch: str, script: str) -> str:
+    """The script's opening comment: where and how to run it, what it builds."""
+    lim, t = settings.limits, settings.trtllm
     return (
         "#!/usr/bin/env bash\n"
         "# TensorRT-LLM engine build for qwen-triton, generated by `python -m build --engine tensorrtllm`.\n"
@@ -187,10 +191,25 @@ def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir:
         "# nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3 (see Dockerfile.triton), with TRTLLM_EXAMPLES\n"
         "# set to the examples/ folder of the TensorRT-LLM release that image ships: an engine only loads in\n"
         "# the TensorRT-LLM version that built it.\n"
-        "#   TRTLLM_EXAMPLES=/path/to/TensorRT-LLM/examples bash " + _script_path(script_dir / SCRIPT_NAME, root)
-        + "\n"
-        f"# model_type {arch}, dtype {lim.dtype}, quantization {q}, tp_size {t.tp_size}.\n"
-        + "".join(notes)
+        f"#   TRTLLM_EXAMPLES=/path/to/TensorRT-LLM/examples bash {script}\n"
+        f"# model_type {arch}, dtype {lim.dtype}, quantization {t.quantization}, tp_size {t.tp_size}.\n"
+    )
+
+
+def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir: Path, script_dir: Path,
+                 project_root: Path | None, seq_length: int = 0) -> str:
+    """The text of build_engine.sh: HF checkpoint -> TensorRT-LLM checkpoint -> engine in engine_dir."""
+    check_model(arch, settings)
+    family = EXAMPLE_FAMILY[arch]
+    root = project_root if project_root is not None and script_dir.is_relative_to(project_root) else None
+    cd = ""
+    if root is not None:
+        back = os.path.relpath(root, script_dir)
+        cd = f'cd "$(dirname "$0")/{back}"  # the project root: the paths below are relative to it\n'
+    convert = _convert_step(settings)
+    return (
+        _header(settings, arch, _script_path(script_dir / SCRIPT_NAME, root))
+        + _notes(settings, arch, seq_length)
         + "set -eo pipefail\n"
         + cd
         + 'if [ -z "$TRTLLM_EXAMPLES" ]; then\n'
@@ -198,27 +217,20 @@ def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir:
         'https://github.com/NVIDIA/TensorRT-LLM)" >&2\n'
         "    exit 2\n"
         "fi\n"
-        f"CHECKPOINT={shlex.quote(ckpt)}\n"
-        f"TRTLLM_CHECKPOINT={shlex.quote(trt_ckpt)}\n"
-        f"ENGINE_DIR={shlex.quote(engine)}  # = gpt_model_path of model_repo/tensorrt_llm/config.pbtxt\n"
+        f"CHECKPOINT={shlex.quote(_script_path(checkpoint, root))}\n"
+        f"TRTLLM_CHECKPOINT={shlex.quote(_script_path(script_dir / 'checkpoint', root))}\n"
+        # absolute: the same path goes into gpt_model_path
+        f"ENGINE_DIR={shlex.quote(engine_dir.as_posix())}  # = gpt_model_path of model_repo/tensorrt_llm/config.pbtxt\n"
         f'CONVERT="$TRTLLM_EXAMPLES/models/core/{family}/convert_checkpoint.py"\n'
         f'if [ ! -f "$CONVERT" ]; then CONVERT="$TRTLLM_EXAMPLES/{family}/convert_checkpoint.py"; fi'
         "  # releases before examples/models/core\n"
         "\n"
         "# 1. Hugging Face checkpoint -> TensorRT-LLM checkpoint\n"
-        + convert_note
-        + _command(program, convert) + "\n"
+        + convert.note
+        + _command(convert.program, convert.flags) + "\n"
         "\n"
         "# 2. TensorRT-LLM checkpoint -> engine (paged KV cache, inflight batching)\n"
-        + _command(["trtllm-build"], build) + "\n"
+        + _command(["trtllm-build"], _build_flags(settings)) + "\n"
         "\n"
         'echo "engine written to $ENGINE_DIR"\n'
     )
-
-
-def _is_within(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False

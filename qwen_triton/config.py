@@ -1,7 +1,11 @@
 """Typed configuration: the model's architecture and the engine's limits."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,50 +60,99 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
 
+# How the build (build/settings_schema.py) treats an EngineConfig field, in its metadata's "build" key:
+SETTING = "setting"  # a build setting of the same name, type and default
+UNLESS_SET = "unless_set"  # a build setting defaulting to None, which leaves EngineConfig's own default
+DERIVED = "derived"  # not a setting: the build computes it from other settings
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+KERNEL_CHOICES = ("auto", "torch", "triton")
+
+
+def setting(default: Any, help: str, *, trtllm: str | None = None, trtllm_param: str | None = None,
+            build: str = SETTING, **rules: Any) -> Any:
+    """An EngineConfig field and its one description, read by EngineConfig's own checks and by the build.
+
+    help: one line for `python -m build --list-settings`. trtllm: where the TensorRT-LLM build takes the
+    same setting (None: ours only, ignored with engine=tensorrtllm); trtllm_param: its name when it is a
+    parameter of upstream's tensorrt_llm model, accepted as a build settings key too. rules: min, max, gt
+    (bounds), choices, pattern (a compiled regex, with pattern_help), checked by `check_rules`."""
+    return field(default=default, metadata={"help": help, "trtllm": trtllm, "trtllm_param": trtllm_param,
+                                            "build": build, **rules})
+
+
+def check_rules(name: str, value: Any, rules: Mapping[str, Any]) -> str | None:
+    """What is wrong with `value` under a field's `rules` (its metadata), naming it `name`; None if nothing.
+    None values pass: whether a field may be None is its type's business."""
+    if value is None:
+        return None
+    if "choices" in rules and value not in rules["choices"]:
+        return f"{name} must be one of {', '.join(map(str, rules['choices']))}; got {value!r}"
+    if "pattern" in rules and not (isinstance(value, str) and rules["pattern"].fullmatch(value)):
+        return f"{name}: {value!r} is not valid ({rules['pattern_help']})"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    if "min" in rules and value < rules["min"]:
+        return f"{name} must be >= {rules['min']}, got {value!r}"
+    if "max" in rules and value > rules["max"]:
+        return f"{name} must be <= {rules['max']}, got {value!r}"
+    if "gt" in rules and not value > rules["gt"]:
+        return f"{name} must be > {rules['gt']}, got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Limits and resources of one engine instance.
 
-    max_num_seqs: sequences running at once; max_num_batched_tokens: tokens
-    computed in one step (prefill is chunked to fit it); block_size: tokens
-    per KV block; num_kv_blocks: KV pool size (None: on a GPU,
-    kv_cache_memory_fraction of the device memory left free after loading the
-    weights and setting aside the peak of a warm-up step of
-    max_num_batched_tokens tokens; on the CPU, enough for max_num_seqs
-    full-length sequences, capped by kv_cache_max_bytes). max_model_len:
-    prompt plus output tokens per sequence (None: the model's own context).
+    Each field's metadata (`setting`) holds its help text, its bounds and its TensorRT-LLM
+    counterpart: the checks below and the build's settings (build/settings_schema.py) both read it.
 
-    GPU switches, each a separate step over the plain model:
-    attention_backend "torch" (the reference) or "triton" (flash prefill,
-    Triton paged decode); layer_kernels "torch" or "triton" (fused RMSNorm +
-    residual, rotary, SiLU-and-multiply); enforce_eager turns off the CUDA
-    graphs that otherwise replay decode steps of up to cuda_graph_max_batch
-    sequences (bucketed batch sizes). "auto" picks Triton on a CUDA device.
+    num_kv_blocks None sizes the KV pool: on a GPU, kv_cache_memory_fraction of the device memory
+    left free after loading the weights and setting aside the peak of a warm-up step of
+    max_num_batched_tokens tokens; on the CPU, enough for max_num_seqs full-length sequences, capped
+    by kv_cache_max_bytes. max_model_len None: the model's own context.
+
+    GPU switches, each a separate step over the plain model: attention_backend "torch" (the
+    reference) or "triton" (flash prefill, Triton paged decode); layer_kernels "torch" or "triton"
+    (fused RMSNorm + residual, rotary, SiLU-and-multiply); enforce_eager turns off the CUDA graphs
+    that otherwise replay decode steps of up to cuda_graph_max_batch sequences (bucketed batch
+    sizes). "auto" picks Triton on a CUDA device.
     """
 
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    block_size: int = 16
-    num_kv_blocks: int | None = None
-    kv_cache_memory_fraction: float = 0.9
-    kv_cache_max_bytes: int = 4 << 30
-    max_model_len: int | None = None
-    dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
-    attention_backend: str = "auto"  # "auto", "torch", "triton"
-    layer_kernels: str = "auto"  # "auto", "torch", "triton"
-    enforce_eager: bool = False
-    cuda_graph_max_batch: int = 256
-    # bytes of context or generation logits one request may ask for (float32, vocab wide per token):
+    max_num_seqs: int = setting(64, "sequences running at once", trtllm="trtllm-build --max_batch_size", min=1)
+    max_num_batched_tokens: int = setting(
+        2048, "tokens computed in one step; prefill is chunked to fit", trtllm="trtllm-build --max_num_tokens", min=1)
+    block_size: int = setting(16, "tokens per KV-cache block", trtllm="trtllm-build --tokens_per_block", min=1)
+    num_kv_blocks: int | None = setting(
+        None, "KV pool size in blocks; None sizes it from kv_cache_memory_fraction",
+        trtllm="max_tokens_in_paged_kv_cache = num_kv_blocks * block_size", min=1)
+    kv_cache_memory_fraction: float = setting(
+        0.9, "share of free GPU memory for the KV cache when num_kv_blocks is None",
+        trtllm="kv_cache_free_gpu_mem_fraction", trtllm_param="kv_cache_free_gpu_mem_fraction", gt=0.0, max=1.0)
+    kv_cache_max_bytes: int = setting(
+        4 << 30, "cap on the CPU's KV pool in bytes when num_kv_blocks is None",
+        build=UNLESS_SET, min=1)
+    max_model_len: int | None = setting(
+        None, "prompt plus output tokens per sequence; None: the model's own context",
+        trtllm="trtllm-build --max_seq_len", build=DERIVED, min=1)
+    dtype: str = setting("auto", "weights/activations dtype; auto: bf16 on GPU, fp32 on CPU",
+                         trtllm="convert_checkpoint.py --dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", pattern=DEVICE_PATTERN,
+                          pattern_help="auto, cpu, cuda or cuda:N")
+    attention_backend: str = setting("auto", "attention kernels; auto picks triton on a CUDA device",
+                                     choices=KERNEL_CHOICES)
+    layer_kernels: str = setting("auto", "fused RMSNorm/rotary/SiLU kernels; auto picks triton on CUDA",
+                                 choices=KERNEL_CHOICES)
+    enforce_eager: bool = setting(False, "no CUDA graphs for decode steps")
+    cuda_graph_max_batch: int = setting(256, "largest decode batch replayed as a CUDA graph", min=1)
     # 256 MiB is 441 tokens of a Qwen vocabulary (151,936)
-    max_logits_bytes: int = 256 << 20
+    max_logits_bytes: int = setting(
+        256 << 20, "bytes of context or generation logits (float32, vocab wide per token) one request may ask for",
+        min=1)
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_batch",
-                     "max_logits_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EngineConfig.{name} must be >= 1")
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
-            raise ValueError("EngineConfig.num_kv_blocks must be >= 1")
-        if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
-            raise ValueError("EngineConfig.kv_cache_memory_fraction must be in (0, 1]")
+        for f in fields(self):
+            problem = check_rules(f"EngineConfig.{f.name}", getattr(self, f.name), f.metadata)
+            if problem:
+                raise ValueError(problem)

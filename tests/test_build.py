@@ -22,9 +22,12 @@ UPDATE_GOLDEN = os.environ.get("QWEN_TRITON_UPDATE_GOLDEN") == "1"
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from build import render, trtllm
+from build import check as build_check
+from build import paths as build_paths
+from build import render, repository, trtllm
 from build.default_checkpoint import ensure_default_checkpoint, is_current
-from build.settings import KEYS, Settings, SettingsError, load_settings
+from build.settings import Settings, SettingsError, load_settings
+from build.settings_schema import KEYS
 from qwen_triton import EngineConfig
 from qwen_triton.serving import contract as c
 
@@ -65,16 +68,16 @@ def _settings(engine: str) -> Settings:
     return settings.updated(GOLDEN_TRTLLM) if engine == "tensorrtllm" else settings
 
 
-def _render(tmp_path: Path, engine: str, settings: Settings | None = None) -> tuple[render.BuildReport, Path]:
+def _render(tmp_path: Path, engine: str, settings: Settings | None = None) -> tuple[repository.BuildReport, Path]:
     project = _project(tmp_path)
     settings = settings or _settings(engine)
-    paths = render.BuildPaths.resolve(settings, project / "checkpoints" / "qwen", base_dir=project)
-    report = render.write_repository(settings, paths, model_info={"arch": "qwen2"})
+    paths = build_paths.BuildPaths.resolve(settings, project / "checkpoints" / "qwen", base_dir=project)
+    report = repository.write_repository(settings, paths, model_info={"arch": "qwen2"})
     return report, project
 
 
 def _written_files(project: Path, engine: str) -> dict[str, str]:
-    files = {f"{m}.pbtxt": (project / "model_repo" / m / "config.pbtxt").read_text() for m in render.MODELS}
+    files = {f"{m}.pbtxt": (project / "model_repo" / m / "config.pbtxt").read_text() for m in build_paths.MODELS}
     if engine == "tensorrtllm":
         files[trtllm.SCRIPT_NAME] = (project / "artifacts" / "trtllm" / trtllm.SCRIPT_NAME).read_text()
     return files
@@ -103,23 +106,23 @@ def test_golden_files(tmp_path, engine):
 def test_every_config_parses_and_has_no_placeholder(tmp_path, engine):
     report, project = _render(tmp_path, engine)
     repo = project / "model_repo"
-    for model in render.MODELS:
+    for model in build_paths.MODELS:
         text = (repo / model / "config.pbtxt").read_text()
         assert "${" not in text
         cfg = text_format.Parse(text, mc.ModelConfig())
         assert cfg.name == model and cfg.max_batch_size == 32
         assert (repo / model / "1").is_dir()
-    assert render.check_repository(repo, strict=False).ok
+    assert build_check.check_repository(repo, strict=False).ok
     assert report.written and not report.unchanged
-    paths = render.BuildPaths.resolve(_settings(engine), project / "checkpoints" / "qwen", base_dir=project)
-    again = render.write_repository(_settings(engine), paths, model_info={"arch": "qwen2"})
-    assert not again.written and len(again.unchanged) == len(render.MODELS)  # idempotent: nothing rewritten
+    paths = build_paths.BuildPaths.resolve(_settings(engine), project / "checkpoints" / "qwen", base_dir=project)
+    again = repository.write_repository(_settings(engine), paths, model_info={"arch": "qwen2"})
+    assert not again.written and len(again.unchanged) == len(build_paths.MODELS)  # idempotent: nothing rewritten
 
 
 def test_our_engine_config(tmp_path):
     _, project = _render(tmp_path, "qwen_triton")
     repo = project / "model_repo"
-    cfgs = {m: text_format.Parse((repo / m / "config.pbtxt").read_text(), mc.ModelConfig()) for m in render.MODELS}
+    cfgs = {m: text_format.Parse((repo / m / "config.pbtxt").read_text(), mc.ModelConfig()) for m in build_paths.MODELS}
     engine = cfgs[c.ENGINE]
     assert engine.backend == "python" and engine.model_transaction_policy.decoupled
     assert [(g.kind, g.count) for g in cfgs[c.PREPROCESSING].instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
@@ -153,17 +156,17 @@ def test_paths_relative_inside_project_absolute_outside(tmp_path):
     outside.mkdir(parents=True)
     project = _project(tmp_path)
     settings = _settings("qwen_triton")
-    inside = render.BuildPaths.resolve(settings, project / "checkpoints" / "qwen", base_dir=project)
+    inside = build_paths.BuildPaths.resolve(settings, project / "checkpoints" / "qwen", base_dir=project)
     assert inside.project_root == project
     assert inside.param_path(inside.checkpoint) == "../checkpoints/qwen"
-    away = render.BuildPaths.resolve(settings, outside, base_dir=project)
+    away = build_paths.BuildPaths.resolve(settings, outside, base_dir=project)
     assert away.param_path(away.checkpoint) == outside.resolve().as_posix()
 
 
 def test_model_files_copied_but_never_overwritten(tmp_path):
     _, project = _render(tmp_path, "qwen_triton")
     repo = project / "model_repo"
-    sources = {m: render._source_files(m) for m in render.PYTHON_MODELS}
+    sources = {m: repository._source_files(m) for m in build_paths.PYTHON_MODELS}
     for model, files in sources.items():
         for src in files:
             assert (repo / model / "1" / src.name).read_bytes() == src.read_bytes()
@@ -172,9 +175,9 @@ def test_model_files_copied_but_never_overwritten(tmp_path):
         pytest.skip("no model_repo/preprocessing/1/model.py in this checkout")
     edited.write_text("# edited by hand\n")
     stale = repo / c.POSTPROCESSING / "1" / "model.py"
-    manifest = json.loads((repo / render.MANIFEST).read_text())
-    paths = render.BuildPaths.resolve(_settings("qwen_triton"), project / "checkpoints" / "qwen", base_dir=project)
-    again = render.write_repository(_settings("qwen_triton"), paths, model_info={"arch": "qwen2"})
+    manifest = json.loads((repo / build_paths.MANIFEST).read_text())
+    paths = build_paths.BuildPaths.resolve(_settings("qwen_triton"), project / "checkpoints" / "qwen", base_dir=project)
+    again = repository.write_repository(_settings("qwen_triton"), paths, model_info={"arch": "qwen2"})
     assert edited.read_text() == "# edited by hand\n"
     assert any("was not written by the build" in w for w in again.warnings)
     assert stale.read_bytes() == sources[c.POSTPROCESSING][0].read_bytes()
@@ -183,22 +186,23 @@ def test_model_files_copied_but_never_overwritten(tmp_path):
 
 def test_source_repository_is_never_a_target_of_copies(tmp_path):
     settings = _settings("qwen_triton")
-    paths = render.BuildPaths(render.SOURCE_REPO.resolve(), tmp_path, tmp_path, tmp_path)
-    report = render.BuildReport(paths.model_repo)
-    assert render._sync_model_files(settings, paths, {}, report) == {} and not report.copied
+    paths = build_paths.BuildPaths(build_paths.SOURCE_REPO.resolve(), tmp_path, tmp_path, tmp_path)
+    report = repository.BuildReport(paths.model_repo)
+    assert repository._sync_model_files(settings, paths, {}, report) == {} and not report.copied
 
 
 # -- the pipeline the entry points run ---------------------------------------------------------------
 
 
 def _contract_io():
-    models = {m: render.ModelIO.from_specs(*c.MODEL_SPECS[m]) for m in (c.PREPROCESSING, c.ENGINE, c.POSTPROCESSING)}
-    return models, render.ModelIO.from_specs(c.ENSEMBLE_INPUTS, c.ENSEMBLE_OUTPUTS)
+    models = {m: build_check.ModelIO.from_specs(*c.MODEL_SPECS[m])
+              for m in (c.PREPROCESSING, c.ENGINE, c.POSTPROCESSING)}
+    return models, build_check.ModelIO.from_specs(c.ENSEMBLE_INPUTS, c.ENSEMBLE_OUTPUTS)
 
 
 def test_contract_wiring_is_consistent():
     models, ensemble = _contract_io()
-    assert render.check_wiring(models, ensemble, c.PIPELINE_STEPS) == []
+    assert build_check.check_wiring(models, ensemble, c.PIPELINE_STEPS) == []
     # every mapped name exists in that model's spec; internal tensors produced once and consumed
     produced = [t for _, _, outs in c.PIPELINE_STEPS for t in outs.values()]
     assert len(produced) == len(set(produced))
@@ -223,7 +227,7 @@ def test_wiring_errors_are_found(breakage, expected):
     models, ensemble = _contract_io()
     steps = [(m, dict(i), dict(o)) for m, i, o in c.PIPELINE_STEPS]
     breakage(steps)
-    errors = render.check_wiring(models, ensemble, steps)
+    errors = build_check.check_wiring(models, ensemble, steps)
     assert any(expected in e for e in errors), errors
 
 
@@ -232,7 +236,7 @@ def test_entry_points_and_engine_must_agree_on_decoupled(tmp_path):
     repo = project / "model_repo"
     path = repo / c.ENGINE / "config.pbtxt"
     path.write_text(path.read_text().replace("model_transaction_policy {\n  decoupled: true\n}\n", ""))
-    errors = render.check_repository(repo, strict=False).errors
+    errors = build_check.check_repository(repo, strict=False).errors
     assert any("decoupled=True but tensorrt_llm has decoupled=False" in e for e in errors), errors
 
 
@@ -268,7 +272,7 @@ def test_trtllm_variant_uses_upstream_names(tmp_path):
     assert ensemble.backend == "python" and {"context_logits", "generation_logits"} <= {t.name for t in ensemble.output}
     assert not (repo / c.ENGINE / "1" / "model.py").exists()  # the C++ backend needs none
     assert (repo / c.PREPROCESSING / "1").is_dir() and report.script is not None
-    check = render.check_repository(repo, strict=False)
+    check = build_check.check_repository(repo, strict=False)
     assert check.ok and any("does not exist here yet" in w for w in check.warnings)
 
 
@@ -388,7 +392,7 @@ def test_overrides_file_and_flags(tmp_path):
                              "kv_cache_free_gpu_mem_fraction=0.5", "enable_kv_cache_reuse=true"])
     assert (s.engine, s.limits.max_num_seqs, s.trtllm.gpu_device_ids, s.trtllm.tp_size) == \
         ("tensorrtllm", 4, (2, 3), 2)
-    assert s.limits.kv_cache_free_gpu_mem_fraction == 0.5 and s.trtllm.enable_kv_cache_reuse is True
+    assert s.limits.kv_cache_memory_fraction == 0.5 and s.trtllm.enable_kv_cache_reuse is True
     with pytest.raises(SettingsError, match="max_num_seqs must be an integer"):
         load_settings(None, ["max_num_seqs=many"])
     bad = tmp_path / "bad.json"
@@ -417,11 +421,11 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_cli_check(tmp_path):
     _, project = _render(tmp_path, "qwen_triton")
     repo = project / "model_repo"
-    for model in render.PYTHON_MODELS:  # --check is strict about model.py files
+    for model in build_paths.PYTHON_MODELS:  # --check is strict about model.py files
         (repo / model / "1" / "model.py").touch()
     run = _cli("--check", "--model-repo", str(repo))
     assert run.returncode == 0, run.stderr
-    assert f"ok ({len(render.MODELS)} models" in run.stdout
+    assert f"ok ({len(build_paths.MODELS)} models" in run.stdout
     cfg = repo / c.POSTPROCESSING / "config.pbtxt"
     cfg.write_text(cfg.read_text().replace('"true"', '"${skip_special_tokens}"'))
     (repo / c.PREPROCESSING / "1" / "model.py").unlink()
@@ -507,7 +511,7 @@ def test_cli_builds_a_repository_for_the_default_checkpoint(default_checkpoint, 
     assert params[c.PARAM_MODEL_PATH].string_value == default_checkpoint.resolve().as_posix()
     assert json.loads(params[c.PARAM_ENGINE_CONFIG].string_value)["device"] == "cpu"
     run = _cli("--check", "--model-repo", str(repo), "-q")
-    if all(render._source_files(m) for m in render.PYTHON_MODELS):
+    if all(repository._source_files(m) for m in build_paths.PYTHON_MODELS):
         assert run.returncode == 0, run.stderr
     run = _cli("--engine", "tensorrtllm", "--model", "random", "--artifacts", str(default_checkpoint.parent),
                "--model-repo",
@@ -543,7 +547,7 @@ def test_built_repository_serves_in_tritonserver(default_checkpoint, tmp_path):
     triton = _triton()
     if triton is None:
         pytest.skip("Triton is not installed: run `make triton-install`")
-    if not all(render._source_files(m) for m in render.PYTHON_MODELS):
+    if not all(repository._source_files(m) for m in build_paths.PYTHON_MODELS):
         pytest.skip("model_repo/*/1/model.py are not all in this checkout")
     server_cls, triton_dir = triton
     repo = tmp_path / "repo"

@@ -4,9 +4,10 @@ Hugging Face checkpoint folder.
 Supported architectures (config.json `model_type`): llama, qwen2, qwen3 and the
 original qwen. `ARCHS` maps each to how its config and tensor names are read.
 """
+from .archs import ARCHS, SUPPORTED_ARCHS, ArchSpec, load_model_config
 from .batch import ForwardBatch
 from .decoder import DecoderForCausalLM
-from .loader import ARCHS, SUPPORTED_ARCHS, ArchSpec, load_model, load_model_config
+from .loader import load_model
 
 __all__ = [
     "ARCHS",
