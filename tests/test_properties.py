@@ -44,7 +44,7 @@ from qwen_triton.chat import (
     utf8_incomplete_tail,
 )
 from qwen_triton.chat.defaults import CheckpointJson, GenerationDefaults
-from qwen_triton.chat.template import ROLES
+from qwen_triton.chat.messages import ROLES
 from qwen_triton.errors import InvalidRequestError
 from qwen_triton.outputs import RequestOutput
 from qwen_triton.sampling_params import SamplingParams

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import CheckpointError, InvalidRequestError
+from .messages import FIELD, ChatMessage
 from .tokenizer import QwenTiktokenTokenizer, Tokenizer, special_surface_forms
 
-ROLES = ("system", "user", "assistant")
 DEFAULT_SYSTEM = "You are a helpful assistant."
+T = TypeVar("T")
 DEFAULT_MAX_WINDOW_SIZE = 6144
-FIELD = "messages"
 
 # ChatML, as Qwen1.5+ templates write it: used when a checkpoint ships no chat_template.
 CHATML_TEMPLATE = (
@@ -35,71 +35,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    """One message of a chat request."""
-
-    role: str
-    content: str
-
-
-# ----------------------------------------------------------------------------------------------
-# Parsing
-# ----------------------------------------------------------------------------------------------
-def parse_messages(messages: str | bytes | Sequence[Any]) -> list[ChatMessage]:
-    """Validate chat messages given as JSON text or as a list of {"role", "content"} objects.
-
-    Content may be a string or a list of OpenAI-style text parts ({"type": "text", "text": ...}).
-    Raises InvalidRequestError (field "messages") for malformed JSON, a non-list, an empty list, a
-    message without role or content, an unknown role, or a last message not from the user.
-    """
-    items = _load_json(messages) if isinstance(messages, (str, bytes, bytearray)) else messages
-    if not isinstance(items, (list, tuple)):
-        raise InvalidRequestError(FIELD, f"must be a JSON list of messages, got {type(items).__name__}")
-    if not items:
-        raise InvalidRequestError(FIELD, "must hold at least one message")
-    parsed = [_parse_message(i, item) for i, item in enumerate(items)]
-    if parsed[-1].role != "user":
-        raise InvalidRequestError(FIELD, f"the last message must come from the user, not {parsed[-1].role!r}")
-    return parsed
-
-
-def _load_json(text: str | bytes | bytearray) -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise InvalidRequestError(FIELD, "invalid JSON: nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits
-        raise InvalidRequestError(FIELD, f"invalid JSON: {exc}") from exc
-
-
-def _parse_message(index: int, item: Any) -> ChatMessage:
-    if isinstance(item, ChatMessage):
-        item = {"role": item.role, "content": item.content}
-    if not isinstance(item, Mapping):
-        raise InvalidRequestError(FIELD, f"message {index} must be an object with role and content")
-    if "role" not in item or "content" not in item:
-        raise InvalidRequestError(FIELD, f"message {index} needs both 'role' and 'content'")
-    role = item["role"]
-    if role not in ROLES:
-        raise InvalidRequestError(FIELD, f"message {index}: unknown role {role!r} (expected one of {ROLES})")
-    return ChatMessage(role, _content_text(index, item["content"]))
-
-
-def _content_text(index: int, content: Any) -> str:
-    if isinstance(content, list) and all(
-            isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)
-            for p in content):
-        content = "".join(p["text"] for p in content)
-    if not isinstance(content, str):
-        raise InvalidRequestError(FIELD, f"message {index}: content must be a string or a list of text parts")
-    try:
-        content.encode("utf-8")
-    except UnicodeEncodeError:  # JSON may escape one ("\ud800"): not text, and HF tokenizers raise TypeError
-        raise InvalidRequestError(FIELD, f"message {index}: content holds a lone surrogate") from None
-    return content
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,18 +95,21 @@ class _ChatMLTokens:
 def render_qwen_chatml(tokenizer: Tokenizer, messages: Sequence[ChatMessage],
                        default_system: str = DEFAULT_SYSTEM,
                        max_window_size: int = DEFAULT_MAX_WINDOW_SIZE,
-                       max_prompt_len: int | None = None) -> list[int]:
+                       max_prompt_len: int | None = None, prefill: str = "") -> list[int]:
     """Prompt ids exactly as the original Qwen `make_context(chat_format="chatml")` builds them.
 
     The system prompt is the first message when it is a system message, else `default_system`.
     History turns are added newest first while system + history stays below `max_window_size`
     tokens (and, ours, the whole prompt within `max_prompt_len`); the first turn that does not fit
-    and all older ones are dropped. User text never produces special tokens.
+    and all older ones are dropped. User text never produces special tokens. `prefill`: text the
+    assistant's reply already starts with (the original openai_api.py's text completion of an open
+    assistant turn, as its ReAct prompts use after an observation).
     """
     conv = Conversation.from_messages(messages, default_system)
     t = _ChatMLTokens.of(tokenizer)
     system_tokens = t.turn(tokenizer, "system", conv.system)
     tail = t.nl + t.turn(tokenizer, "user", conv.query) + t.nl + t.im_start + tokenizer.encode("assistant") + t.nl
+    tail += tokenizer.encode(prefill) if prefill else []
     room = max_prompt_len - len(tail) if max_prompt_len is not None else None
     context: list[int] = []
     for query, response in reversed(conv.history):
@@ -222,7 +160,7 @@ class ChatTemplate:
         except TemplateError as exc:
             raise CheckpointError(f"invalid chat_template: {exc}") from exc
 
-    def render(self, messages: Sequence[Mapping[str, str]], **variables: Any) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], **variables: Any) -> str:
         """Render with `add_generation_prompt=True` unless given otherwise."""
         from jinja2 import TemplateError
 
@@ -238,6 +176,46 @@ def chat_template_for(tokenizer: Tokenizer) -> ChatTemplate:
     return ChatTemplate(tokenizer.chat_template or CHATML_TEMPLATE)
 
 
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A chat rendered by a jinja template: the text (as transformers' `apply_chat_template(...,
+    tokenize=False)` gives it) and its prompt ids (special tokens only where the template put them)."""
+
+    text: str
+    ids: tuple[int, ...]
+
+
+def render_template_messages(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
+                             template: ChatTemplate | None = None, default_system: str = DEFAULT_SYSTEM,
+                             prefill: str = "", **variables: Any) -> RenderedPrompt:
+    """Render message objects (any keys the template reads: `tool_calls`, `tool_call_id`, ...) and
+    extra template variables (`tools`) with `add_generation_prompt=True`, then append `prefill`,
+    text the assistant's reply starts with.
+
+    Every string inside the messages and variables has its special-token text swapped for
+    placeholders while the template renders and is encoded as plain text afterwards.
+    """
+    template = template or chat_template_for(tokenizer)
+    specials = special_surface_forms(tokenizer)
+    texts = [*_strings((messages, variables, prefill)), template.source]
+    guard = _PlaceholderGuard.for_texts(specials, texts)
+    rendered = template.render([guard.hide_all(m) for m in messages], default_system=default_system,
+                               **{**tokenizer.template_vars, **guard.hide_all(variables)})
+    ids = _encode_rendered(tokenizer, rendered, specials, guard) + (tokenizer.encode(prefill) if prefill else [])
+    return RenderedPrompt(guard.restore(rendered) + prefill, tuple(ids))
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside nested lists, tuples and mappings (keys included)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def render_hf_template(tokenizer: Tokenizer, messages: Sequence[ChatMessage],
                        template: ChatTemplate | None = None,
                        default_system: str = DEFAULT_SYSTEM) -> list[int]:
@@ -248,12 +226,8 @@ def render_hf_template(tokenizer: Tokenizer, messages: Sequence[ChatMessage],
     equals tokenizing the rendered text the way transformers' `apply_chat_template` does whenever
     contents hold no special-token text.
     """
-    template = template or chat_template_for(tokenizer)
-    specials = special_surface_forms(tokenizer)
-    guard = _PlaceholderGuard.for_texts(specials, [m.content for m in messages] + [template.source])
-    rendered = template.render([{"role": m.role, "content": guard.hide(m.content)} for m in messages],
-                               default_system=default_system, **tokenizer.template_vars)
-    return _encode_rendered(tokenizer, rendered, specials, guard)
+    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    return list(render_template_messages(tokenizer, dicts, template, default_system).ids)
 
 
 @dataclass(frozen=True)
@@ -278,6 +252,16 @@ class _PlaceholderGuard:
         pattern = "|".join(re.escape(s) for s in self.specials)
         return re.sub(pattern, lambda m: f"{self.marker}{self.specials.index(m.group())}{self.marker}",
                       text)
+
+    def hide_all(self, value: Any) -> Any:
+        """`hide` applied to every string value inside nested lists and mappings (keys stay)."""
+        if isinstance(value, str):
+            return self.hide(value)
+        if isinstance(value, Mapping):
+            return {k: self.hide_all(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.hide_all(v) for v in value]
+        return value
 
     def restore(self, text: str) -> str:
         if self.marker not in text:
@@ -308,33 +292,46 @@ def render_prompt(tokenizer: Tokenizer, messages: Sequence[ChatMessage],
     template) get `render_qwen_chatml` (history window `max_window_size`), every other one
     `render_hf_template`. Either way the oldest history is dropped so that the prompt fits
     `max_prompt_len` tokens when it can (the system message and the last user message always stay)."""
-    if isinstance(tokenizer, QwenTiktokenTokenizer) and template is None and tokenizer.chat_template is None:
+    if is_original_qwen(tokenizer, template):
         return render_qwen_chatml(tokenizer, messages, default_system, max_window_size, max_prompt_len)
-    if max_prompt_len is None:
-        return render_hf_template(tokenizer, messages, template, default_system)
-    return _fit_hf_template(tokenizer, list(messages), template, default_system, max_prompt_len)
+    messages = list(messages)
+    return list(fit_to_window([m.role for m in messages], max_prompt_len, lambda keep: render_hf_template(
+        tokenizer, [messages[i] for i in keep], template, default_system)))
 
 
-def _fit_hf_template(tokenizer: Tokenizer, messages: list[ChatMessage], template: ChatTemplate | None,
-                     default_system: str, window: int) -> list[int]:
-    """render_hf_template of the newest messages that fit `window`: leading system messages stay, and
-    the rest starts at a user message (templates may require user/assistant turns in order). Fewer
-    messages render shorter, so the cut is found by bisection over the possible starts."""
-    ids = render_hf_template(tokenizer, messages, template, default_system)
-    if len(ids) <= window:
+def is_original_qwen(tokenizer: Tokenizer, template: ChatTemplate | None = None) -> bool:
+    """Whether prompts follow the original Qwen's make_context (qwen.tiktoken and no jinja template)."""
+    return isinstance(tokenizer, QwenTiktokenTokenizer) and template is None and tokenizer.chat_template is None
+
+
+def fit_to_window(roles: Sequence[str], window: int | None, render: Callable[[Sequence[int]], T],
+                  size: Callable[[T], int] = len) -> T:
+    """`render(kept message indices)` of the newest messages whose prompt fits `window` tokens
+    (`size(prompt)`: its length in tokens).
+
+    Leading system messages stay, and the rest starts at a user message (templates may require
+    user/assistant turns in order, and tool results must follow their call); the last such start is
+    the floor. Fewer messages render shorter, so the cut is found by bisection over the starts."""
+    everything = range(len(roles))
+    ids = render(everything)
+    if window is None or size(ids) <= window:
         return ids
     head = 0
-    while head < len(messages) - 1 and messages[head].role == "system":
+    while head < len(roles) - 1 and roles[head] == "system":
         head += 1
-    starts = [i for i in range(head + 1, len(messages)) if messages[i].role == "user"]
+    starts = [i for i in range(head + 1, len(roles)) if roles[i] == "user"]
     if not starts:
         return ids
+
+    def from_start(start: int) -> T:
+        return render([*range(head), *range(start, len(roles))])
+
     lo, hi = 0, len(starts) - 1  # find the earliest start whose prompt fits; the last one is the floor
-    best = render_hf_template(tokenizer, messages[:head] + messages[starts[hi]:], template, default_system)
+    best = from_start(starts[hi])
     while lo < hi:
         mid = (lo + hi) // 2
-        candidate = render_hf_template(tokenizer, messages[:head] + messages[starts[mid]:], template, default_system)
-        if len(candidate) <= window:
+        candidate = from_start(starts[mid])
+        if size(candidate) <= window:
             best, hi = candidate, mid
         else:
             lo = mid + 1
