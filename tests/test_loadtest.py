@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -222,10 +221,8 @@ def test_bounded_sweep_against_the_cpu_server(default_server, tmp_path):
            "--input-len", "32", "--output-len", "16", "--protocol", "http_stream,grpc_stream,http",
            "--label", "CI load test", "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
-    t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert time.monotonic() - t0 < 45, "the bounded run took too long"
 
     run = json.loads((out / "run.json").read_text())
     assert [lv["concurrency"] for lv in run["levels"]] == [1, 6]
