@@ -13,16 +13,21 @@ import operator
 import random
 import time
 from collections.abc import Sequence as Seq
+from typing import TYPE_CHECKING
 
 from .block_manager import BlockManager
 from .config import EngineConfig, ModelConfig
 from .errors import DuplicateRequestError, InvalidRequestError
+from .guided import GuidedDecoding
 from .model_runner import ModelRunner
 from .models import load_model_config
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import FinishReason, Sequence
+
+if TYPE_CHECKING:
+    from .chat import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,13 @@ class LLMEngine:
     >>> while engine.has_unfinished_requests():
     ...     for out in engine.step():
     ...         print(out.request_id, out.new_token_ids, out.finished)
+
+    `tokenizer`: the checkpoint's chat tokenizer, whose vocabulary guided requests
+    (SamplingParams.guided_decoding) are compiled against; None loads the one in
+    model_path on the first guided request.
     """
 
-    def __init__(self, model_path: str, config: EngineConfig | None = None):
+    def __init__(self, model_path: str, config: EngineConfig | None = None, tokenizer: Tokenizer | None = None):
         self.config = config or EngineConfig()
         self.model_config: ModelConfig = load_model_config(model_path)
         self.max_model_len = self._max_model_len()
@@ -52,6 +61,7 @@ class LLMEngine:
         self._num_generated = 0
         self._num_admitted = 0
         self._ended: collections.Counter[str] = collections.Counter()  # finish reason -> requests
+        self.guided = GuidedDecoding(lambda: tokenizer or _load_tokenizer(model_path), self.model_config.vocab_size)
 
     def _max_model_len(self) -> int:
         limit = self.config.max_model_len
@@ -89,6 +99,8 @@ class LLMEngine:
             raise InvalidRequestError(
                 "max_tokens", f"the request needs {need} KV blocks, the pool has {blocks.num_blocks}")
         self._check_logits_size(n, params)
+        if params.guided_decoding is not None:
+            self.guided.compile(params.guided_decoding)  # cached: add_request compiles it again for free
 
     def _check_logits_size(self, prompt_len: int, params: SamplingParams) -> None:
         """Context / generation logits are float32 [tokens, vocab] held on the host: cap them."""
@@ -115,8 +127,10 @@ class LLMEngine:
         self.validate(prompt, params)
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         arrival = now if arrival_time_ns is None else min(arrival_time_ns, now)
+        guide = params.guided_decoding
+        grammar = self.guided.start(guide, params.end_ids) if guide is not None else None
         self.scheduler.add(Sequence(request_id, prompt, params, seed, next(self._arrivals),
-                                    arrival_time_ns=arrival))
+                                    arrival_time_ns=arrival, grammar=grammar))
         self._num_admitted += 1
 
     def abort_request(self, request_id: str) -> bool:
@@ -216,6 +230,12 @@ class LLMEngine:
             num_admitted=self._num_admitted, num_finished=self._ended["stop"] + self._ended["length"],
             num_aborted=self._ended["abort"], num_failed=self._ended["error"],
             num_prefilling=sum(1 for seq in list(s.running) if seq.num_computed_tokens < seq.num_prompt_tokens))
+
+
+def _load_tokenizer(model_path: str) -> Tokenizer:
+    from .chat import load_tokenizer
+
+    return load_tokenizer(model_path)
 
 
 def _as_token_ids(tokens: Seq[int]) -> list[int]:

@@ -21,6 +21,7 @@ import torch
 
 from .attention import AttentionMetadata, get_attention_backend
 from .config import EngineConfig, ModelConfig
+from .guided import fill_token_mask
 from .models import load_model
 from .models.batch import ForwardBatch
 from .models.layers import get_layer_ops
@@ -315,8 +316,10 @@ class ModelRunner:
             return StepOutput({}, context)
         rows = [SamplingRow(s.params, s.seed, s.prompt_token_ids, s.output_token_ids)
                 for s in plan.samplers]
-        tokens = self.sampler(sample_logits, rows)  # leaves sample_logits raw
-        raw = generation_logits(plan, sample_logits)
+        raw = generation_logits(plan, sample_logits)  # before the grammar mask writes sample_logits
+        # host work: on a GPU it overlaps the forward pass queued above
+        mask = fill_token_mask([s.grammar for s in plan.samplers], self.model_config.vocab_size)
+        tokens = self.sampler(sample_logits, rows, mask)
         sampled = {s.request_id: SampledToken(t.token_id, t.logprob, r)
                    for s, t, r in zip(plan.samplers, tokens, raw)}
         return StepOutput(sampled, context)

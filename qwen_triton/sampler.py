@@ -2,8 +2,10 @@
 
 Pipeline, in the order transformers applies its processors:
 
-    logit_bias  fixed per-token additions to the raw logits (first, as
-                TensorRT-LLM's embedding_bias)
+    grammar     guided rows only: tokens their grammar forbids -> -inf, in
+                place (guided.py); nothing after it can lift a -inf
+    logit_bias  fixed per-token additions to the raw logits (as TensorRT-LLM's
+                embedding_bias)
     penalties   repetition (prompt + output), presence / frequency (output),
                 min_tokens (end ids -> -inf), bad words (completions -> -inf)
     greedy rows argmax of the penalised logits
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .guided import TokenMask, apply_token_mask_
 from .outputs import SampledToken
 from .sampling_params import SamplingParams
 
@@ -48,17 +51,25 @@ class Sampler:
     penalties and temperature but *before* top-k / top-p filtering (for greedy
     rows: over the penalised logits, no temperature). That is the model's
     scaled distribution, so it stays comparable across different top-k / top-p
-    settings and is never -inf for a token that could be chosen.
+    settings and is never -inf for a token that could be chosen. For a guided
+    row it is taken after the grammar mask (over the tokens the grammar allows).
 
-    The caller's logits tensor is never modified (the runner hands the same
-    rows back as raw generation logits).
+    The caller's logits tensor is never modified, except by the grammar mask:
+    guided rows' forbidden tokens become -inf in place, so that a step with a
+    guided row copies no [N, vocab] tensor (the runner takes the raw
+    generation logits before sampling).
     """
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow],
+                 mask: TokenMask | None = None) -> list[SampledToken]:
+        """`mask`: the grammar masks of the guided rows (guided.fill_token_mask), None if there are none;
+        it is applied to `logits` in place."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], got {tuple(logits.shape)}")
         if not rows:
             return []
+        if mask is not None:
+            apply_token_mask_(logits, mask)  # in place, only the rows it lists
         logits = apply_penalties(apply_logit_bias(logits.float(), rows), rows)  # [N, V]
         device = logits.device
         tokens = torch.empty(len(rows), dtype=torch.long, device=device)       # [N]

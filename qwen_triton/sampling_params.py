@@ -8,6 +8,13 @@ from .errors import InvalidRequestError
 
 TokenIds = tuple[int, ...]
 
+# TensorRT-LLM's GuidedDecodingParams.GuideType names, as tensorrtllm_backend's guided_decoding_guide_type
+# carries them: the guide is ignored for "json" (any JSON object or array), a JSON Schema, a regular
+# expression, a GBNF/EBNF grammar (root rule `root`), or an xgrammar structural tag (JSON).
+GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar", "structural_tag")
+GUIDE_TYPE_FIELD = "guided_decoding_guide_type"
+GUIDE_FIELD = "guided_decoding_guide"
+
 
 def _word_lists(name: str, words) -> tuple[TokenIds, ...]:
     """Normalise stop/bad words given as token-id lists into a tuple of tuples."""
@@ -33,6 +40,28 @@ def _logit_bias(bias) -> tuple[tuple[int, float], ...]:
 
 
 @dataclass(frozen=True)
+class GuidedDecodingParams:
+    """A grammar the output must follow (TensorRT-LLM's GuidedDecodingParams).
+
+    `guide_type` is one of GUIDE_TYPES; `guide` is its text (a JSON Schema, a regex, an EBNF grammar,
+    a structural tag), ignored for "json". Errors name the Triton inputs that carry the two fields.
+    Whether a guide compiles is checked by the engine (qwen_triton/guided.py), which has the vocabulary.
+    """
+
+    guide_type: str
+    guide: str = ""
+
+    def __post_init__(self) -> None:
+        if self.guide_type not in GUIDE_TYPES:
+            raise InvalidRequestError(
+                GUIDE_TYPE_FIELD, f"must be one of {', '.join(GUIDE_TYPES)}, got {self.guide_type!r}")
+        if not isinstance(self.guide, str):
+            raise InvalidRequestError(GUIDE_FIELD, f"must be text, got {type(self.guide).__name__}")
+        if self.guide_type != "json" and not self.guide.strip():
+            raise InvalidRequestError(GUIDE_FIELD, f"is empty; guide type {self.guide_type!r} needs one")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How one request is decoded.
 
@@ -54,6 +83,11 @@ class SamplingParams:
     `return_generation_logits` those that produced each output token (see
     RequestOutput); both are bounded by EngineConfig.max_logits_bytes.
     `return_perf_metrics` attaches RequestMetrics to every output.
+
+    `guided_decoding` constrains the output to a grammar: at each step only tokens the grammar allows
+    can be drawn, an end id only where the grammar may end, and the grammar's completion ends the
+    request (finish reason "stop"). It cannot be combined with `min_tokens` (the grammar alone decides
+    where the output may end).
     """
 
     max_tokens: int = 16
@@ -73,6 +107,7 @@ class SamplingParams:
     return_context_logits: bool = False
     return_generation_logits: bool = False
     return_perf_metrics: bool = False
+    guided_decoding: GuidedDecodingParams | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise in place once
@@ -103,6 +138,9 @@ class SamplingParams:
                 raise InvalidRequestError(name, f"must be in [-2, 2], got {value}")
         if self.seed is not None and not (0 <= self.seed < 2**64):
             raise InvalidRequestError("seed", f"must be in [0, 2**64), got {self.seed}")
+        if self.guided_decoding is not None and self.min_tokens > 0:
+            raise InvalidRequestError(
+                "min_tokens", "cannot be combined with guided decoding: the grammar decides where the output ends")
 
     @property
     def greedy(self) -> bool:

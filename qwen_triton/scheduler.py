@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from .block_manager import BlockManager
 from .outputs import RequestOutput, SampledToken
 from .sampling_params import SamplingParams
 from .sequence import FinishReason, Sequence, SequenceStatus
+
+if TYPE_CHECKING:
+    from .guided import GrammarState
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class ScheduledSeq:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     context_positions: range = range(0)
+    grammar: GrammarState | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -103,6 +108,7 @@ class Scheduler:
         elif seq.status is SequenceStatus.WAITING:
             self.waiting.remove(seq)
         self._release(seq)
+        seq.grammar = None  # the matcher goes with the request (an abort too)
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
         del self.requests[seq.request_id]
         return _output(seq, [], None, error=error)
@@ -158,7 +164,7 @@ class Scheduler:
             logprobs = seq.output_logprobs[n_before:] if seq.params.logprobs else None
             # [1, vocab] for a token that joined the output, [0, vocab] for an end id
             gen = tok.logits[None][:len(new)] if tok.logits is not None else None
-            outputs.append(_output(seq, new, logprobs, seq.take_context_logits(), gen))
+            outputs.append(_output(seq, new, logprobs, seq.take_context_logits(), gen, seq.error))
         return outputs
 
     # -- internals -----------------------------------------------------------
@@ -225,6 +231,7 @@ def _view(seq: Sequence, n: int) -> ScheduledSeq:
         prompt_token_ids=seq.prompt_token_ids,
         output_token_ids=seq.output_token_ids,
         context_positions=seq.context_positions(start, start + n),
+        grammar=seq.grammar,
     )
 
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .outputs import RequestMetrics
 from .sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from .guided import GrammarState
 
 
 class SequenceStatus(enum.Enum):
@@ -38,7 +42,9 @@ class Sequence:
 
     Timing (time.time_ns, 0 until it happens) and KV figures feed RequestMetrics;
     context logits are collected in prompt order, each position once, however
-    the prompt is chunked or recomputed after a preemption."""
+    the prompt is chunked or recomputed after a preemption. `grammar` is the
+    matcher of a guided request (guided.py): it has seen exactly the output
+    tokens, so a preempted sequence keeps it as it keeps them."""
 
     request_id: str
     prompt_token_ids: list[int]
@@ -61,6 +67,8 @@ class Sequence:
     context_chunks: list[np.ndarray] = field(default_factory=list)  # float32 [rows, vocab] each
     num_context_rows: int = 0  # prompt positions collected: always the first ones
     context_taken: bool = False
+    grammar: GrammarState | None = None
+    error: str | None = None  # why it ended with FinishReason.ERROR
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -91,15 +99,24 @@ class Sequence:
 
         An end id ends the sequence without joining the output. A stop sequence
         joins the output and then ends it. Neither counts before min_tokens.
+        A guided request's token advances its grammar (the sampler only let through
+        what the grammar allows, end ids only where it may end); the grammar's end
+        ends the sequence.
         """
         params = self.params
         may_stop = len(self.output_token_ids) >= params.min_tokens
         if may_stop and token_id in params.end_ids:
             return FinishReason.STOP
+        if self.grammar is not None and not self.grammar.accept(token_id):
+            # only when penalties (bad_words) took away every token the grammar allowed
+            self.error = f"guided decoding: token {token_id} does not fit the grammar (no allowed token was left)"
+            return FinishReason.ERROR
         self.output_token_ids.append(token_id)
         if logprob is not None:
             self.output_logprobs.append(logprob)
         if may_stop and self._ends_with_stop_sequence():
+            return FinishReason.STOP
+        if self.grammar is not None and self.grammar.is_terminated:
             return FinishReason.STOP
         if len(self.output_token_ids) >= params.max_tokens or self.num_tokens >= max_model_len:
             return FinishReason.LENGTH

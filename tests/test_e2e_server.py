@@ -131,6 +131,8 @@ def test_chat_messages_are_original_qwen_chatml(server):
     ({"text_input": "hi", "max_tokens": 8, "temperature": -1.0}, "temperature"),
     ({"text_input": "hi", "max_tokens": 8, "top_p": 1.5}, "top_p"),
     ({"text_input": "hi", "max_tokens": 8, "beam_width": 4}, "beam_width"),
+    ({"text_input": "hi", "max_tokens": 8, c.GUIDE_TYPE: "regex", c.GUIDE: "(a"}, c.GUIDE),
+    ({"text_input": "hi", "max_tokens": 8, c.GUIDE_TYPE: "yaml", c.GUIDE: "a: 1"}, c.GUIDE_TYPE),
 ])
 def test_bad_requests_get_clear_errors_and_server_stays_healthy(server, body, message):
     r = http_generate(server, body)
@@ -138,6 +140,35 @@ def test_bad_requests_get_clear_errors_and_server_stays_healthy(server, body, me
     assert requests.get(f"{server.http_url}/v2/health/ready", timeout=5).status_code == 200
     ok = http_generate(server, {"text_input": "still there?", "max_tokens": 4, "temperature": 0.0})
     assert ok.status_code == 200 and c.TEXT_OUTPUT in ok.json()
+
+
+# bounded values: the random-weight model would fill a free string or number until max_tokens
+GUIDED_SCHEMA = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}, "ok": {"type": "boolean"}},
+                 "required": ["color", "ok"], "additionalProperties": False}
+
+
+def test_guided_decoding_through_the_engine_model_and_the_entry_points(server, default_build):
+    """tensorrtllm_backend's guided_decoding_guide_type / guided_decoding_guide: the reply follows the schema
+    through tensorrt_llm (token ids over gRPC), ensemble and tensorrt_llm_bls (text over HTTP)."""
+    import jsonschema
+
+    from qwen_triton.chat import load_tokenizer
+
+    tok = load_tokenizer(next((default_build[0] / "artifacts").glob("default-*")))
+    schema = json.dumps(GUIDED_SCHEMA)
+    inputs = {**engine_direct_inputs(200), c.IN_MIN_LENGTH: np.array([[0]], np.int32),
+              c.IN_EXCLUDE_INPUT: np.array([[True]]), c.GUIDE_TYPE: np.array([[b"json_schema"]], dtype=object),
+              c.GUIDE: np.array([[schema.encode()]], dtype=object)}
+    ids = grpc_stream(server, model=c.ENGINE, inputs=inputs, output=c.OUT_OUTPUT_IDS)
+    replies = [tok.decode(ids)]
+    for model in (c.ENSEMBLE, c.BLS):
+        r = http_generate(server, {"text_input": "The sky as JSON:", "max_tokens": 200, "temperature": 0.0,
+                                   c.EXCLUDE_INPUT_IN_OUTPUT: True, c.GUIDE_TYPE: "json_schema", c.GUIDE: schema},
+                          model=model)
+        assert r.status_code == 200, r.text
+        replies.append(r.json()[c.TEXT_OUTPUT])
+    for reply in replies:
+        jsonschema.validate(json.loads(reply), GUIDED_SCHEMA)
 
 
 def wait_idle(server, timeout: float = 5.0) -> tuple[dict, float]:

@@ -92,7 +92,10 @@ def test_end_id_below_zero_means_no_end_id_and_exclude_defaults_to_false():
     ({c.IN_DECODER_INPUT_IDS: np.array([[5, 6]], np.int32)}, c.IN_DECODER_INPUT_IDS),
     ({"lora_task_id": col(3, dtype=np.uint64)}, "lora_task_id"),
     ({"runtime_top_p_decay": col(0.9, dtype=np.float32)}, "runtime_top_p_decay"),
-    ({"guided_decoding_guide_type": np.array([[b"json"]], dtype=object)}, "guided_decoding_guide_type"),
+    ({c.GUIDE_TYPE: np.array([[b"xml"]], dtype=object)}, c.GUIDE_TYPE),
+    ({c.GUIDE: np.array([[b"[0-9]+"]], dtype=object)}, c.GUIDE_TYPE),
+    ({c.GUIDE_TYPE: np.array([[b"regex"]], dtype=object)}, c.GUIDE),
+    ({c.GUIDE_TYPE: np.array([[b"json"]], dtype=object), c.IN_MIN_LENGTH: col(2)}, c.IN_MIN_LENGTH),
     ({c.IN_EMBEDDING_BIAS: np.array([[np.inf]], np.float32)}, c.IN_EMBEDDING_BIAS),
 ])
 def test_bad_or_unsupported_input_names_the_field(extra, field):

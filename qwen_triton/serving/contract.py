@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..sampling_params import GUIDE_FIELD, GUIDE_TYPE_FIELD
+
 UPSTREAM = "triton-inference-server/tensorrtllm_backend v0.19.0, all_models/inflight_batcher_llm"
 
 # Model names in the repository.
@@ -51,7 +53,6 @@ _LORA = "LoRA adapters are not supported by this engine"
 _MM = "multimodal inputs are not supported: the models served are text-only"
 _DRAFT = "speculative decoding is not supported by this engine"
 _ENCDEC = "encoder-decoder models are not supported: the models served are decoder-only"
-_GUIDED = "guided decoding is not supported by this engine yet"
 _DISAGG = "disaggregated (context-only / generation-only) serving is not supported by this engine"
 _TOP_P_DECAY = "top-p decay is not supported by this engine"
 _RETENTION = "KV-cache retention priorities are not supported by this engine"
@@ -85,6 +86,8 @@ BEAM_WIDTH = "beam_width"
 STREAM = "stream"
 EMBEDDING_BIAS_WORDS = "embedding_bias_words"
 EMBEDDING_BIAS_WEIGHTS = "embedding_bias_weights"
+# guided decoding (qwen_triton/guided.py): one of GUIDE_TYPES and its text, on the entry points and the engine
+GUIDE_TYPE, GUIDE = GUIDE_TYPE_FIELD, GUIDE_FIELD
 TEXT_OUTPUT = "text_output"
 
 _ENTRY_HEAD = (
@@ -110,8 +113,7 @@ ENSEMBLE_INPUTS = _ENTRY_HEAD + (
     _t(EMBEDDING_BIAS_WORDS, "BYTES", -1), _t(EMBEDDING_BIAS_WEIGHTS, "FP32", -1),
     _t("lora_task_id", "UINT64", no=_LORA), _t("lora_weights", "FP16", -1, -1, ragged=True, no=_LORA),
     _t("lora_config", "INT32", -1, 3, ragged=True, no=_LORA),
-    _t("guided_decoding_guide_type", "BYTES", ragged=True, no=_GUIDED),
-    _t("guided_decoding_guide", "BYTES", ragged=True, no=_GUIDED),
+    _t(GUIDE_TYPE, "BYTES", ragged=True), _t(GUIDE, "BYTES", ragged=True),
     _t(MESSAGES, "BYTES"),  # ours
 )
 BLS_INPUTS = _ENTRY_HEAD + (
@@ -127,8 +129,7 @@ BLS_INPUTS = _ENTRY_HEAD + (
     _t("num_draft_tokens", "INT32", no=_DRAFT), _t("use_draft_logits", "BOOL", scalar=True, no=_DRAFT),
     _t("lora_task_id", "UINT64", scalar=True, no=_LORA), _t("lora_weights", "FP16", -1, -1, ragged=True, no=_LORA),
     _t("lora_config", "INT32", -1, 3, ragged=True, no=_LORA),
-    _t(RETURN_PERF_METRICS, "BOOL", scalar=True),
-    _t("guided_decoding_guide_type", "BYTES", no=_GUIDED), _t("guided_decoding_guide", "BYTES", no=_GUIDED),
+    _t(RETURN_PERF_METRICS, "BOOL", scalar=True), _t(GUIDE_TYPE, "BYTES"), _t(GUIDE, "BYTES"),
     _t(MESSAGES, "BYTES"),  # ours
 )
 
@@ -285,8 +286,7 @@ ENGINE_INPUTS = (
     _t("retention_token_range_durations_ms", "INT32", -1, ragged=True, no=_RETENTION),
     _t("retention_decode_priority", "INT32", ragged=True, no=_RETENTION),
     _t("retention_decode_duration_ms", "INT32", ragged=True, no=_RETENTION),
-    _t("guided_decoding_guide_type", "BYTES", ragged=True, no=_GUIDED),
-    _t("guided_decoding_guide", "BYTES", ragged=True, no=_GUIDED),
+    _t(GUIDE_TYPE, "BYTES", ragged=True), _t(GUIDE, "BYTES", ragged=True),
     _t("lookahead_window_size", "INT32", ragged=True, no=_LOOKAHEAD),
     _t("lookahead_ngram_size", "INT32", ragged=True, no=_LOOKAHEAD),
     _t("lookahead_verification_set_size", "INT32", ragged=True, no=_LOOKAHEAD),
@@ -338,7 +338,7 @@ PIPELINE_STEPS = (
       IN_STOP_WORDS: "_STOP_WORDS_IDS", IN_BAD_WORDS: "_BAD_WORDS_IDS",
       "prompt_table_extra_ids": "_OUT_PROMPT_TABLE_EXTRA_IDS", "lora_task_id": "lora_task_id",
       "lora_weights": "lora_weights", "lora_config": "lora_config",
-      "guided_decoding_guide_type": "guided_decoding_guide_type", "guided_decoding_guide": "guided_decoding_guide"},
+      GUIDE_TYPE: GUIDE_TYPE, GUIDE: GUIDE},
      {OUT_OUTPUT_IDS: "_TOKENS_BATCH", OUT_SEQUENCE_LENGTH: "_SEQUENCE_LENGTH",
       **{spec.name: spec.name for spec in _COMMON_OUTPUTS + PERF_OUTPUTS}}),
     (POSTPROCESSING,

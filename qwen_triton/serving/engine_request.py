@@ -9,7 +9,8 @@ a missing input takes TensorRT-LLM's default (temperature 1, top_k 0, top_p 0, p
 top_p <= 0 switches top-p off; top_k 0 with top-p off is greedy; min_length counts generated tokens;
 an end_id below 0 means no end id. Ours: a request that sets none of temperature, runtime_top_k,
 runtime_top_p and repetition_penalty gets the checkpoint's own generation_config.json instead
-(as transformers and the original Qwen do).
+(as transformers and the original Qwen do). guided_decoding_guide_type / guided_decoding_guide carry
+TensorRT-LLM's GuidedDecodingParams (an empty type: none).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ import numpy as np
 from ..chat import from_word_list
 from ..chat.defaults import GenerationDefaults
 from ..errors import InvalidRequestError
-from ..sampling_params import SamplingParams
+from ..sampling_params import GuidedDecodingParams, SamplingParams
 from . import contract as c
-from .triton_io import INT32_MAX, INT32_MIN, Arrays, BatchRows, integers, reals, reject_unsupported
+from .triton_io import INT32_MAX, INT32_MIN, Arrays, BatchRows, integers, reals, reject_unsupported, texts
 
 _SAMPLING_INPUTS = (c.IN_TEMPERATURE, c.IN_TOP_K, c.IN_TOP_P, c.IN_REPETITION_PENALTY)
 
@@ -112,6 +113,17 @@ def _decoder_ids(rows: BatchRows, i: int) -> None:
                                                           "input_ids and leave decoder_input_ids empty")
 
 
+def _guided(rows: BatchRows, i: int) -> GuidedDecodingParams | None:
+    """The row's grammar (TensorRT-LLM's GuidedDecodingParams), None when it names no guide type."""
+    kind = (texts(rows.array(c.GUIDE_TYPE, i), c.GUIDE_TYPE) or [""])[0].strip()
+    guide = (texts(rows.array(c.GUIDE, i), c.GUIDE) or [""])[0]
+    if not kind:
+        if guide:
+            raise InvalidRequestError(c.GUIDE_TYPE, f"is missing: {c.GUIDE} needs a guide type")
+        return None
+    return GuidedDecodingParams(kind, guide)
+
+
 def _row_prompt(rows: BatchRows, i: int) -> list[int]:
     ids = integers(rows.array(c.IN_INPUT_IDS, i), c.IN_INPUT_IDS)
     length = rows.scalar(c.IN_INPUT_LENGTHS, i, len(ids))
@@ -142,9 +154,13 @@ def parse_row(rows: BatchRows, i: int, opts: ParseOptions) -> EngineRequest:
         _int_in(c.IN_END_ID, end_id, INT32_MIN, INT32_MAX)
     end_ids = () if end_id is not None and end_id < 0 else opts.end_ids_of(end_id)
     seed = rows.scalar(c.IN_RANDOM_SEED, i)
+    min_tokens = _int_in(c.IN_MIN_LENGTH, rows.scalar(c.IN_MIN_LENGTH, i, 0), 0, max_tokens)
+    guided = _guided(rows, i)
+    if guided is not None and min_tokens > 0:
+        raise InvalidRequestError(c.IN_MIN_LENGTH, "cannot be combined with guided decoding (the grammar decides "
+                                                   "where the output ends); leave it out or 0")
     params = SamplingParams(
-        max_tokens=max_tokens,
-        min_tokens=_int_in(c.IN_MIN_LENGTH, rows.scalar(c.IN_MIN_LENGTH, i, 0), 0, max_tokens),
+        max_tokens=max_tokens, min_tokens=min_tokens,
         presence_penalty=rows.scalar(c.IN_PRESENCE_PENALTY, i, 0.0, float),
         frequency_penalty=rows.scalar(c.IN_FREQUENCY_PENALTY, i, 0.0, float),
         seed=seed, end_ids=end_ids,
@@ -154,7 +170,7 @@ def parse_row(rows: BatchRows, i: int, opts: ParseOptions) -> EngineRequest:
         return_context_logits=rows.scalar(c.IN_RETURN_CONTEXT_LOGITS, i, False, bool),
         return_generation_logits=rows.scalar(c.IN_RETURN_GENERATION_LOGITS, i, False, bool),
         return_perf_metrics=rows.scalar(c.IN_RETURN_PERF_METRICS, i, False, bool),
-        **_sampling(rows, i, opts.defaults))
+        guided_decoding=guided, **_sampling(rows, i, opts.defaults))
     pad_id = rows.scalar(c.IN_PAD_ID, i)
     if pad_id is not None:  # it pads output_ids, an INT32 tensor
         _int_in(c.IN_PAD_ID, pad_id, INT32_MIN, INT32_MAX)

@@ -62,7 +62,7 @@ class EngineService:
         self.options = options
         self.parse_options = ParseOptions(self.end_ids_of, self.tokenizer.generation_defaults,
                                           options.exclude_input_default, options.decoupled)
-        self.engine = BackgroundEngine(LLMEngine(model_path, engine_config))
+        self.engine = BackgroundEngine(LLMEngine(model_path, engine_config, tokenizer=self.tokenizer))
         self._token_bytes = self.tokenizer.token_bytes_table()
         self._lock = threading.Lock()
         self._calls: dict[str, _Live] = {}
