@@ -5,7 +5,10 @@
 #
 #   tools/soak_gpu_carry.sh [CARRY=.carry]
 # Settings (environment): PY (.venv/bin/python), MAX_NUM_SEQS (256), NUM_KV_BLOCKS (4096)
-# Everything fits the device tool's 64 MiB per call (about 45 MB).
+# Everything fits the device tool's 64 MiB per call with the working tree (about 62 MB). While the
+# working tree holds unfinished edits, carry a commit's code instead and run from it on the GPU machine:
+#   git archive HEAD qwen_triton loadtest tools | xz -9e > .carry/src.tar.xz
+#   (there) mkdir /tmp/src && tar xJf .carry/src.tar.xz -C /tmp/src && ln -s $PWD/.carry /tmp/src/.carry
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,7 +23,7 @@ WHEEL_ARGS=(--only-binary=:all: --python-version 3.12 --implementation cp --plat
 
 log "Triton for Python 3.12"
 "$PY" -m qwen_triton.runtime.install --python 3.12 --dest "$WORK/t312/.triton" --tarball "$WORK/triton-py312.tar.gz"
-gunzip -c "$WORK/triton-py312.tar.gz" | xz -T2 -6 > "$CARRY/triton-py312.tar.xz"
+gunzip -c "$WORK/triton-py312.tar.gz" | xz -T2 -9e > "$CARRY/triton-py312.tar.xz"
 
 log "numpy 1.x for the stub, the client's wheels"
 "$PY" -m pip download -q "${WHEEL_ARGS[@]}" --no-deps -d "$CARRY" numpy==1.26.4
