@@ -95,8 +95,7 @@ def plan_chat(body: ChatCompletionRequest, state: ServiceState) -> ChatPlan:
     requested, param = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens
                         is not None else (body.max_tokens, "max_tokens"))
     budget = max_tokens(requested, len(ids), model, param, None, "messages")
-    call = engine_call(body, model, ids, budget, logprobs=bool(body.logprobs), guide=guide_of(body),
-                       streaming=bool(body.stream))
+    call = engine_call(body, model, ids, budget, logprobs=bool(body.logprobs), guide=guide_of(body))
     generation = TextGeneration(state.engine, call, model.tokenizer, stop_strings(body.stop))
     return ChatPlan(generation, bool(body.logprobs),
                     bool(body.stream_options and body.stream_options.include_usage))

@@ -56,7 +56,7 @@ def _generation(body: CompletionRequest, state: ServiceState) -> tuple[TextGener
     ids, text = prompt_ids(body, state)
     check_prompt_len(len(ids), state.model, "prompt")
     budget = max_tokens(body.max_tokens, len(ids), state.model, "max_tokens", DEFAULT_MAX_TOKENS, "prompt")
-    call = engine_call(body, state.model, ids, budget, logprobs=body.logprobs is not None, streaming=bool(body.stream))
+    call = engine_call(body, state.model, ids, budget, logprobs=body.logprobs is not None)
     echo = (text if text is not None else state.model.tokenizer.decode(ids)) if body.echo else ""
     return TextGeneration(state.engine, call, state.model.tokenizer, stop_strings(body.stop)), echo
 

@@ -1,0 +1,303 @@
+"""The OpenAI-compatible API in front of the real stack: the real default model (Qwen2.5-Coder-0.5B-Instruct)
+built and served by the supervisor, which runs `python -m qwen_triton.openai_api` beside tritonserver as
+`make serve` does. Driven by the official `openai` SDK (sync and async), LangChain's ChatOpenAI, plain
+HTTP where the SDK hides what is checked, and schemathesis against the service's own OpenAPI document.
+One server for the whole module; replies are kept short (the CPU decodes a few tokens a second)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from served import TRITON_DIR, build_repo, grpc_stream, needs_triton, scrape
+
+from qwen_triton.chat import load_tokenizer, parse_messages, render_prompt
+from qwen_triton.openai_api.config import ServiceConfig, load_served_model
+from qwen_triton.runtime.child import OpenAIService
+from qwen_triton.runtime.process import free_port
+from qwen_triton.runtime.server import TritonServer
+from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
+from qwen_triton.serving import contract as c
+from qwen_triton.wire import http_get
+
+pytestmark = [pytest.mark.server, pytest.mark.slow, needs_triton]
+SETS = ("max_num_seqs=8", "max_output_len=128", "max_input_len=1024", "device=cpu")
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+END_IDS = ("151643", "151645")  # <|endoftext|>, <|im_end|>: banned below to make a reply run long
+
+
+@dataclass(frozen=True)
+class Stack:
+    supervisor: Supervisor
+    base_url: str
+    model: str
+    repo: object
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key="none", max_retries=0, timeout=300, **kw)
+
+    def engine_counters(self) -> dict[str, float]:
+        time.sleep(0.3)  # the engine model exports its gauges every 100 ms
+        return scrape(self.supervisor.server, c.METRIC_ENGINE)
+
+
+@pytest.fixture(scope="module")
+def stack(real_qwen, tmp_path_factory):
+    root = tmp_path_factory.mktemp("openai-api")
+    repo = build_repo(root, model=str(real_qwen), sets=SETS)
+    port = free_port()
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
+                          log_file=root / "triton.log", extra_args=["--exit-timeout-secs=5"])
+    supervisor = Supervisor(server, SupervisorConfig(http_port=0, run_dir=root / "run", poll_s=0.2,
+                                                     openai=OpenAIService(port)))
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 120
+        while http_get(f"http://127.0.0.1:{port}/health", 1.0)[0] != 200:
+            assert time.monotonic() < deadline, (root / "openai_api.log").read_text()[-3000:]
+            time.sleep(0.2)
+        name = load_served_model(ServiceConfig(model_repository=repo)).name
+        yield Stack(supervisor, f"http://127.0.0.1:{port}/v1", name, repo)
+    finally:
+        supervisor.stop(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def greedy(stack):
+    """The greedy reply to QUESTION (non-streaming, sync SDK), which the other tests compare against."""
+    return stack.client().chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24,
+                                                  temperature=0)
+
+
+def _engine_reply(stack: Stack, real_qwen, messages, max_tokens: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids) of the engine model called directly over gRPC, greedy."""
+    tokenizer = load_tokenizer(real_qwen)
+    ids = render_prompt(tokenizer, parse_messages(messages))
+    inputs = {c.IN_INPUT_IDS: np.array([ids], np.int32), c.IN_INPUT_LENGTHS: np.array([[len(ids)]], np.int32),
+              c.IN_REQUEST_OUTPUT_LEN: np.array([[max_tokens]], np.int32), c.IN_STREAMING: np.array([[True]]),
+              c.IN_TEMPERATURE: np.array([[0.0]], np.float32)}
+    return ids, [int(t) for t in grpc_stream(stack.supervisor.server, model=c.ENGINE, inputs=inputs,
+                                             output=c.OUT_OUTPUT_IDS)]
+
+
+def test_models_lists_the_served_checkpoint(stack):
+    models = stack.client().models.list().data
+    assert [m.id for m in models] == [stack.model] == ["qwen2.5-coder-0.5b-instruct-q4_k_m"]
+    assert stack.client().models.retrieve(stack.model).id == stack.model
+
+
+def test_a_reply_and_its_usage_equal_the_engine_called_directly(stack, greedy, real_qwen):
+    prompt, reply = _engine_reply(stack, real_qwen, QUESTION, 24)
+    assert greedy.choices[0].message.content == load_tokenizer(real_qwen).decode(reply)
+    assert "Paris" in greedy.choices[0].message.content
+    assert greedy.usage.prompt_tokens == len(prompt) and greedy.usage.completion_tokens == len(reply)
+    assert greedy.usage.total_tokens == len(prompt) + len(reply)
+    assert greedy.choices[0].finish_reason == ("length" if len(reply) == 24 else "stop")
+
+
+def test_a_reply_cut_by_max_tokens_counts_what_the_engine_generated(stack):
+    before = stack.engine_counters()["generated_tokens"]
+    r = stack.client().chat.completions.create(model=stack.model, messages=QUESTION, max_completion_tokens=5)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+    assert stack.engine_counters()["generated_tokens"] - before == 5
+
+
+def test_streaming_gives_the_same_text_and_usage_in_the_last_chunk(stack, greedy):
+    chunks = list(stack.client().chat.completions.create(
+        model=stack.model, messages=QUESTION, max_tokens=24, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == greedy.choices[0].message.content
+    assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) > 2  # it streamed
+    finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finish == [greedy.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage == greedy.usage
+    assert all(ch.usage is None for ch in chunks[:-1])
+
+
+def test_the_async_client_streams_and_answers_concurrently(stack, greedy):
+    async def main():
+        client = openai.AsyncOpenAI(base_url=stack.base_url, api_key="none", max_retries=0, timeout=300)
+
+        async def streamed() -> str:
+            stream = await client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24,
+                                                          temperature=0, stream=True)
+            return "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+
+        async def whole() -> str:
+            r = await client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24,
+                                                     temperature=0)
+            return r.choices[0].message.content
+
+        try:
+            return await asyncio.gather(streamed(), whole(), streamed())
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) == [greedy.choices[0].message.content] * 3
+
+
+def test_stop_strings_end_the_reply_before_them(stack, greedy):
+    text = greedy.choices[0].message.content
+    stop = text[len(text) // 4:][:7]  # likely spans tokens: matched on the text, not on token ids
+    client = stack.client()
+    r = client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24, temperature=0,
+                                       stop=[stop, "zzzz"])
+    assert r.choices[0].message.content == text[:text.index(stop)] and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens < greedy.usage.completion_tokens
+    streamed = client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24, temperature=0,
+                                              stop=stop, stream=True)
+    chunks = [ch for ch in streamed if ch.choices]
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == text[:text.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_seed_makes_sampling_reproducible(stack):
+    client = stack.client()
+
+    def sample(seed: int) -> str:
+        return client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=12, temperature=1.0,
+                                              top_p=0.95, seed=seed).choices[0].message.content
+
+    first = sample(1234)
+    assert sample(1234) == first
+    assert any(sample(seed) != first for seed in (1, 2, 3))
+
+
+def test_logprobs_are_the_engine_s_per_token_log_probabilities(stack, greedy):
+    r = stack.client().chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24, temperature=0,
+                                               logprobs=True)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert r.choices[0].message.content == greedy.choices[0].message.content
+    assert all(t.logprob <= 0 and t.top_logprobs == [] for t in content)
+    assert bytes(b for t in content for b in t.bytes).decode() == r.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as refused:
+        stack.client().chat.completions.create(model=stack.model, messages=QUESTION, logprobs=True, top_logprobs=2)
+    assert refused.value.body["param"] == "top_logprobs"
+
+
+def test_logit_bias_and_penalties_reach_the_engine(stack, real_qwen):
+    _, first = _engine_reply(stack, real_qwen, QUESTION, 1)
+    client = stack.client()
+    r = client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=1, temperature=0,
+                                       logit_bias={str(first[0]): -100})
+    assert r.choices[0].message.content != load_tokenizer(real_qwen).decode(first)
+    penalised = client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=8, temperature=0,
+                                               presence_penalty=2.0, frequency_penalty=-2.0)
+    assert penalised.choices[0].message.content and penalised.usage.completion_tokens <= 8
+
+
+def test_legacy_completions_stream_echo_and_count(stack):
+    client = stack.client()
+    prompt = "def fibonacci(n):"
+    r = client.completions.create(model=stack.model, prompt=prompt, max_tokens=8, temperature=0, echo=True,
+                                  logprobs=0)
+    assert r.choices[0].text.startswith(prompt) and r.usage.completion_tokens == 8
+    assert len(r.choices[0].logprobs.token_logprobs) == 8
+    pieces = list(client.completions.create(model=stack.model, prompt=prompt, max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert prompt + "".join(p.choices[0].text for p in pieces if p.choices) == r.choices[0].text
+    assert pieces[-1].usage.completion_tokens == 8
+
+
+@pytest.mark.parametrize("fields, error, param", [
+    ({"n": 2}, openai.BadRequestError, "n"),
+    ({"temperature": 5}, openai.BadRequestError, "temperature"),
+    ({"max_tokens": 100000}, openai.BadRequestError, "max_tokens"),
+    ({"extra_body": {"frobnicate": True}}, openai.BadRequestError, "frobnicate"),
+    ({"model": "gpt-4o"}, openai.NotFoundError, "model"),
+])
+def test_bad_requests_raise_the_sdk_s_errors_with_openai_bodies(stack, fields, error, param):
+    with pytest.raises(error) as raised:
+        stack.client().chat.completions.create(**{"model": stack.model, "messages": QUESTION, **fields})
+    assert raised.value.body["param"] == param and raised.value.body["message"]
+    assert raised.value.body["type"] == "invalid_request_error"
+
+
+def test_a_client_that_leaves_cancels_the_engine_request(stack):
+    """A streamed reply and one that is not: the client goes after a few tokens; the engine aborts the
+    request (its `aborted` counter) long before max_tokens, and frees everything."""
+    body = {"model": stack.model, "messages": [{"role": "user", "content": "Write a very long story."}],
+            "max_tokens": 120, "logit_bias": {t: -100 for t in END_IDS}}
+    before = stack.engine_counters()
+    with httpx.stream("POST", f"{stack.base_url}/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+        events = 0
+        for line in r.iter_lines():
+            events += line.startswith("data: ")
+            if events >= 4:
+                break
+    with pytest.raises(httpx.ReadTimeout):  # not streamed: the client gives up while the engine works
+        httpx.post(f"{stack.base_url}/chat/completions", json=body, timeout=httpx.Timeout(120, read=3))
+    deadline = time.monotonic() + 30
+    while (after := stack.engine_counters())["aborted"] - before.get("aborted", 0) < 2:
+        assert time.monotonic() < deadline, (before, after)
+    assert after["generated_tokens"] - before["generated_tokens"] < 120, (before, after)
+    requests = scrape(stack.supervisor.server, c.METRIC_REQUESTS)
+    assert requests["active"] == 0
+
+
+def test_the_readme_examples_run_as_written(stack):
+    """The README's OpenAI section: its curl, openai SDK and LangChain examples, against this server."""
+    pytest.importorskip("langchain_openai")
+    import re
+    import subprocess
+    import sys
+
+    from served import ROOT
+
+    section = (ROOT / "README.md").read_text()
+    section = section[section.index("## OpenAI-compatible API"):]
+    section = section[:section.index("\n## ", 4)]
+    base = stack.base_url.removesuffix("/v1")
+    blocks = re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
+    assert {kind for kind, _ in blocks} == {"bash", "python"} and len(blocks) >= 3
+    for kind, code in blocks:
+        code = code.replace("http://localhost:9000", base).replace("localhost:9000", base.removeprefix("http://"))
+        argv = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [sys.executable, "-c", code]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (code, done.stdout[-2000:], done.stderr[-2000:])
+        assert done.stdout.strip(), code
+
+
+def test_langchain_chat_openai(stack):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=stack.base_url, api_key="none", model=stack.model, temperature=0, max_tokens=24,
+                     max_retries=0)
+    answer = llm.invoke("What is the capital of France? Answer in one sentence.")
+    assert "Paris" in answer.content and answer.usage_metadata["output_tokens"] > 0
+    streamed = "".join(chunk.content for chunk in llm.stream("What is the capital of France? Answer in one sentence."))
+    assert streamed == answer.content
+
+
+def test_schemathesis_finds_no_server_error(stack):
+    """Requests generated from the service's own OpenAPI document, for every operation: none gets a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{stack.base_url.removesuffix('/v1')}/openapi.json")
+    failures, seen = [], 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=15, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def run(case):
+            nonlocal seen
+            if isinstance(case.body, dict) and case.path.endswith("completions"):
+                case.body["max_tokens"] = 1  # a body that happens to be valid generates: keep it short
+                case.body.pop("max_completion_tokens", None)
+            response = case.call(timeout=120)
+            seen += 1
+            if response.status_code >= 500:
+                failures.append((case.method, case.path, case.body, response.status_code, response.text[:300]))
+
+        run()
+    assert seen > 40 and not failures, failures[:5]
