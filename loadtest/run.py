@@ -29,9 +29,10 @@ Exit status: 0 when the sweep ran (failed requests are data; ``--fail-on-errors`
 """
 from __future__ import annotations
 
-from gevent import monkey
+if __name__ == "__main__":  # run as the program: gevent first, before anything imports ssl or threading
+    from gevent import monkey  # (imported as a library it patches nothing; Locust's own import still does)
 
-monkey.patch_all()  # first: the users run on gevent (this is the entry point; see loadtest.users)
+    monkey.patch_all()
 
 import argparse
 import importlib.util
