@@ -147,8 +147,12 @@ def _compile_structural_tag(compiler: Any, guide: str) -> Any:
     except ValueError as exc:
         raise InvalidRequestError(GUIDE_FIELD, f"a structural tag must be JSON: {exc}") from None
     if isinstance(spec, dict) and "structures" in spec and "triggers" in spec:
-        tags = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"])
-                for s in spec["structures"]]
+        try:
+            tags = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"])
+                    for s in spec["structures"]]
+        except (KeyError, TypeError):
+            raise InvalidRequestError(GUIDE_FIELD, 'every one of a structural tag\'s "structures" needs "begin", '
+                                                   '"schema" and "end"') from None
         return compiler.compile_structural_tag(tags, list(spec["triggers"]))
     return compiler.compile_structural_tag(guide)
 

@@ -122,6 +122,8 @@ def test_preempted_constrained_sequences_stay_valid(tiny):
     (("regex", "(cat|dog"), "guided_decoding_guide", "regular expression"),
     (("ebnf_grammar", "root ::= missing_rule"), "guided_decoding_guide", "missing_rule"),
     (("structural_tag", "not json"), "guided_decoding_guide", "structural tag"),
+    (("structural_tag", '{"structures": [{"begin": "<a>"}], "triggers": ["<a>"]}'), "guided_decoding_guide",
+     '"schema"'),
     (("regex", ""), "guided_decoding_guide", "empty"),
     (("xml", "<a/>"), "guided_decoding_guide_type", "json_schema"),
 ])
@@ -137,6 +139,30 @@ def test_bad_guides_are_request_errors_naming_the_field(tiny, guide, field, word
         assert final.finish_reason == "stop" and re.fullmatch(REGEX, tok.decode(tokens))
     finally:
         bg.shutdown()
+
+
+@pytest.mark.parametrize("form", ["tensorrt_llm", "xgrammar"])
+def test_structural_tags_constrain_only_what_follows_a_trigger(form):
+    from qwen_triton.chat import QwenTiktokenTokenizer
+    from qwen_triton.guided import GuidedDecoding
+
+    tok = QwenTiktokenTokenizer()
+    args = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    if form == "tensorrt_llm":  # TensorRT-LLM's {"structures", "triggers"}
+        spec = {"structures": [{"begin": "<tool_call>", "schema": args, "end": "</tool_call>"}],
+                "triggers": ["<tool_call>"]}
+    else:
+        spec = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": ["<tool_call>"], "tags": [
+            {"type": "tag", "begin": "<tool_call>", "content": {"type": "json_schema", "json_schema": args},
+             "end": "</tool_call>"}]}}
+    guided = GuidedDecoding(lambda: tok, 151936)
+
+    def fits(text: str) -> bool:
+        state = guided.start(Guide("structural_tag", json.dumps(spec)), tok.eos_ids)
+        return all(state.accept(t) for t in tok.encode(text))
+
+    assert fits('Any text first. <tool_call>{"city": "Paris"}</tool_call> and after')
+    assert not fits('Any text first. <tool_call>{"town": 1}')
 
 
 def test_min_tokens_cannot_be_combined_with_a_guide():
