@@ -6,6 +6,7 @@ One server for the whole module; replies are kept short (the CPU decodes a few t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass
 
@@ -220,6 +221,69 @@ def test_bad_requests_raise_the_sdk_s_errors_with_openai_bodies(stack, fields, e
     assert raised.value.body["type"] == "invalid_request_error"
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                   "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"]}}}
+WEATHER_QUESTION = [{"role": "user", "content": "What's the weather like in Paris today?"}]
+
+
+def _valid_call(call, tool=WEATHER) -> dict:
+    import jsonschema
+
+    assert call.type == "function" and call.function.name == tool["function"]["name"] and call.id.startswith("call_")
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, tool["function"]["parameters"])
+    return arguments
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_a_forced_tool_call_is_valid_tool_calls_json_matching_the_schema(stack, choice):
+    client = stack.client()
+    r = client.chat.completions.create(model=stack.model, messages=WEATHER_QUESTION, tools=[WEATHER],
+                                       tool_choice=choice, max_tokens=60, temperature=0)
+    assert r.choices[0].finish_reason == "tool_calls" and len(r.choices[0].message.tool_calls) == 1
+    arguments = _valid_call(r.choices[0].message.tool_calls[0])
+    assert arguments["city"] == "Paris"
+    chunks = [ch for ch in client.chat.completions.create(
+        model=stack.model, messages=WEATHER_QUESTION, tools=[WEATHER], tool_choice=choice, max_tokens=60,
+        temperature=0, stream=True) if ch.choices]
+    deltas = [d for ch in chunks for d in ch.choices[0].delta.tool_calls or ()]
+    assert deltas[0].id and deltas[0].function.name == "get_weather" and all(d.index == 0 for d in deltas)
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_tool_result_is_answered(stack):
+    """The second turn: the assistant's call and the tool's result in the history (role "tool")."""
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
+    messages = WEATHER_QUESTION + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                                   {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'}]
+    r = stack.client().chat.completions.create(model=stack.model, messages=messages, tools=[WEATHER],
+                                               tool_choice="none", max_tokens=32, temperature=0)
+    assert r.choices[0].message.content and "21" in r.choices[0].message.content
+    assert not r.choices[0].message.tool_calls
+
+
+def test_json_schema_and_json_object_output_validate(stack):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    client = stack.client()
+    r = client.chat.completions.create(
+        model=stack.model, messages=[{"role": "user", "content": "Invent a person: name and age, as JSON."}],
+        max_tokens=48, temperature=0, response_format={"type": "json_schema",
+                                                       "json_schema": {"name": "person", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    r = client.chat.completions.create(model=stack.model, messages=[{"role": "user", "content": "Two colors as JSON."}],
+                                       max_tokens=48, temperature=0, response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content), (dict, list))
+
+
 def test_a_client_that_leaves_cancels_the_engine_request(stack):
     """A streamed reply and one that is not: the client goes after a few tokens; the engine aborts the
     request (its `aborted` counter) long before max_tokens, and frees everything."""
@@ -274,6 +338,24 @@ def test_langchain_chat_openai(stack):
     assert "Paris" in answer.content and answer.usage_metadata["output_tokens"] > 0
     streamed = "".join(chunk.content for chunk in llm.stream("What is the capital of France? Answer in one sentence."))
     assert streamed == answer.content
+
+
+def test_langchain_bind_tools(stack):
+    import jsonschema
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str, unit: str) -> str:
+        """Get the current weather in a city; unit is celsius or fahrenheit."""
+        return "21"
+
+    llm = ChatOpenAI(base_url=stack.base_url, api_key="none", model=stack.model, temperature=0, max_tokens=60,
+                     max_retries=0)
+    message = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("What's the weather like in Paris?")
+    assert [c["name"] for c in message.tool_calls] == ["get_weather"]
+    jsonschema.validate(message.tool_calls[0]["args"], get_weather.tool_call_schema.model_json_schema())
+    assert message.tool_calls[0]["args"]["city"] == "Paris"
 
 
 def test_schemathesis_finds_no_server_error(stack):

@@ -82,7 +82,7 @@ def test_engine_errors_keep_their_class(message, status):
 @pytest.fixture(scope="module")
 def served_model(real_qwen) -> ServedModel:
     return ServedModel(name=MODEL, tokenizer=load_tokenizer(real_qwen), default_system="You are helpful.",
-                       max_input_len=64, max_output_len=32, max_model_len=96, decoupled=True, created=0)
+                       max_input_len=256, max_output_len=32, max_model_len=288, decoupled=True, created=0)
 
 
 def _client(served_model, **config) -> TestClient:
@@ -115,8 +115,18 @@ def _chat(**fields) -> dict:
     (_chat(audio={"voice": "x"}), 400, "audio"),
     (_chat(messages=[]), 400, "messages"),
     (_chat(messages=[{"role": "robot", "content": "x"}]), 400, "messages[0]"),
-    (_chat(messages=[{"role": "user", "content": "x " * 200}]), 400, "messages"),
+    (_chat(messages=[{"role": "user", "content": "x " * 600}]), 400, "messages"),
     (_chat(model="gpt-4o"), 404, "model"),
+    (_chat(tool_choice="required"), 400, "tool_choice"),
+    (_chat(tools=[{"type": "function", "function": {"name": "f"}}],
+           tool_choice={"type": "function", "function": {"name": "g"}}), 400, "tool_choice"),
+    (_chat(tools=[{"type": "function", "function": {"name": "bad name"}}]), 400, "tools[0].function.name"),
+    (_chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="required",
+           response_format={"type": "json_object"}), 400, "response_format"),
+    (_chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), 400,
+     "response_format.json_schema.schema"),
+    (_chat(messages=[{"role": "tool", "content": "42"}]), 400, "messages[0].tool_call_id"),
+    (_chat(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]), 400, "messages"),
 ])
 def test_bad_chat_requests_get_openai_errors_naming_the_field(client, body, status, param):
     r = client.post("/v1/chat/completions", json=body)

@@ -22,9 +22,6 @@ from ..serving.triton_io import ERROR_PREFIXES
 from ..wire import triton_dtype
 from .errors import APIError
 
-# tensorrtllm_backend v0.19.0's inputs of grammar-constrained decoding (contract.ENGINE_INPUTS)
-GUIDE_TYPE, GUIDE = "guided_decoding_guide_type", "guided_decoding_guide"
-
 
 @dataclass(frozen=True)
 class EngineCall:
@@ -73,9 +70,9 @@ class EngineCall:
         if self.stop_words:
             out[c.IN_STOP_WORDS] = np.array([ids_to_word_list([list(w) for w in self.stop_words])], np.int32)
         if self.guide is not None:
-            out[GUIDE_TYPE] = one(self.guide[0].encode(), object)
+            out[c.GUIDE_TYPE] = one(self.guide[0].encode(), object)
             if self.guide[1]:  # "json" takes none
-                out[GUIDE] = one(self.guide[1].encode(), object)
+                out[c.GUIDE] = one(self.guide[1].encode(), object)
         return out
 
 

@@ -7,6 +7,7 @@ or path; 413 a body too large), 503 when Triton or the engine cannot serve (down
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,15 +48,24 @@ def from_invalid(exc: InvalidRequestError, param: str | None = None) -> APIError
     return bad_request(param or exc.field, str(exc))
 
 
+_ROLE_TAGS = ("system", "developer", "user", "assistant", "tool")
+_FORMAT_TAGS = ("text", "json_object", "json_schema")
+_NOT_FIELDS = re.compile(r"^([A-Z][A-Za-z]*|str|int|float|bool|list|dict|.*\[.*)$")  # union members Pydantic names
+
+
 def _loc_param(loc: tuple) -> str | None:
-    """A Pydantic error location -> OpenAI's `param` ("messages[0].content"); the union-member names
-    Pydantic adds (str, list[...], tagged-union tags) are left out."""
+    """A Pydantic error location -> OpenAI's `param` ("messages[0].content"). What Pydantic adds to a
+    location besides fields is left out: union members (str, list[...], a model's class name) and the tags
+    of tagged unions (a message's role, a response_format's type)."""
     parts: list[str] = []
-    for item in loc[1:] if loc and loc[0] == "body" else loc:
+    items = list(loc[1:] if loc and loc[0] == "body" else loc)
+    for i, item in enumerate(items):
+        before = items[max(0, i - 2):i]
+        role_tag = before[:1] == ["messages"] and len(before) == 2 and item in _ROLE_TAGS
+        format_tag = before[-1:] == ["response_format"] and item in _FORMAT_TAGS
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif "[" in str(item) or str(item) in ("str", "int", "float", "bool", "function-after") \
-                or str(item).endswith("Message") or str(item).endswith("Format"):
+        elif role_tag or format_tag or _NOT_FIELDS.match(str(item)):
             continue
         else:
             parts.append(("." if parts else "") + str(item))
