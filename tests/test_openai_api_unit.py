@@ -158,6 +158,20 @@ def test_bodies_that_are_not_requests(client, data, status):
     assert r.status_code == status and "error" in r.json(), r.text
 
 
+@pytest.mark.parametrize("field, param", [
+    ('"messages": [{"role": "user", "content": "\\ud800"}]', "messages[0].content"),
+    ('"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": '
+     '{"name": "f", "description": "\\udc00"}}]', "tools[0].function.description"),
+    ('"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", '
+     '"json_schema": {"name": "x", "schema": {"type": "\\ud800"}}}', "response_format.json_schema.schema.type"),
+])
+def test_text_that_is_not_utf8_is_refused_by_name(client, field, param):
+    """JSON can escape a lone surrogate; no tokenizer, template or grammar may see one (they raise)."""
+    body = ('{"model": "%s", %s}' % (MODEL, field)).encode()
+    r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
 def test_a_body_over_the_limit_without_its_length_is_413(client):
     r = client.post("/v1/chat/completions", content=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
                     headers={"content-type": "application/json"})

@@ -10,6 +10,7 @@ token sequences, so that it stops at once when the reply spells one the way it t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -19,8 +20,27 @@ from .errors import APIError, bad_request
 from .protocol import unsupported_fields
 
 
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string under `value` that holds a lone surrogate, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, dict):
+        return next((p for k, v in value.items() if (p := _lone_surrogate(k, path) or _lone_surrogate(
+            v, f"{path}.{k}" if path else str(k)))), None)
+    elif isinstance(value, list):
+        return next((p for i, v in enumerate(value) if (p := _lone_surrogate(v, f"{path}[{i}]"))), None)
+    return None
+
+
 def check_request(body: BaseModel, model: ServedModel) -> None:
-    """404 for another model's name, 400 for a field this server cannot honour."""
+    """400 for text that is not UTF-8 (JSON can escape a lone surrogate, "\\ud800"), 404 for another model's
+    name, 400 for a field this server cannot honour."""
+    where = _lone_surrogate(body.model_dump(by_alias=True), "")
+    if where is not None:
+        raise bad_request(where or None, f"{where or 'the body'} holds a lone surrogate (not valid UTF-8 text)")
     if body.model != model.name:
         raise APIError(404, f"the model {body.model!r} does not exist; this server serves {model.name!r} "
                             "(GET /v1/models)", "model", "model_not_found")
