@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"[openai-api] ERROR: {exc}", file=sys.stderr)
         return 1
+    if not config.api_key and config.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"[openai-api] WARNING: listening on {config.host} without an API key: anyone who reaches this "
+              f"port can use the model (set {API_KEY_ENV})", file=sys.stderr)
     print(f"[openai-api] serving {app_model_name(app)} on http://{config.host}:{config.port}/v1 "
           f"(Triton gRPC {config.triton_grpc}; API key {'required' if config.api_key else 'off'})", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, timeout_graceful_shutdown=5)
