@@ -228,3 +228,14 @@ def test_a_supervised_child_is_restarted_and_stopped(tmp_path):
     assert child.proc.poll() is not None
     argv = OpenAIService(9000).argv(8001, Path("/repo"))
     assert argv[1:3] == ["-m", "qwen_triton.openai_api"] and "127.0.0.1:8001" in argv and "/repo" in argv
+
+
+def test_the_runtime_cli_passes_the_openai_port_to_the_background_supervisor():
+    from qwen_triton.runtime import cli
+
+    args = cli.parser().parse_args(["start", "--openai-port", str(free_port())])
+    argv = cli._start_argv(args)
+    assert argv[argv.index("--openai-port") + 1] == str(args.openai_port)
+    assert not cli._openai_ready(args)  # nothing listens there: `start` keeps waiting
+    plain = cli.parser().parse_args(["start"])
+    assert "--openai-port" not in cli._start_argv(plain) and cli._openai_ready(plain)
