@@ -60,7 +60,7 @@ def test_the_engine_call_is_tensorrtllm_backend_tensors_of_one_row():
     arrays = call.arrays()
     assert arrays[c.IN_INPUT_IDS].tolist() == [[1, 2, 3]] and arrays[c.IN_INPUT_IDS].dtype == np.int32
     assert arrays[c.IN_REQUEST_OUTPUT_LEN].tolist() == [[5]] and arrays[c.IN_EXCLUDE_INPUT].tolist() == [[True]]
-    assert arrays[c.IN_TEMPERATURE].tolist() == [[0.5]] and arrays[c.IN_TOP_P].tolist() == [[0.0]]  # 0: off
+    assert arrays[c.IN_TEMPERATURE].tolist() == [[0.5]] and arrays[c.IN_TOP_P].tolist() == [[1.0]]  # not greedy
     assert arrays[c.IN_RANDOM_SEED].dtype == np.uint64 and int(arrays[c.IN_RANDOM_SEED][0, 0]) == 2**64 - 1
     bias = arrays[c.IN_EMBEDDING_BIAS]
     assert bias.shape == (1, 8) and bias[0, 7] == -100.0 and bias[0, 2] == 3.0 and bias[0, 0] == 0.0

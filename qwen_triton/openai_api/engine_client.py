@@ -52,8 +52,10 @@ class EngineCall:
                c.IN_REQUEST_OUTPUT_LEN: one(self.max_tokens, np.int32), c.IN_STREAMING: one(self.streaming, bool),
                c.IN_EXCLUDE_INPUT: one(True, bool)}
         if self.temperature is not None or self.top_p is not None:
+            # OpenAI's defaults for the other one (1, 1). TensorRT-LLM's rules: top_p 0 switches top-p off,
+            # and with top_k 0 too decoding is greedy, which is what top_p 0 means in OpenAI's API
             out[c.IN_TEMPERATURE] = one(1.0 if self.temperature is None else self.temperature, np.float32)
-            out[c.IN_TOP_P] = one(0.0 if self.top_p is None else self.top_p, np.float32)  # 0: off
+            out[c.IN_TOP_P] = one(1.0 if self.top_p is None else self.top_p, np.float32)
         for name, value in ((c.IN_PRESENCE_PENALTY, self.presence_penalty),
                             (c.IN_FREQUENCY_PENALTY, self.frequency_penalty)):
             if value is not None:
