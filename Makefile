@@ -5,6 +5,7 @@
 #   make serve          installs Triton from the pytriton wheel, builds when needed, starts, waits for ready;
 #                       with the OpenAI-compatible API on OPENAI_PORT (9000; OPENAI=0: without it)
 #   make serve-openai   the OpenAI-compatible API alone, in the foreground, for a Triton already running
+#   make webdemo        the gradio web demo on WEBDEMO_PORT (7860; 127.0.0.1), a client of the API on OPENAI_PORT
 #   make stop           stops the server
 #   make test           the whole test suite (starts its own servers on free ports), after make lint
 #   make lint           ruff, and the size limits (python -m tools.check_sizes: 400 lines a file, 60 a function)
@@ -26,7 +27,7 @@ TRITON_INSTALL_DEPS := install
 include tools/triton.mk
 include loadtest/loadtest.mk
 
-.PHONY: install build-engine serve serve-openai stop status test test-fast lint clean genai-perf
+.PHONY: install build-engine serve serve-openai webdemo stop status test test-fast lint clean genai-perf
 
 install: $(VENV)/.installed
 
@@ -34,7 +35,7 @@ $(VENV)/.installed: pyproject.toml tools/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	tools/install_torch.sh $(PY)
-	$(PY) -m pip install -q -e '.[build,client,loadtest,test]'
+	$(PY) -m pip install -q -e '.[build,client,loadtest,test,demo]'
 	touch $@
 
 build-engine: install
@@ -50,6 +51,15 @@ serve: install triton-install $(MODEL_REPO)/ensemble/config.pbtxt triton-start
 serve-openai: install
 	$(PY) -m qwen_triton.openai_api --triton-grpc 127.0.0.1:$(TRITON_GRPC_PORT) --port $(OPENAI_PORT) \
 		--model-repository $(MODEL_REPO) $(OPENAI_ARGS)
+
+# the gradio web demo (clients/webdemo.py) in the foreground, talking to the OpenAI-compatible API of
+# make serve (OPENAI_PORT); WEBDEMO_HOST=0.0.0.0 serves other machines (the demo has no login of its own)
+WEBDEMO_PORT ?= 7860
+WEBDEMO_HOST ?= 127.0.0.1
+WEBDEMO_ARGS ?=
+webdemo: install
+	$(PY) -m clients.webdemo --host $(WEBDEMO_HOST) --port $(WEBDEMO_PORT) \
+		--base-url http://127.0.0.1:$(OPENAI_PORT)/v1 $(WEBDEMO_ARGS)
 
 stop: triton-stop
 

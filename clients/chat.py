@@ -2,9 +2,11 @@
 
     python -m clients.chat --url localhost:8001 --protocol grpc --system "You are a terse assistant."
     printf 'Hi\\nAnd then?\\n' | python -m clients.chat --protocol http --temperature 0
+    python -m clients.chat --api openai --base-url http://127.0.0.1:9000/v1    # the OpenAI-compatible API
 
 Each line read from stdin is one user turn; the conversation so far is sent as chat ``messages`` (the
-server renders them with the model's chat template).  Commands: ``/reset`` clears the history, ``/exit``
+server renders them with the model's chat template), to Triton's ensemble or, with ``--api openai``, to the
+OpenAI-compatible API's /v1/chat/completions.  Commands: ``/reset`` clears the history, ``/exit``
 (or end of input) quits, ``/help`` lists them.  Ctrl-C while a reply streams cancels that reply (it is not
 kept in the history).
 
@@ -18,7 +20,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from .cli import add_connection_args, add_sampling_args, connect, sampling_fields
+from .cli import add_connection_args, add_sampling_args, check_connection_args, connect, describe, sampling_fields
 from .triton_client import ClientError, GenerateRequest
 
 HELP = "commands: /reset clears the history, /exit quits (so does end of input), /help shows this"
@@ -83,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--system", help="system prompt (default: the server's)")
     add_sampling_args(p)
     p.set_defaults(max_tokens=512)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_connection_args(p, args)
+    return args
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None) -> int:
     chat = Chat(connect(args), system=args.system, prefix="qwen> " if interactive else "",
                 **sampling_fields(args))
     if interactive:
-        print(f"chat with {args.url or 'the server'} over {args.protocol}; {HELP}", file=sys.stderr)
+        print(f"chat with {describe(args)}; {HELP}", file=sys.stderr)
     failed = False
     while True:
         if interactive:

@@ -4,6 +4,12 @@
     python -m clients.cli --url localhost:8001 --protocol grpc --stream \\
         --messages-json '[{"role": "user", "content": "Tell me a joke"}]' --temperature 0.7 --top-p 0.9
     python -m clients.cli --prompt-file prompt.txt --stop "\\n\\n" --seed 7
+    python -m clients.cli --api openai --base-url http://127.0.0.1:9000/v1 --stream --messages-json '[...]'
+
+It talks to Triton (``--api triton``, the default: the ensemble over HTTP or gRPC) or to the
+OpenAI-compatible API that ``make serve`` starts beside it (``--api openai``: chat messages to
+/v1/chat/completions, ``--text`` to /v1/completions, with the ``openai`` SDK; ``--base-url`` and ``--api-key``
+default to $OPENAI_BASE_URL and $OPENAI_API_KEY, else $QWEN_TRITON_API_KEY).
 
 Prints the reply (as it arrives with --stream) followed by a newline; with --timing, the time to the first
 chunk and the latency go to stderr.  On an error it prints the server's message to stderr and exits 1
@@ -16,14 +22,50 @@ import json
 import sys
 from pathlib import Path
 
+from .openai_transport import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    SERVICE_KEY_ENV,
+    OpenAIClient,
+    default_api_key,
+    default_base_url,
+    openai_params,
+)
 from .triton_client import DEFAULT_URLS, ClientError, GenerateRequest, RequestStats, make_client
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="server address, host:port (default localhost:8000 for http, 8001 for grpc)")
-    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    p.add_argument("--model", default=None, help="model to call (default: the ensemble)")
+    p.add_argument("--api", choices=("triton", "openai"), default="triton",
+                   help="Triton's own API (default) or the OpenAI-compatible API (make serve's OPENAI_PORT)")
+    p.add_argument("--url", help="Triton's address, host:port (default localhost:8000 for http, 8001 for grpc)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="Triton's protocol")
+    p.add_argument("--base-url", help=f"the OpenAI API's base URL (default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})")
+    p.add_argument("--api-key", help=f"the OpenAI API's key (default ${API_KEY_ENV}, else ${SERVICE_KEY_ENV}; "
+                                     "none needed while the API has none)")
+    p.add_argument("--model", default=None,
+                   help="model to call (default: the ensemble; with --api openai, the first the API lists)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up on a request")
+
+
+def check_connection_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (argparse's exit 2) flags the chosen API does not have."""
+    if args.api == "openai":
+        if args.url is not None or args.protocol != "http":
+            p.error("--url and --protocol are Triton's: with --api openai, give --base-url")
+        try:
+            openai_params(GenerateRequest(text="", **sampling_fields(args)))
+        except ClientError as exc:
+            p.error(exc.message)
+    elif args.base_url is not None or args.api_key is not None:
+        p.error("--base-url and --api-key are the OpenAI API's: add --api openai")
+
+
+def describe(args: argparse.Namespace) -> str:
+    """Where `connect(args)` sends requests, for people."""
+    if args.api == "openai":
+        return f"the OpenAI API at {args.base_url or default_base_url()}"
+    return f"{args.url or DEFAULT_URLS[args.protocol]} over {args.protocol}"
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -42,6 +84,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def connect(args: argparse.Namespace):
+    """The client `args` name: Triton's (HTTP or gRPC) or the OpenAI API's."""
+    if args.api == "openai":
+        return OpenAIClient(args.base_url or default_base_url(), api_key=args.api_key or default_api_key(),
+                            model=args.model, timeout=args.timeout)
     url = args.url or DEFAULT_URLS[args.protocol]
     kwargs = {"timeout": args.timeout}
     if args.model:
@@ -78,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--messages-json", help='chat messages: \'[{"role": "user", "content": "..."}]\'')
     src.add_argument("--prompt-file", type=Path, help="file holding the prompt text ('-': stdin)")
     args = p.parse_args(argv)
+    check_connection_args(p, args)
     if args.messages_json is not None:
         try:
             messages = json.loads(args.messages_json)
