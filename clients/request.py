@@ -41,6 +41,8 @@ REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
     ("return_perf_metrics", c.RETURN_PERF_METRICS),
     ("embedding_bias_words", c.EMBEDDING_BIAS_WORDS),
     ("embedding_bias_weights", c.EMBEDDING_BIAS_WEIGHTS),
+    ("guide_type", c.GUIDE_TYPE),
+    ("guide", c.GUIDE),
 )
 INPUT_SPECS: dict[str, c.TensorSpec] = {spec.name: spec for spec in c.ENSEMBLE_INPUTS}
 
@@ -80,6 +82,9 @@ class GenerateRequest:
     return_perf_metrics: bool | None = None
     embedding_bias_words: Sequence[str] = ()
     embedding_bias_weights: Sequence[float] = ()
+    # guided decoding (docs/guided-decoding.md): json, json_schema, regex, ebnf_grammar or structural_tag
+    guide_type: str | None = None
+    guide: str | None = None  # its text: the schema, the regex, the grammar
     request_id: str | None = None  # gRPC request id (HTTP generate has none)
 
     def __post_init__(self) -> None:
