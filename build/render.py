@@ -111,8 +111,7 @@ def model_configs(settings: Settings, paths: BuildPaths) -> dict[str, mc.ModelCo
     }
     if trt:
         assert paths.engine_dir is not None
-        ins, outs = specs(c.ENGINE)
-        outs = tuple(spec for spec in outs if spec.name != c.OUT_ERROR)  # ours only
+        ins, outs = (tuple(t for t in group if t.name not in c.OURS_ONLY) for group in specs(c.ENGINE))  # ours only
         configs[c.ENGINE] = _model(
             c.ENGINE, backend=trtllm.BACKEND, settings=settings, inputs=ins, outputs=outs,
             count=s.engine_instance_count, params=trtllm.engine_parameters(settings, paths.engine_dir.as_posix()),

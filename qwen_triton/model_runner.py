@@ -320,7 +320,7 @@ class ModelRunner:
         # host work: on a GPU it overlaps the forward pass queued above
         mask = fill_token_mask([s.grammar for s in plan.samplers], self.model_config.vocab_size)
         tokens = self.sampler(sample_logits, rows, mask)
-        sampled = {s.request_id: SampledToken(t.token_id, t.logprob, r)
+        sampled = {s.request_id: SampledToken(t.token_id, t.logprob, r, t.top_logprobs)
                    for s, t, r in zip(plan.samplers, tokens, raw)}
         return StepOutput(sampled, context)
 

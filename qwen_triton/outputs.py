@@ -7,6 +7,35 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class TopLogprobs:
+    """The k most probable tokens at each of n output positions, most probable first: token_ids int32
+    [n, k] and logprobs float32 [n, k], from the distribution the chosen token's log probability comes
+    from (Sampler: after the grammar mask, logit bias, penalties and temperature, before top-k / top-p)."""
+
+    token_ids: np.ndarray
+    logprobs: np.ndarray
+
+    def __len__(self) -> int:
+        return self.token_ids.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.token_ids.shape[1]
+
+    def head(self, n: int) -> TopLogprobs:
+        """The first n positions."""
+        return TopLogprobs(self.token_ids[:n], self.logprobs[:n])
+
+    @staticmethod
+    def join(*parts: TopLogprobs | None) -> TopLogprobs | None:
+        """Consecutive positions of one request as one (None parts skipped; None when all are)."""
+        given = [p for p in parts if p is not None]
+        if len(given) < 2:
+            return given[0] if given else None
+        return TopLogprobs(np.concatenate([p.token_ids for p in given]), np.concatenate([p.logprobs for p in given]))
+
+
+@dataclass(frozen=True)
 class SampledToken:
     """The model runner's answer for a sequence that sampled this step."""
 
@@ -14,6 +43,7 @@ class SampledToken:
     logprob: float | None = None  # log prob of token_id when the request asked for it
     # float32 [vocab]: the raw model logits it was sampled from, when the request asked for generation logits
     logits: np.ndarray | None = None
+    top_logprobs: TopLogprobs | None = None  # [1, k] when the request asked for k > 0 top log probabilities
 
 
 @dataclass(frozen=True)
@@ -59,7 +89,8 @@ class RequestOutput:
     every prompt position, on the output that carries the first token (once); `generation_logits`
     float32 [len(new_token_ids), vocab], the raw model logits that produced each new token (a step
     that ends on an end id adds no row, as it adds no token). `metrics` on every output when the
-    request asked for perf metrics (else None).
+    request asked for perf metrics (else None). `new_top_logprobs` [len(new_token_ids), k]: the k most
+    probable tokens at each new token's position (SamplingParams.top_logprobs; else None).
     """
 
     request_id: str
@@ -73,6 +104,7 @@ class RequestOutput:
     context_logits: np.ndarray | None = None
     generation_logits: np.ndarray | None = None
     metrics: RequestMetrics | None = None
+    new_top_logprobs: TopLogprobs | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ Pipeline, in the order transformers applies its processors:
                 min_tokens (end ids -> -inf), bad words (completions -> -inf)
     greedy rows argmax of the penalised logits
     other rows  temperature -> top-k -> top-p -> seeded draw
+    scores      rows asking for logprobs: log_softmax of the penalised (and
+                temperature-scaled) logits at the chosen token; rows asking
+                for top_logprobs: the top-k of that same log_softmax
 
 Every random draw uses a generator seeded from (request seed, step index)
 only, so a request's tokens do not depend on which other rows share its batch,
@@ -20,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .guided import TokenMask, apply_token_mask_
-from .outputs import SampledToken
+from .outputs import SampledToken, TopLogprobs
 from .sampling_params import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -53,6 +57,9 @@ class Sampler:
     scaled distribution, so it stays comparable across different top-k / top-p
     settings and is never -inf for a token that could be chosen. For a guided
     row it is taken after the grammar mask (over the tokens the grammar allows).
+    A row whose params ask for `top_logprobs` k > 0 also gets the k most probable
+    tokens of that same log_softmax (one topk over those rows only), so the
+    chosen token's logprob is exactly its entry there when it is among them.
 
     The caller's logits tensor is never modified, except by the grammar mask:
     guided rows' forbidden tokens become -inf in place, so that a step with a
@@ -73,7 +80,7 @@ class Sampler:
         logits = apply_penalties(apply_logit_bias(logits.float(), rows), rows)  # [N, V]
         device = logits.device
         tokens = torch.empty(len(rows), dtype=torch.long, device=device)       # [N]
-        logprobs = torch.zeros(len(rows), dtype=torch.float32, device=device)  # [N]
+        scores = _Scores(rows, device)
 
         greedy = [i for i, r in enumerate(rows) if r.params.greedy]
         if greedy:
@@ -81,8 +88,7 @@ class Sampler:
             idx = slice(None) if len(greedy) == len(rows) else torch.tensor(greedy, device=device)
             basis = logits[idx]                                      # [G, V]
             tokens[idx] = chosen = basis.argmax(dim=-1)              # ties -> lowest id
-            if any(rows[i].params.logprobs for i in greedy):
-                logprobs[idx] = _logprob_at(basis, chosen)
+            scores.add(greedy, idx, basis, chosen)
 
         sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
         if sampled:
@@ -93,12 +99,52 @@ class Sampler:
             apply_top_k_(filtered, [r.params.top_k for r in sub_rows])
             apply_top_p_(filtered, [r.params.top_p for r in sub_rows])
             tokens[idx] = chosen = draw(filtered, [(r.seed, r.step) for r in sub_rows])
-            if filtered is not basis:
-                logprobs[idx] = _logprob_at(basis, chosen)
+            scores.add(sampled, idx, basis, chosen)
+        return scores.results(tokens)
 
-        ids = tokens.tolist()                                        # one device sync
-        lps = logprobs.tolist() if any(r.params.logprobs for r in rows) else [None] * len(rows)
-        return [SampledToken(t, lp if r.params.logprobs else None) for t, lp, r in zip(ids, lps, rows)]
+
+class _Scores:
+    """The log probabilities one step returns: each chosen token's ([N], for the rows that ask) and the
+    top-k of the rows that ask for top_logprobs. Rows that ask for neither cost nothing here."""
+
+    def __init__(self, rows: Sequence[SamplingRow], device: torch.device):
+        self.rows = rows
+        self.logprobs = torch.zeros(len(rows), dtype=torch.float32, device=device)  # [N]
+        self.top_rows: list[int] = []            # rows asking for top_logprobs, in the order of top_parts
+        self.top_parts: list[torch.Tensor] = []  # their log_softmax rows, [R_i, V] each
+
+    def add(self, which: list[int], idx, basis: torch.Tensor, chosen: torch.Tensor) -> None:
+        """Rows `which` (indexed by `idx` in [N]) chose `chosen` [R] from the distribution `basis` [R, V]."""
+        if not any(self.rows[i].params.logprobs for i in which):
+            return
+        log_probs = torch.log_softmax(basis, dim=-1)                             # [R, V]
+        self.logprobs[idx] = log_probs.gather(1, chosen[:, None]).squeeze(1)
+        ask = [j for j, i in enumerate(which) if self.rows[i].params.top_logprobs]
+        if ask:
+            self.top_rows += [which[j] for j in ask]
+            self.top_parts.append(log_probs if len(ask) == len(which)
+                                  else log_probs[torch.tensor(ask, device=basis.device)])
+
+    def results(self, tokens: torch.Tensor) -> list[SampledToken]:
+        """One SampledToken per row. The host copy is one transfer of ids and one of log probabilities:
+        the chosen tokens [N] followed by the top-k ids [A * k], the chosen logprobs [N] followed by the
+        top-k logprobs [A * k] (A rows asking, k the most any of them asks for)."""
+        rows, n = self.rows, len(self.rows)
+        ids, lps, kmax = tokens, self.logprobs, 0
+        if self.top_parts:
+            log_probs = torch.cat(self.top_parts) if len(self.top_parts) > 1 else self.top_parts[0]  # [A, V]
+            kmax = min(max(rows[i].params.top_logprobs for i in self.top_rows), log_probs.shape[-1])
+            top_lps, top_ids = log_probs.topk(kmax, dim=-1)                      # [A, kmax], descending
+            ids, lps = torch.cat([tokens, top_ids.flatten()]), torch.cat([lps, top_lps.flatten()])
+        any_logprobs = any(r.params.logprobs for r in rows)
+        ids_host = ids.cpu().numpy()                                             # one device sync
+        lps_host = lps.cpu().numpy() if any_logprobs else None
+        tops: dict[int, TopLogprobs] = {}
+        for a, i in enumerate(self.top_rows):
+            k, at = min(rows[i].params.top_logprobs, kmax), n + a * kmax
+            tops[i] = TopLogprobs(ids_host[at:at + k].astype(np.int32)[None], lps_host[at:at + k][None])
+        return [SampledToken(int(ids_host[i]), float(lps_host[i]) if r.params.logprobs else None,
+                             top_logprobs=tops.get(i)) for i, r in enumerate(rows)]
 
 
 # --------------------------------------------------------------------- penalties
@@ -225,11 +271,6 @@ def _ends_with(prompt: Sequence[int], output: Sequence[int], suffix: Sequence[in
     tail = list(prompt[len(prompt) - from_prompt:]) if from_prompt else []
     tail += list(output[len(output) - from_output:]) if from_output else []
     return tail == list(suffix)
-
-
-def _logprob_at(basis: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """log_softmax(basis)[row, chosen[row]]: basis [R, V], chosen [R] -> [R]."""
-    return torch.log_softmax(basis, dim=-1).gather(1, chosen[:, None]).squeeze(1)
 
 
 # ---------------------------------------------------------------------- warpers

@@ -14,6 +14,7 @@ TokenIds = tuple[int, ...]
 GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar", "structural_tag")
 GUIDE_TYPE_FIELD = "guided_decoding_guide_type"
 GUIDE_FIELD = "guided_decoding_guide"
+MAX_TOP_LOGPROBS = 20  # most alternatives a request may ask for per token (OpenAI's bound)
 
 
 def _word_lists(name: str, words) -> tuple[TokenIds, ...]:
@@ -78,7 +79,9 @@ class SamplingParams:
     `logit_bias` adds a fixed amount to chosen tokens' raw logits before every
     other step (TensorRT-LLM's embedding_bias, OpenAI's logit_bias).
 
-    Output options: `logprobs` returns each chosen token's log probability;
+    Output options: `logprobs` returns each chosen token's log probability; `top_logprobs` (0 ..
+    MAX_TOP_LOGPROBS, needs `logprobs`) also the k most probable tokens at each position, from the same
+    distribution (Sampler);
     `return_context_logits` the float32 logits of every prompt position and
     `return_generation_logits` those that produced each output token (see
     RequestOutput); both are bounded by EngineConfig.max_logits_bytes.
@@ -103,6 +106,7 @@ class SamplingParams:
     stop_token_ids: tuple[TokenIds, ...] = ()
     bad_token_ids: tuple[TokenIds, ...] = ()
     logprobs: bool = False
+    top_logprobs: int = 0
     logit_bias: tuple[tuple[int, float], ...] = ()
     return_context_logits: bool = False
     return_generation_logits: bool = False
@@ -138,6 +142,10 @@ class SamplingParams:
                 raise InvalidRequestError(name, f"must be in [-2, 2], got {value}")
         if self.seed is not None and not (0 <= self.seed < 2**64):
             raise InvalidRequestError("seed", f"must be in [0, 2**64), got {self.seed}")
+        if not (isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS):
+            raise InvalidRequestError("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequestError("top_logprobs", "needs logprobs: the alternatives come beside the chosen token's")
         if self.guided_decoding is not None and self.min_tokens > 0:
             raise InvalidRequestError(
                 "min_tokens", "cannot be combined with guided decoding: the grammar decides where the output ends")

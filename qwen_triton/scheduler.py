@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .block_manager import BlockManager
-from .outputs import RequestOutput, SampledToken
+from .outputs import RequestOutput, SampledToken, TopLogprobs
 from .sampling_params import SamplingParams
 from .sequence import FinishReason, Sequence, SequenceStatus
 
@@ -164,7 +164,8 @@ class Scheduler:
             logprobs = seq.output_logprobs[n_before:] if seq.params.logprobs else None
             # [1, vocab] for a token that joined the output, [0, vocab] for an end id
             gen = tok.logits[None][:len(new)] if tok.logits is not None else None
-            outputs.append(_output(seq, new, logprobs, seq.take_context_logits(), gen, seq.error))
+            top = tok.top_logprobs.head(len(new)) if tok.top_logprobs is not None else None
+            outputs.append(_output(seq, new, logprobs, seq.take_context_logits(), gen, seq.error, top))
         return outputs
 
     # -- internals -----------------------------------------------------------
@@ -237,9 +238,9 @@ def _view(seq: Sequence, n: int) -> ScheduledSeq:
 
 def _output(seq: Sequence, new: list[int], logprobs: list[float] | None,
             context_logits: np.ndarray | None = None, generation_logits: np.ndarray | None = None,
-            error: str | None = None) -> RequestOutput:
+            error: str | None = None, top_logprobs: TopLogprobs | None = None) -> RequestOutput:
     reason = seq.finish_reason.value if seq.finish_reason else None
     metrics = seq.metrics() if seq.params.return_perf_metrics else None
     return RequestOutput(seq.request_id, new, logprobs, seq.is_finished, reason,
                          seq.num_prompt_tokens, len(seq.output_token_ids), error,
-                         context_logits, generation_logits, metrics)
+                         context_logits, generation_logits, metrics, top_logprobs)

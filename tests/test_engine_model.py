@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from scripted_checkpoint import write_scripted_qwen2
 from qwen_triton import EngineConfig, InvalidRequestError
 from qwen_triton.chat import QwenTiktokenTokenizer
 from qwen_triton.chat.defaults import GenerationDefaults
-from qwen_triton.outputs import RequestOutput
+from qwen_triton.outputs import RequestOutput, TopLogprobs
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.engine_request import ParseOptions, parse_engine_request
 from qwen_triton.serving.engine_response import EngineResponse
@@ -97,6 +98,9 @@ def test_end_id_below_zero_means_no_end_id_and_exclude_defaults_to_false():
     ({c.GUIDE_TYPE: np.array([[b"regex"]], dtype=object)}, c.GUIDE),
     ({c.GUIDE_TYPE: np.array([[b"json"]], dtype=object), c.IN_MIN_LENGTH: col(2)}, c.IN_MIN_LENGTH),
     ({c.IN_EMBEDDING_BIAS: np.array([[np.inf]], np.float32)}, c.IN_EMBEDDING_BIAS),
+    ({c.IN_TOP_LOGPROBS: col(21), c.IN_RETURN_LOG_PROBS: col(True, dtype=bool)}, c.IN_TOP_LOGPROBS),
+    ({c.IN_TOP_LOGPROBS: col(-1), c.IN_RETURN_LOG_PROBS: col(True, dtype=bool)}, c.IN_TOP_LOGPROBS),
+    ({c.IN_TOP_LOGPROBS: col(3)}, c.IN_TOP_LOGPROBS),  # needs return_log_probs
 ])
 def test_bad_or_unsupported_input_names_the_field(extra, field):
     with pytest.raises(InvalidRequestError) as err:
@@ -244,6 +248,27 @@ def test_a_cancelled_client_ends_with_cancelled_and_is_never_asked_after_the_end
     assert service.live_count() == 0 and service.stats().num_free_blocks == service.stats().num_total_blocks
 
 
+def test_top_logprobs_go_out_only_when_asked(service, scripted, chat_prompt):
+    """qwen_triton_top_logprobs k: [1, 1, tokens, k] ids and log probabilities beside output_log_probs, streamed
+    and not; the greedy reply's tokens are each position's top-1 and their log probabilities its entry."""
+    _, reply_ids = scripted
+    asked = {c.IN_RETURN_LOG_PROBS: col(True, dtype=bool), c.IN_TOP_LOGPROBS: col(3),
+             c.IN_TEMPERATURE: col(0.0, dtype=np.float32), c.IN_EXCLUDE_INPUT: col(True, dtype=bool)}
+    (whole,) = run(service, engine_inputs(chat_prompt, 64, **asked), "t1")
+    streamed = run(service, engine_inputs(chat_prompt, 64, **asked, **{c.IN_STREAMING: col(True, dtype=bool)}), "t2")
+    for arrays in [whole.arrays] + [r.arrays for r in streamed if r.arrays is not None]:
+        ids, lps = arrays[c.OUT_TOP_IDS], arrays[c.OUT_TOP_LOGPROBS]
+        n = arrays[c.OUT_OUTPUT_IDS].shape[-1]
+        assert ids.shape == lps.shape == (1, 1, n, 3) and ids.dtype == np.int32 and lps.dtype == np.float32
+        assert ids[0, 0, :, 0].tolist() == arrays[c.OUT_OUTPUT_IDS][0, 0].tolist()
+        np.testing.assert_array_equal(lps[0, 0, :, 0], arrays[c.OUTPUT_LOG_PROBS][0, 0])
+    assert whole.arrays[c.OUT_TOP_IDS][0, 0, :, 0].tolist() == reply_ids
+    plain = {k: v for k, v in asked.items() if k != c.IN_TOP_LOGPROBS}
+    (without,) = run(service, engine_inputs(chat_prompt, 64, **plain), "t3")
+    assert c.OUT_TOP_IDS not in without.arrays and c.OUT_TOP_LOGPROBS not in without.arrays
+    assert c.OUTPUT_LOG_PROBS in without.arrays
+
+
 def test_coalesce_merges_each_rows_queued_outputs_in_order():
     a, b = object(), object()
 
@@ -257,6 +282,10 @@ def test_coalesce_merges_each_rows_queued_outputs_in_order():
         (True, 0, [1, 2, 3], [-0.1, -0.2, -0.3], True), (False, 0, [7, 8], None, False), (True, 1, [9], None, False)]
     single = [(a, 0, out("a", [5]))]
     assert coalesce(single) == single
+    tops = [TopLogprobs(np.array([[t, 0]], np.int32), np.array([[-0.5, -1.0]], np.float32)) for t in (4, 6)]
+    first, second = (replace(out("a", [t], [-0.5]), new_top_logprobs=top) for t, top in zip((4, 6), tops))
+    ((_, _, joined),) = coalesce([(a, 0, first), (a, 0, second)])
+    assert joined.new_top_logprobs.token_ids.tolist() == [[4, 0], [6, 0]]
 
 
 def test_cancel_guard_never_asks_after_the_final_response_and_never_blocks_it():

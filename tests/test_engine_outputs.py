@@ -149,6 +149,35 @@ def test_generation_logits_match_transformers(path, hf):
     assert all(o.generation_logits is None for o in outs["plain"])
 
 
+def test_top_logprobs_only_for_rows_that_ask(path, hf):
+    """Rows asking for top logprobs get k per token (greedy: transformers' top-k of log_softmax, the chosen
+    token first, its logprob equal to its entry); rows that do not get none, and nobody's tokens change."""
+    pg, ps, pp = prompt(13, 21), prompt(6, 22), prompt(8, 23)
+    sampled = dict(max_tokens=8, temperature=0.9, seed=5, presence_penalty=0.5)
+    asked = {"g": (pg, greedy(8, logprobs=True, top_logprobs=4)),
+             "s": (ps, SamplingParams(**sampled, logprobs=True, top_logprobs=2)),
+             "plain": (pp, greedy(5, logprobs=True))}
+    outs = run(engine_for(path, max_num_batched_tokens=16), asked)
+    alone = run(engine_for(path, max_num_batched_tokens=16),
+                {"g": (pg, greedy(8)), "s": (ps, SamplingParams(**sampled)), "plain": (pp, greedy(5))})
+    for rid in asked:
+        assert tokens_of(outs[rid]) == tokens_of(alone[rid])
+        assert all(o.new_top_logprobs is None for o in alone[rid])
+    assert all(o.new_top_logprobs is None for o in outs["plain"])
+    for rid, k in (("g", 4), ("s", 2)):
+        assert all(o.new_top_logprobs.token_ids.shape == (len(o.new_token_ids), k) for o in outs[rid])
+    ids = np.concatenate([o.new_top_logprobs.token_ids for o in outs["g"]])
+    lps = np.concatenate([o.new_top_logprobs.logprobs for o in outs["g"]])
+    toks = tokens_of(outs["g"])
+    chosen = [lp for o in outs["g"] for lp in o.new_logprobs]
+    assert ids[:, 0].tolist() == toks and lps[:, 0].tolist() == chosen
+    reference = torch.from_numpy(hf_logits(hf, pg + toks)[len(pg) - 1:-1])
+    reference[:, EOS] = float("-inf")  # min_tokens bans the end id: the distribution is after penalties
+    want = torch.log_softmax(reference, -1).topk(4)
+    assert ids.tolist() == want.indices.tolist()
+    np.testing.assert_allclose(lps, want.values.numpy(), atol=1e-4, rtol=0)
+
+
 def test_end_id_step_adds_no_generation_row(path):
     p = prompt(11, 10)
     free = engine_for(path).generate([p], greedy(6))[0]

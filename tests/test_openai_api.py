@@ -173,15 +173,30 @@ def test_a_seed_makes_sampling_reproducible(stack):
 
 
 def test_logprobs_are_the_engine_s_per_token_log_probabilities(stack, greedy):
-    r = stack.client().chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24, temperature=0,
-                                               logprobs=True)
+    """top_logprobs=3: three alternatives per token, most probable first; greedy, the chosen token is the top-1
+    and its log probability that entry's. Streamed, the same tokens and values ride on the chunks."""
+    client = stack.client()
+    r = client.chat.completions.create(model=stack.model, messages=QUESTION, max_tokens=24, temperature=0,
+                                       logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     assert r.choices[0].message.content == greedy.choices[0].message.content
-    assert all(t.logprob <= 0 and t.top_logprobs == [] for t in content)
     assert bytes(b for t in content for b in t.bytes).decode() == r.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        assert (t.top_logprobs[0].token, t.top_logprobs[0].bytes, t.top_logprobs[0].logprob) == (
+            t.token, t.bytes, t.logprob)
+    streamed = [lp for chunk in client.chat.completions.create(
+                    model=stack.model, messages=QUESTION, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2,
+                    stream=True)
+                for choice in chunk.choices if choice.logprobs for lp in choice.logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in content[:6]]
+    assert [[a.token for a in t.top_logprobs] for t in streamed] == [
+        [a.token for a in t.top_logprobs[:2]] for t in content[:6]]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content[:6]], abs=1e-4)
     with pytest.raises(openai.BadRequestError) as refused:
-        stack.client().chat.completions.create(model=stack.model, messages=QUESTION, logprobs=True, top_logprobs=2)
+        client.chat.completions.create(model=stack.model, messages=QUESTION, top_logprobs=2)
     assert refused.value.body["param"] == "top_logprobs"
 
 
@@ -200,9 +215,13 @@ def test_legacy_completions_stream_echo_and_count(stack):
     client = stack.client()
     prompt = "def fibonacci(n):"
     r = client.completions.create(model=stack.model, prompt=prompt, max_tokens=8, temperature=0, echo=True,
-                                  logprobs=0)
+                                  logprobs=2)
     assert r.choices[0].text.startswith(prompt) and r.usage.completion_tokens == 8
-    assert len(r.choices[0].logprobs.token_logprobs) == 8
+    lp = r.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) == len(lp.text_offset) == 8
+    assert lp.text_offset[0] == len(prompt) and "".join(lp.tokens) == r.choices[0].text[len(prompt):]
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):  # greedy: the top-1
+        assert 1 <= len(top) <= 2 and max(top.values()) == value and top[token] == value
     pieces = list(client.completions.create(model=stack.model, prompt=prompt, max_tokens=8, temperature=0,
                                             stream=True, stream_options={"include_usage": True}))
     assert prompt + "".join(p.choices[0].text for p in pieces if p.choices) == r.choices[0].text

@@ -15,7 +15,8 @@ from qwen_triton.chat import load_tokenizer
 from qwen_triton.openai_api import ServedModel, ServiceConfig, create_app
 from qwen_triton.openai_api.cli import config_from_args, parser
 from qwen_triton.openai_api.engine_client import EngineCall, engine_error
-from qwen_triton.openai_api.generation import StopMatcher
+from qwen_triton.openai_api.generation import Piece, StopMatcher
+from qwen_triton.openai_api.responses import chat_logprobs, completion_logprobs
 from qwen_triton.runtime.child import OpenAIService, SupervisedProcess
 from qwen_triton.runtime.process import free_port
 from qwen_triton.serving import contract as c
@@ -56,7 +57,7 @@ def test_a_possible_stop_start_is_held_back_until_it_is_not():
 
 def test_the_engine_call_is_tensorrtllm_backend_tensors_of_one_row():
     call = EngineCall(prompt=(1, 2, 3), max_tokens=5, temperature=0.5, seed=-1, logit_bias={7: -100.0, 2: 3.0},
-                      stop_words=((4, 5), (6,)), logprobs=True, guide=("json", ""))
+                      stop_words=((4, 5), (6,)), logprobs=True, top_logprobs=3, guide=("json", ""))
     arrays = call.arrays()
     assert arrays[c.IN_INPUT_IDS].tolist() == [[1, 2, 3]] and arrays[c.IN_INPUT_IDS].dtype == np.int32
     assert arrays[c.IN_REQUEST_OUTPUT_LEN].tolist() == [[5]] and arrays[c.IN_EXCLUDE_INPUT].tolist() == [[True]]
@@ -66,9 +67,29 @@ def test_the_engine_call_is_tensorrtllm_backend_tensors_of_one_row():
     assert bias.shape == (1, 8) and bias[0, 7] == -100.0 and bias[0, 2] == 3.0 and bias[0, 0] == 0.0
     assert arrays[c.IN_STOP_WORDS].tolist() == [[[4, 5, 6], [2, 3, -1]]]  # [1, 2, N]: ids, end offsets
     assert arrays[c.IN_RETURN_LOG_PROBS].tolist() == [[True]]
+    assert arrays[c.IN_TOP_LOGPROBS].tolist() == [[3]] and arrays[c.IN_TOP_LOGPROBS].dtype == np.int32
     assert arrays["guided_decoding_guide_type"].tolist() == [[b"json"]] and "guided_decoding_guide" not in arrays
     plain = EngineCall(prompt=(1,), max_tokens=1).arrays()
     assert c.IN_TEMPERATURE not in plain and c.IN_TOP_P not in plain  # the checkpoint's defaults apply
+    assert c.IN_RETURN_LOG_PROBS not in plain and c.IN_TOP_LOGPROBS not in plain
+
+
+def test_log_probabilities_take_openai_s_shapes(served_model):
+    tok = served_model.tokenizer
+    hello, world, bang = (tok.encode(t)[0] for t in ("Hello", " world", "!"))
+    pieces = [Piece("Hello world", (hello, world), (-0.25, -1.5),
+                    (((hello, -0.25), (bang, -2.0)), ((bang, -1.0), (world, -1.5)))),
+              Piece("!", (bang,), (float("-inf"),), (((bang, float("-inf")), (hello, float("-inf"))),))]
+    chat = chat_logprobs(tok, pieces).model_dump()["content"]
+    assert [(t["token"], t["logprob"], bytes(t["bytes"]).decode()) for t in chat] == [
+        ("Hello", -0.25, "Hello"), (" world", -1.5, " world"), ("!", -9999.0, "!")]  # JSON has no -inf
+    assert [[(a["token"], a["logprob"]) for a in t["top_logprobs"]] for t in chat] == [
+        [("Hello", -0.25), ("!", -2.0)], [("!", -1.0), (" world", -1.5)], [("!", -9999.0), ("Hello", -9999.0)]]
+    legacy = completion_logprobs(tok, pieces, offset=3, top=True)
+    assert legacy.tokens == ["Hello", " world", "!"] and legacy.text_offset == [3, 8, 14]
+    assert legacy.top_logprobs == [{"Hello": -0.25, "!": -2.0}, {"!": -1.0, " world": -1.5},
+                                   {"!": -9999.0, "Hello": -9999.0}]
+    assert completion_logprobs(tok, pieces).top_logprobs is None  # logprobs 0: the chosen tokens only
 
 
 @pytest.mark.parametrize("message, status", [
@@ -106,7 +127,8 @@ def _chat(**fields) -> dict:
     (_chat(n=2), 400, "n"),
     (_chat(temperature=3), 400, "temperature"),
     (_chat(temperature="0.5"), 400, "temperature"),
-    (_chat(top_logprobs=3, logprobs=True), 400, "top_logprobs"),
+    (_chat(top_logprobs=3), 400, "top_logprobs"),  # needs logprobs: true
+    (_chat(top_logprobs=21, logprobs=True), 400, "top_logprobs"),
     (_chat(max_tokens=33), 400, "max_tokens"),
     (_chat(max_completion_tokens=0), 400, "max_completion_tokens"),
     (_chat(logit_bias={"abc": 1}), 400, "logit_bias"),
@@ -137,7 +159,7 @@ def test_bad_chat_requests_get_openai_errors_naming_the_field(client, body, stat
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"model": MODEL, "prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"model": MODEL, "prompt": "x", "logprobs": 6}, "logprobs"),
     ({"model": MODEL, "prompt": ["a", "b"]}, "prompt"),
     ({"model": MODEL, "prompt": [10**9]}, "prompt"),
     ({"model": MODEL, "prompt": "x", "best_of": 3}, "best_of"),

@@ -891,6 +891,7 @@ ENGINE_SCALARS = {  # name: (values TensorRT-LLM takes, odd values, dtypes)
     c.IN_RETURN_GENERATION_LOGITS: (_FLAG, _FLAG, [np.bool_]), c.IN_RETURN_PERF_METRICS: (_FLAG, _FLAG, [np.bool_]),
     c.IN_EXCLUDE_INPUT: (_FLAG, _FLAG, [np.bool_]), c.IN_STREAMING: (_FLAG, _FLAG, [np.bool_]),
     c.IN_STOP: (_FLAG, _FLAG, [np.bool_]),
+    c.IN_TOP_LOGPROBS: (st.integers(0, 20), st.sampled_from([21, -1, 2**40]), [np.int32, np.int64]),
 }
 ENGINE_UNSUPPORTED = [s for s in c.ENGINE_INPUTS if s.unsupported]
 
@@ -983,7 +984,7 @@ ENGINE_GOOD = {  # a request that sets every input the engine model reads
     c.IN_FREQUENCY_PENALTY: np.array([0.1], np.float32), c.IN_RANDOM_SEED: np.array([7], np.uint64),
     c.IN_END_ID: np.array([2], np.int32), c.IN_PAD_ID: np.array([0], np.int32),
     c.IN_BEAM_WIDTH: np.array([1], np.int32), c.IN_NUM_RETURN_SEQUENCES: np.array([1], np.int32),
-    c.IN_LEN_PENALTY: np.array([1.0], np.float32),
+    c.IN_LEN_PENALTY: np.array([1.0], np.float32), c.IN_TOP_LOGPROBS: np.array([0], np.int32),
     **{name: np.array([False]) for name in (c.IN_EARLY_STOPPING, c.IN_RETURN_LOG_PROBS, c.IN_RETURN_CONTEXT_LOGITS,
                                             c.IN_RETURN_GENERATION_LOGITS, c.IN_RETURN_PERF_METRICS,
                                             c.IN_EXCLUDE_INPUT, c.IN_STREAMING, c.IN_STOP)}}
@@ -1027,6 +1028,7 @@ def _parse_or_refuse(inputs: dict, decoupled: bool) -> None:
         assert math.isfinite(p.temperature) and 0 < p.top_p <= 1 and p.top_k >= 0
         assert p.seed is None or 0 <= p.seed < 2**64
         assert all(math.isfinite(b) for _, b in p.logit_bias)
+        assert 0 <= p.top_logprobs <= 20 and (p.logprobs or not p.top_logprobs)
         assert not r.streaming or decoupled
 
 

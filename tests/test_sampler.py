@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from qwen_triton.errors import InvalidRequestError
 from qwen_triton.sampler import (
     SampledToken,
     Sampler,
@@ -278,3 +280,66 @@ def test_rejects_mismatched_rows():
     with pytest.raises(ValueError):
         Sampler()(random_logits(2), [row()])
     assert Sampler()(torch.empty(0, VOCAB), []) == []
+
+
+# ------------------------------------------------------------ top logprobs
+
+def _processed(logits: torch.Tensor, rows, temps) -> torch.Tensor:
+    """Plain-torch reference of the distribution the sampler scores: bias, penalties, then temperature
+    (1 for greedy rows)."""
+    return apply_penalties(logits, rows) / torch.tensor(temps)[:, None]
+
+
+def test_top_logprobs_match_plain_torch_reference():
+    logits = random_logits(6)
+    rows = [row(seed=1, logprobs=True, top_logprobs=3, temperature=0.0, repetition_penalty=1.3, output=(5, 9)),
+            row(seed=2, logprobs=True, top_logprobs=5, temperature=0.7, top_k=4, top_p=0.9),
+            row(seed=3, logprobs=True),                                          # chosen token's only
+            row(seed=4),                                                         # nothing asked
+            row(seed=5, logprobs=True, top_logprobs=1, presence_penalty=1.5, output=(2, 2), temperature=1.3),
+            row(seed=6, logprobs=True, top_logprobs=20, temperature=0.0, logit_bias={7: 5.0})]
+    out = Sampler()(logits, rows)
+    temps = [1.0, 0.7, 1.0, 1.0, 1.3, 1.0]
+    biased = logits.clone()
+    biased[5, 7] += 5.0
+    reference = torch.log_softmax(_processed(biased, rows, temps), dim=-1)          # [N, V]
+    for i, (got, r) in enumerate(zip(out, rows)):
+        k = r.params.top_logprobs
+        if not k:
+            assert got.top_logprobs is None
+            continue
+        want_lps, want_ids = reference[i].topk(k)
+        top = got.top_logprobs
+        assert top.token_ids.shape == top.logprobs.shape == (1, k)
+        assert top.token_ids.dtype == np.int32 and top.logprobs.dtype == np.float32
+        assert top.token_ids[0].tolist() == want_ids.tolist()
+        assert top.logprobs[0] == pytest.approx(want_lps.numpy(), abs=1e-5)
+        assert list(top.logprobs[0]) == sorted(top.logprobs[0], reverse=True)
+        ids = top.token_ids[0].tolist()
+        if got.token_id in ids:  # the same distribution: its entry is the chosen token's logprob, exactly
+            assert float(top.logprobs[0][ids.index(got.token_id)]) == got.logprob
+        if r.params.greedy:
+            assert ids[0] == got.token_id
+    assert out[2].logprob is not None and out[3].logprob is None
+
+
+def test_top_logprobs_leave_other_rows_alone():
+    """Rows asking for top logprobs change no token of any row, theirs included."""
+    logits = random_logits(4, seed=3)
+    plain = [row(seed=s, temperature=t, logprobs=lp) for s, t, lp in ((1, 0.0, True), (2, 0.8, False),
+                                                                      (3, 1.0, True), (4, 0.0, False))]
+    asking = [SamplingRow(SamplingParams(temperature=r.params.temperature, logprobs=True, top_logprobs=4),
+                          r.seed, r.prompt_token_ids, r.output_token_ids) for r in plain]
+    base = Sampler()(logits, plain)
+    mixed = Sampler()(logits, [asking[0], plain[1], asking[2], plain[3]])
+    assert [t.token_id for t in mixed] == [t.token_id for t in base]
+    assert [t.logprob for t in mixed] == [t.logprob for t in base]
+    assert mixed[1].top_logprobs is None and mixed[3].top_logprobs is None
+    assert mixed[0].top_logprobs.token_ids[0, 0] == base[0].token_id          # greedy: the top-1
+
+
+def test_top_logprobs_need_logprobs_and_a_bound():
+    for bad in (dict(top_logprobs=3), dict(logprobs=True, top_logprobs=21), dict(logprobs=True, top_logprobs=-1)):
+        with pytest.raises(InvalidRequestError) as err:
+            SamplingParams(**bad)
+        assert err.value.field == "top_logprobs"

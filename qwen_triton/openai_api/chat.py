@@ -7,8 +7,10 @@ for `messages`; with tools, the format the checkpoint was trained on (Qwen2.5's 
 the original Qwen's ReAct prompt), the oldest history dropped to fit `max_input_len`. A forced call
 (`tool_choice` "required" or a named function) and `response_format` json_object / json_schema are
 enforced in the engine by grammar-constrained decoding (its `guided_decoding_guide_type` /
-`guided_decoding_guide` inputs). `logprobs` lists each generated token's log probability; `top_logprobs`
-above 0 is refused by name: the engine returns the chosen token's only.
+`guided_decoding_guide` inputs). `logprobs` lists each generated token's log probability and, with
+`top_logprobs` N (needs `logprobs`), the N most probable tokens at its position: the engine's
+`qwen_triton_top_logprobs`, from the distribution the chosen token was drawn from (after logit_bias,
+penalties and temperature, before top_p).
 """
 from __future__ import annotations
 
@@ -91,10 +93,8 @@ def plan_chat(body: ChatCompletionRequest, state: ServiceState) -> ChatPlan:
     """Check the request and build its engine call (400/404 APIError naming the field)."""
     model = state.model
     check_request(body, model)
-    if body.top_logprobs:
-        raise bad_request("top_logprobs", f"top_logprobs={body.top_logprobs} cannot be served: the engine returns "
-                                          "only the chosen token's log probability (use logprobs without "
-                                          "top_logprobs, or top_logprobs=0)", "unsupported_parameter")
+    if body.top_logprobs and not body.logprobs:
+        raise bad_request("top_logprobs", "top_logprobs needs logprobs: true")
     request = tool_request(body)
     if request.choice.forced and format_guide(body) is not None:
         raise bad_request("response_format", "a forced tool call (tool_choice 'required' or a named function) "
@@ -109,7 +109,8 @@ def plan_chat(body: ChatCompletionRequest, state: ServiceState) -> ChatPlan:
                         is not None else (body.max_tokens, "max_tokens"))
     budget = max_tokens(requested, len(prompt.ids), model, param, None, "messages")
     call = engine_call(body, model, prompt.ids, budget, logprobs=bool(body.logprobs),
-                       guide=_guide(body, request, prompt.format), extra_stops=prompt.stop)
+                       top_logprobs=body.top_logprobs or 0, guide=_guide(body, request, prompt.format),
+                       extra_stops=prompt.stop)
     generation = TextGeneration(state.engine, call, model.tokenizer, stop_strings(body.stop) + prompt.stop)
     return ChatPlan(generation, ChatReply(prompt.format, prompt.reply_prefix), bool(body.logprobs),
                     bool(body.stream_options and body.stream_options.include_usage))

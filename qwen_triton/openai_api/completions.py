@@ -2,9 +2,9 @@
 
 A text prompt is tokenized as the preprocessing model tokenizes `text_input` (special-token text becomes
 control tokens, so hand-written ChatML works; a BOS in front only where the checkpoint asks for one).
-`echo` puts the prompt's text in front of the reply. `logprobs` is the number of most likely tokens to
-list beside each chosen one: only 0 can be served (the engine returns the chosen token's log probability
-alone), so 1-5 is refused naming the field.
+`echo` puts the prompt's text in front of the reply. `logprobs` N lists each generated token's log
+probability and, for N > 0, the N most likely tokens at its position as {text: log probability} (the
+engine's `qwen_triton_top_logprobs`).
 """
 from __future__ import annotations
 
@@ -49,14 +49,11 @@ def prompt_ids(body: CompletionRequest, state: ServiceState) -> tuple[list[int],
 
 def _generation(body: CompletionRequest, state: ServiceState) -> tuple[TextGeneration, str]:
     check_request(body, state.model)
-    if body.logprobs:
-        raise bad_request("logprobs", f"logprobs={body.logprobs} asks for the {body.logprobs} most likely tokens at "
-                                      "each step; the engine returns only the chosen token's log probability: use "
-                                      "logprobs=0", "unsupported_parameter")
     ids, text = prompt_ids(body, state)
     check_prompt_len(len(ids), state.model, "prompt")
     budget = max_tokens(body.max_tokens, len(ids), state.model, "max_tokens", DEFAULT_MAX_TOKENS, "prompt")
-    call = engine_call(body, state.model, ids, budget, logprobs=body.logprobs is not None)
+    call = engine_call(body, state.model, ids, budget, logprobs=body.logprobs is not None,
+                       top_logprobs=body.logprobs or 0)
     echo = (text if text is not None else state.model.tokenizer.decode(ids)) if body.echo else ""
     return TextGeneration(state.engine, call, state.model.tokenizer, stop_strings(body.stop)), echo
 
@@ -68,7 +65,8 @@ async def completion(request: Request, body: CompletionRequest, state: ServiceSt
     if body.stream:
         return await event_stream(request, _chunks(body, generation, echo, reply_id, created, state))
     text, pieces = await cancel_on_disconnect(request, generation.text())
-    logprobs = completion_logprobs(state.model.tokenizer, pieces, len(echo)) if body.logprobs is not None else None
+    logprobs = completion_logprobs(state.model.tokenizer, pieces, len(echo), top=bool(body.logprobs)) \
+        if body.logprobs is not None else None
     choice = CompletionChoice(text=echo + text, logprobs=logprobs, finish_reason=generation.finish_reason)
     return Completion(id=reply_id, created=created, model=state.model.name, choices=[choice],
                       usage=usage(generation.prompt_tokens, generation.completion_tokens))
@@ -90,7 +88,7 @@ async def _chunks(body: CompletionRequest, generation: TextGeneration, echo: str
             continue
         logprobs = None
         if body.logprobs is not None:
-            logprobs = completion_logprobs(state.model.tokenizer, [piece], offset)
+            logprobs = completion_logprobs(state.model.tokenizer, [piece], offset, top=bool(body.logprobs))
         offset += len(piece.text)
         if piece.text or logprobs is not None:
             yield chunk(piece.text, logprobs=logprobs)

@@ -27,7 +27,8 @@ from .errors import APIError
 class EngineCall:
     """One request to the engine model. None leaves a setting to the engine (temperature, top_p: the
     checkpoint's generation_config.json when neither is given). `guide`: (guide type, guide) for
-    grammar-constrained decoding (tensorrtllm_backend's guided_decoding_guide_type / _guide)."""
+    grammar-constrained decoding (tensorrtllm_backend's guided_decoding_guide_type / _guide). `top_logprobs`:
+    how many most probable tokens to return beside each chosen one (needs `logprobs`)."""
 
     prompt: tuple[int, ...]
     max_tokens: int
@@ -37,6 +38,7 @@ class EngineCall:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logprobs: bool = False
+    top_logprobs: int = 0
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     stop_words: tuple[tuple[int, ...], ...] = ()
     guide: tuple[str, str] | None = None
@@ -64,6 +66,8 @@ class EngineCall:
             out[c.IN_RANDOM_SEED] = one(self.seed % (1 << 64), np.uint64)
         if self.logprobs:
             out[c.IN_RETURN_LOG_PROBS] = one(True, bool)
+        if self.top_logprobs:
+            out[c.IN_TOP_LOGPROBS] = one(self.top_logprobs, np.int32)
         if self.logit_bias:
             bias = np.zeros((1, max(self.logit_bias) + 1), np.float32)
             for token, value in self.logit_bias.items():
@@ -78,13 +82,17 @@ class EngineCall:
         return out
 
 
+TopPairs = tuple[tuple[int, float], ...]  # the most probable (token id, log probability) at one position
+
+
 @dataclass(frozen=True)
 class EngineChunk:
     """Tokens of one engine response (several when a character spans tokens) and, when asked, the log
-    probability of each."""
+    probability of each and the most probable tokens at its position (most probable first)."""
 
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...] | None
+    top_logprobs: tuple[TopPairs, ...] | None = None
 
 
 def engine_error(message: str) -> APIError:
@@ -184,4 +192,10 @@ def _chunk(result) -> EngineChunk:
     logprobs = result.as_numpy(c.OUTPUT_LOG_PROBS)
     tokens = tuple(int(t) for t in ids.reshape(-1)) if ids is not None else ()
     lps = tuple(float(x) for x in logprobs.reshape(-1))[:len(tokens)] if logprobs is not None else None
-    return EngineChunk(tokens, lps)
+    top_ids, top_lps = result.as_numpy(c.OUT_TOP_IDS), result.as_numpy(c.OUT_TOP_LOGPROBS)
+    top = None
+    if top_ids is not None and top_lps is not None:  # [1 (batch), 1 (beam), tokens, k]
+        k = top_ids.shape[-1]
+        top = tuple(tuple(zip(map(int, i), map(float, v)))
+                    for i, v in zip(top_ids.reshape(-1, k), top_lps.reshape(-1, k)))[:len(tokens)]
+    return EngineChunk(tokens, lps, top)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from ..chat import IncrementalDetokenizer, Tokenizer
-from .engine_client import EngineCall, EngineClient
+from .engine_client import EngineCall, EngineClient, TopPairs
 
 
 class StopMatcher:
@@ -56,12 +56,14 @@ class StopMatcher:
 
 @dataclass(frozen=True)
 class Piece:
-    """New reply text and the tokens that came with it (their log probabilities when asked). The text
-    of a token may come in a later piece (a character split over tokens, a possible stop string)."""
+    """New reply text and the tokens that came with it (their log probabilities, and the most probable
+    tokens at each position, when asked). The text of a token may come in a later piece (a character split
+    over tokens, a possible stop string)."""
 
     text: str
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[float, ...] | None = None
+    top_logprobs: tuple[TopPairs, ...] | None = None
 
 
 class TextGeneration:
@@ -86,7 +88,7 @@ class TextGeneration:
                 self.completion_tokens += len(chunk.token_ids)
                 text, stopped = matcher.push(detok.push(chunk.token_ids))
                 if text or chunk.token_ids:
-                    yield Piece(text, chunk.token_ids, chunk.logprobs)
+                    yield Piece(text, chunk.token_ids, chunk.logprobs, chunk.top_logprobs)
                 if stopped:
                     self.finish_reason = "stop"
                     return  # closing `chunks` cancels the engine request

@@ -2,11 +2,13 @@
 log-probability shapes built from the engine's per-token log probabilities."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import BaseModel
 
 from ..chat import Tokenizer
+from .engine_client import TopPairs
 from .generation import Piece
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -164,30 +166,59 @@ ERROR_RESPONSES = {status: {"model": ErrorResponse, "description": what} for sta
 
 
 # -- log probabilities ---------------------------------------------------------------------------------
+# JSON has no -inf: a token that could not be chosen (grammar, bad words) is listed at this floor, as vLLM does
+_FLOOR = -9999.0
+
+
+def _value(logprob: float) -> float:
+    return max(logprob, _FLOOR)
+
+
 def _token_text(tokenizer: Tokenizer, token: int) -> tuple[str, list[int]]:
+    """A token as text (its bytes, which may end inside a character, decoded with U+FFFD) and its bytes:
+    the chat layer's token bytes, special tokens in their surface form."""
     raw = tokenizer.token_bytes(token, skip_special=False)
     return raw.decode("utf-8", errors="replace"), list(raw)
 
 
+def _tokens(piece: Piece) -> Iterator[tuple[int, float, TopPairs]]:
+    """(token, its log probability, the most probable tokens there) for each token of a piece."""
+    tops = piece.top_logprobs or ((),) * len(piece.token_ids)
+    yield from zip(piece.token_ids, piece.logprobs or (), tops)
+
+
+def _top_entry(tokenizer: Tokenizer, token: int, logprob: float) -> TopLogprob:
+    text, raw = _token_text(tokenizer, token)
+    return TopLogprob(token=text, logprob=_value(logprob), bytes=raw)
+
+
 def chat_logprobs(tokenizer: Tokenizer, pieces: list[Piece]) -> ChoiceLogprobs:
-    """OpenAI's chat `logprobs.content`: one entry per token the engine generated (top_logprobs empty:
-    the engine returns the chosen token's log probability only)."""
+    """OpenAI's chat `logprobs.content`: one entry per token the engine generated, each with the request's
+    `top_logprobs` most probable tokens at its position (empty when it asked for none)."""
     content = []
     for piece in pieces:
-        for token, logprob in zip(piece.token_ids, piece.logprobs or ()):
+        for token, logprob, top in _tokens(piece):
             text, raw = _token_text(tokenizer, token)
-            content.append(TokenLogprob(token=text, logprob=logprob, bytes=raw, top_logprobs=[]))
+            content.append(TokenLogprob(token=text, logprob=_value(logprob), bytes=raw,
+                                        top_logprobs=[_top_entry(tokenizer, t, v) for t, v in top]))
     return ChoiceLogprobs(content=content)
 
 
-def completion_logprobs(tokenizer: Tokenizer, pieces: list[Piece], offset: int = 0) -> CompletionLogprobs:
-    """The legacy completions' `logprobs` (text offsets counted from `offset`)."""
-    tokens, values, offsets = [], [], []
+def completion_logprobs(tokenizer: Tokenizer, pieces: list[Piece], offset: int = 0,
+                        top: bool = False) -> CompletionLogprobs:
+    """The legacy completions' `logprobs` (text offsets counted from `offset`); with `top`, each position's
+    most probable tokens as {text: log probability} (two tokens of the same text: the likelier one)."""
+    tokens, values, offsets, tops = [], [], [], []
     for piece in pieces:
-        for token, logprob in zip(piece.token_ids, piece.logprobs or ()):
+        for token, logprob, alternatives in _tokens(piece):
             text, _ = _token_text(tokenizer, token)
             tokens.append(text)
-            values.append(logprob)
+            values.append(_value(logprob))
             offsets.append(offset)
             offset += len(text)
-    return CompletionLogprobs(tokens=tokens, token_logprobs=values, text_offset=offsets)
+            found: dict[str, float] = {}
+            for t, v in alternatives:
+                found.setdefault(_token_text(tokenizer, t)[0], _value(v))
+            tops.append(found)
+    return CompletionLogprobs(tokens=tokens, token_logprobs=values, text_offset=offsets,
+                              top_logprobs=tops if top else None)

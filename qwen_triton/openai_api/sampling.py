@@ -110,14 +110,16 @@ def stop_words(stops: Sequence[str], model: ServedModel) -> tuple[tuple[int, ...
 
 
 def engine_call(body, model: ServedModel, prompt: Sequence[int], budget: int, logprobs: bool,
-                guide: tuple[str, str] | None = None, extra_stops: Sequence[str] = ()) -> EngineCall:
+                guide: tuple[str, str] | None = None, extra_stops: Sequence[str] = (),
+                top_logprobs: int = 0) -> EngineCall:
     """The engine call of a checked request whose prompt is `prompt` and reply budget `budget` (`extra_stops`:
-    stop strings the prompt's format adds). The engine streams its tokens when the client streams, or when
-    stop strings must be able to end the request early; else it answers once (one response, not one per
-    token)."""
+    stop strings the prompt's format adds; `top_logprobs`: alternatives per token, only with `logprobs`). The
+    engine streams its tokens when the client streams, or when stop strings must be able to end the request
+    early; else it answers once (one response, not one per token)."""
     stops = stop_strings(body.stop) + tuple(extra_stops)
     return EngineCall(
         prompt=tuple(prompt), max_tokens=budget, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, logprobs=logprobs,
+        top_logprobs=top_logprobs if logprobs else 0,
         logit_bias=logit_bias(body.logit_bias, model), stop_words=stop_words(stops, model),
         guide=guide, streaming=model.decoupled and bool(body.stream or stops))

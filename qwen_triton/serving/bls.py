@@ -21,8 +21,8 @@ from .preprocess import Preprocessor, preprocess_arrays
 from .triton_io import Arrays, BatchRows, reject_unsupported
 
 _PRE_STEP, _ENGINE_STEP, _POST_STEP = c.PIPELINE_STEPS
-# what the entry points ask the engine for; our engine also answers c.OUT_ERROR (TensorRT-LLM's has no such output)
-ENGINE_OUTPUT_NAMES = tuple(spec.name for spec in c.ENGINE_OUTPUTS if spec.name != c.OUT_ERROR)
+# what the entry points ask the engine for; our engine also has c.OURS_ONLY outputs (TensorRT-LLM's has none)
+ENGINE_OUTPUT_NAMES = tuple(spec.name for spec in c.ENGINE_OUTPUTS if spec.name not in c.OURS_ONLY)
 # engine outputs the entry points pass through under the same name (all but output_ids, sequence_length)
 PASSTHROUGH = tuple(name for name, public in _ENGINE_STEP[2].items() if not public.startswith("_"))
 

@@ -11,9 +11,9 @@ front of the dims given here. Plain Python: no Triton, no torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..sampling_params import GUIDE_FIELD, GUIDE_TYPE_FIELD
+from .tensor_spec import TensorSpec as TensorSpec  # the tables' type, re-exported: importers take it from here
+from .tensor_spec import tensor as _t
 
 UPSTREAM = "triton-inference-server/tensorrtllm_backend v0.19.0, all_models/inflight_batcher_llm"
 
@@ -23,27 +23,6 @@ ENGINE = "tensorrt_llm"  # the upstream name, kept so clients of it work unchang
 POSTPROCESSING = "postprocessing"
 ENSEMBLE = "ensemble"  # the public entry point; served by the BLS code (see DIFFERENCES)
 BLS = "tensorrt_llm_bls"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output. dtype is Triton's name without TYPE_ (INT32, FP32, BOOL, UINT64, BYTES
-    for strings); reshape=() marks a scalar that the model sees without its trailing [1].
-    `unsupported` (ours): why this engine refuses the input when a request gives it a value that is
-    not empty, zero or false (upstream features a text-only decoder does not have)."""
-
-    name: str
-    dtype: str
-    dims: tuple[int, ...]
-    optional: bool = False
-    reshape: tuple[int, ...] | None = None
-    ragged: bool = False
-    unsupported: str | None = None
-
-
-def _t(name: str, dtype: str, *dims: int, opt: bool = True, scalar: bool = False, ragged: bool = False,
-       no: str | None = None) -> TensorSpec:
-    return TensorSpec(name, dtype, dims or (1,), opt, () if scalar else None, ragged, no)
 
 
 LOGITS = "FP32"  # upstream's ${logits_datatype}, as its README fills it
@@ -243,6 +222,11 @@ OUT_SEQUENCE_LENGTH = "sequence_length"
 # {"code": Triton error code name, "message": ...}: Triton 2.51's Python backend drops an error response
 # that follows the first response of a BLS stream (it saves no request id with it): the caller would wait
 OUT_ERROR = "qwen_triton_error"
+# ours: k (0..20) most probable tokens at each output position, from the distribution output_log_probs comes
+# from (SamplingParams.top_logprobs; needs return_log_probs); outputs [beam, tokens, k], only when k > 0
+IN_TOP_LOGPROBS, OUT_TOP_IDS, OUT_TOP_LOGPROBS = ("qwen_triton_top_logprobs", "qwen_triton_top_logprob_ids",
+                                                  "qwen_triton_top_logprob_values")
+OURS_ONLY = (OUT_ERROR, IN_TOP_LOGPROBS, OUT_TOP_IDS, OUT_TOP_LOGPROBS)  # the C++ engine model has none of these
 
 ENGINE_INPUTS = (
     _t(IN_INPUT_IDS, "INT32", -1, ragged=True),  # optional upstream (encoder models); required by ours
@@ -290,9 +274,11 @@ ENGINE_INPUTS = (
     _t("lookahead_window_size", "INT32", ragged=True, no=_LOOKAHEAD),
     _t("lookahead_ngram_size", "INT32", ragged=True, no=_LOOKAHEAD),
     _t("lookahead_verification_set_size", "INT32", ragged=True, no=_LOOKAHEAD),
+    _t(IN_TOP_LOGPROBS, "INT32", scalar=True),
 )
-ENGINE_OUTPUTS = (_t(OUT_OUTPUT_IDS, "INT32", -1, -1), _t(OUT_SEQUENCE_LENGTH, "INT32", -1)) \
-    + _COMMON_OUTPUTS + PERF_OUTPUTS + (_t(OUT_ERROR, "BYTES", 1),)
+ENGINE_OUTPUTS = (_t(OUT_OUTPUT_IDS, "INT32", -1, -1), _t(OUT_SEQUENCE_LENGTH, "INT32", -1)) + _COMMON_OUTPUTS \
+    + PERF_OUTPUTS + (_t(OUT_ERROR, "BYTES", 1), _t(OUT_TOP_IDS, "INT32", -1, -1, -1),
+                      _t(OUT_TOP_LOGPROBS, "FP32", -1, -1, -1))
 
 # -- postprocessing ------------------------------------------------------------------------------------
 POST_TOKENS_BATCH = "TOKENS_BATCH"
@@ -364,6 +350,8 @@ DIFFERENCES = {
     (ENGINE, "output", OUT_ERROR): "ours, sent only to our entry models (requests with the qwen_triton_ack "
         "parameter): how a request fails after its first response, which Triton 2.51's Python backend would "
         "lose as an error response inside a BLS stream",
+    **{(ENGINE, kind, name): "ours: top log probabilities (OpenAI's top_logprobs); TensorRT-LLM returns none"
+       for kind, name in (("input", IN_TOP_LOGPROBS), ("output", OUT_TOP_IDS), ("output", OUT_TOP_LOGPROBS))},
     **{(PREPROCESSING, "output", name): "left out: the models served are text-only (multimodal output)"
        for name in ("PIXEL_VALUES", "ASPECT_RATIO_IDS", "ASPECT_RATIO_MASK", "CROSS_ATTENTION_MASK", "IMAGE_SIZES",
                     "IS_VIDEO_INPUT", "ATTENTION_MASK", "IMAGE_GRID_THW", "VISION_INPUT_ID")},

@@ -10,7 +10,8 @@ top_p <= 0 switches top-p off; top_k 0 with top-p off is greedy; min_length coun
 an end_id below 0 means no end id. Ours: a request that sets none of temperature, runtime_top_k,
 runtime_top_p and repetition_penalty gets the checkpoint's own generation_config.json instead
 (as transformers and the original Qwen do). guided_decoding_guide_type / guided_decoding_guide carry
-TensorRT-LLM's GuidedDecodingParams (an empty type: none).
+TensorRT-LLM's GuidedDecodingParams (an empty type: none). qwen_triton_top_logprobs (ours) asks for the
+k most probable tokens at each output position.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 from ..chat import from_word_list
 from ..chat.defaults import GenerationDefaults
 from ..errors import InvalidRequestError
-from ..sampling_params import GuidedDecodingParams, SamplingParams
+from ..sampling_params import MAX_TOP_LOGPROBS, GuidedDecodingParams, SamplingParams
 from . import contract as c
 from .triton_io import INT32_MAX, INT32_MIN, Arrays, BatchRows, integers, reals, reject_unsupported, texts
 
@@ -102,6 +103,16 @@ def _logit_bias(rows: BatchRows, i: int) -> dict[int, float]:
     return {int(t): float(bias[t]) for t in np.flatnonzero(bias)}
 
 
+def _top_logprobs(rows: BatchRows, i: int) -> int:
+    """qwen_triton_top_logprobs (ours): how many most probable tokens to return at each position; needs
+    return_log_probs (they come beside output_log_probs)."""
+    k = _int_in(c.IN_TOP_LOGPROBS, rows.scalar(c.IN_TOP_LOGPROBS, i, 0), 0, MAX_TOP_LOGPROBS)
+    if k and not rows.scalar(c.IN_RETURN_LOG_PROBS, i, False, bool):
+        raise InvalidRequestError(c.IN_TOP_LOGPROBS, f"needs {c.IN_RETURN_LOG_PROBS} true: the top log "
+                                                     "probabilities come beside output_log_probs")
+    return k
+
+
 def _decoder_ids(rows: BatchRows, i: int) -> None:
     """decoder_input_ids are for encoder-decoder models: accepted empty, refused otherwise."""
     ids = rows.array(c.IN_DECODER_INPUT_IDS, i)
@@ -165,7 +176,7 @@ def parse_row(rows: BatchRows, i: int, opts: ParseOptions) -> EngineRequest:
         frequency_penalty=rows.scalar(c.IN_FREQUENCY_PENALTY, i, 0.0, float),
         seed=seed, end_ids=end_ids,
         stop_token_ids=_words(rows, i, c.IN_STOP_WORDS), bad_token_ids=_words(rows, i, c.IN_BAD_WORDS),
-        logprobs=rows.scalar(c.IN_RETURN_LOG_PROBS, i, False, bool),
+        logprobs=rows.scalar(c.IN_RETURN_LOG_PROBS, i, False, bool), top_logprobs=_top_logprobs(rows, i),
         logit_bias=_logit_bias(rows, i),
         return_context_logits=rows.scalar(c.IN_RETURN_CONTEXT_LOGITS, i, False, bool),
         return_generation_logits=rows.scalar(c.IN_RETURN_GENERATION_LOGITS, i, False, bool),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..chat import complete_prefix_len
-from ..outputs import RequestMetrics, RequestOutput
+from ..outputs import RequestMetrics, RequestOutput, TopLogprobs
 from . import contract as c
 from .engine_request import EngineRequest
 
@@ -84,6 +84,7 @@ class RowState:
         self.releasable = 0                   # generated[:releasable] end on whole UTF-8 characters
         self.released = 0                     # generated[:released] went out (streaming)
         self.logprobs: list[float] = []
+        self.top: TopLogprobs | None = None   # [generated so far, k] when the row asked for top_logprobs
         self.gen_logits: list[np.ndarray] = []  # float32 [n_i, vocab] chunks
         self.context_logits: np.ndarray | None = None  # float32 [prompt, vocab], sent once
         self.metrics: RequestMetrics | None = None
@@ -91,6 +92,7 @@ class RowState:
     def absorb(self, out: RequestOutput) -> None:
         self.generated.extend(out.new_token_ids)
         self.logprobs.extend(out.new_logprobs or [])
+        self.top = TopLogprobs.join(self.top, out.new_top_logprobs)
         if out.generation_logits is not None:
             self.gen_logits.append(out.generation_logits)
         if out.context_logits is not None:
@@ -129,6 +131,12 @@ class RowState:
         if params.logprobs:
             out[c.CUM_LOG_PROBS] = _col(float(np.sum(self.logprobs[:stop])), np.float32)
             out[c.OUTPUT_LOG_PROBS] = np.asarray(self.logprobs[start:stop], np.float32).reshape(1, 1, -1)
+        if params.top_logprobs:  # ours: [1 (batch), 1 (beam), tokens, k], as output_log_probs' [1, 1, tokens]
+            k = params.top_logprobs
+            top = self.top.head(stop) if self.top is not None else TopLogprobs(np.zeros((0, k), np.int32),
+                                                                                  np.zeros((0, k), np.float32))
+            out[c.OUT_TOP_IDS] = top.token_ids[start:][None, None].astype(np.int32)
+            out[c.OUT_TOP_LOGPROBS] = top.logprobs[start:][None, None].astype(np.float32)
         if req.batch_size > 1:
             out[c.BATCH_INDEX] = _col(req.batch_index, np.int32)
         if params.return_generation_logits:

@@ -25,7 +25,7 @@ from ..chat import Tokenizer, load_tokenizer
 from ..config import EngineConfig
 from ..engine import LLMEngine
 from ..errors import InvalidRequestError
-from ..outputs import EngineStats, RequestOutput
+from ..outputs import EngineStats, RequestOutput, TopLogprobs
 from .engine_request import EngineRequest, ParseOptions, parse_engine_request
 from .engine_response import CallState, Send
 from .send_lanes import SendLanes
@@ -228,5 +228,6 @@ def merge_outputs(prev: RequestOutput, out: RequestOutput) -> RequestOutput:
         (prev.new_logprobs or []) + (out.new_logprobs or [])
     gen = [g for g in (prev.generation_logits, out.generation_logits) if g is not None]
     return replace(out, new_token_ids=prev.new_token_ids + out.new_token_ids, new_logprobs=logprobs,
+                   new_top_logprobs=TopLogprobs.join(prev.new_top_logprobs, out.new_top_logprobs),
                    generation_logits=np.concatenate(gen, axis=0) if gen else None,
                    context_logits=out.context_logits if out.context_logits is not None else prev.context_logits)
