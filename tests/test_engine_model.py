@@ -169,7 +169,9 @@ def test_streams_whole_characters_without_the_prompt(service, chat_prompt):
     streamed = run(service, engine_inputs(chat_prompt, 64, **{c.IN_STREAMING: col(True, dtype=bool)}), "s1")
     chunks = [post.decode(r.arrays[c.OUT_OUTPUT_IDS][0, 0].tolist()) for r in streamed if r.arrays is not None]
     assert "".join(chunks) == SCRIPTED_REPLY and not any("\ufffd" in ch for ch in chunks)
-    assert len(chunks) > 10 and streamed[-1].final and sum(r.final for r in streamed) == 1
+    # more than one chunk: it streamed (how many depends on load: a sender that falls behind the engine
+    # merges a row's queued tokens into one response, engine_service.coalesce)
+    assert len(chunks) > 1 and streamed[-1].final and sum(r.final for r in streamed) == 1
 
 
 def test_non_streaming_echoes_the_prompt_unless_excluded(service, scripted, chat_prompt):
