@@ -88,7 +88,7 @@ def model_configs(settings: Settings, paths: BuildPaths) -> dict[str, mc.ModelCo
                     c.PARAM_ENGINE_MODEL: c.ENGINE, c.PARAM_MAX_REQUESTS: str(s.max_concurrent_requests),
                     c.PARAM_CANCEL_PERIOD_MS: str(s.cancellation_check_period_ms)}
     trt = settings.engine == "tensorrtllm"
-    entry_params[c.PARAM_ENGINE_ACKS] = _bool(not trt)
+    entry_params[c.PARAM_ENGINE_LINK] = _bool(not trt)
 
     def specs(model: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         ins, outs = c.MODEL_SPECS[model]

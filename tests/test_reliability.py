@@ -150,8 +150,8 @@ def test_abandoned_streams_leave_no_memory_behind(supervised):
     kv = scrape(supervised.server, c.METRIC_KV_BLOCKS)
     assert kv["free"] == kv["max"] and scrape(supervised.server, c.METRIC_REQUESTS)["active"] == 0
     assert grown_mb < 16, f"tritonserver grew {grown_mb:.1f} MB over 24 abandoned streams"
-    # and their serving threads are free again: a final response lost inside the entry model's BLS stream
-    # (the Python backend drops error responses there, contract.OUT_ERROR) would keep one for good
+    # and their serving threads are free again: a request whose end never reached the entry model (an
+    # error response the Python backend dropped inside a BLS stream, before the engine link) keeps one for good
     threads = _status(_stub(supervised, c.ENSEMBLE), "Threads")
     for _ in range(2):
         abandon_round()
@@ -162,8 +162,8 @@ def test_a_queue_in_the_engine_does_not_stall_the_streams(supervised):
     """GPU soak finding: the Python backend serves a stub's BLS calls and response sends on 32 threads,
     and a BLS call holds its thread until the engine's first response; with 32 requests queued in the
     engine, the streams being served got no chunk until the queue drained (0 chunks in 150 s at scale).
-    Now the engine acknowledges at once: with 12x its batch of streams (max_num_seqs=8), the streams end
-    batch by batch, not all at once when the queue is gone."""
+    Now the entry models reach the engine over the engine link, which holds no Triton thread: with 12x its
+    batch of streams (max_num_seqs=8), the streams end batch by batch, not all at once when the queue is gone."""
     t0, results = time.monotonic(), []
 
     def one(i: int) -> None:
@@ -262,7 +262,8 @@ def test_any_dead_model_process_is_restarted_and_holds_up_no_other(supervised):
     stopped every stream of every model (the engine's one sender thread waited forever on a response to
     the dead process); and the requests it was serving never ended. Now the supervisor reloads any model
     whose process died, the front ends what that model was serving with a 503-class error, and the engine
-    sends each caller's responses on its own thread and aborts a dead caller's requests."""
+    sends each engine link connection's responses on its own thread and aborts a connection's requests
+    when it ends (the dead process's link)."""
     started, ends = [threading.Event() for _ in range(3)], []
     for event in started:
         threading.Thread(target=_stream_on, args=(supervised, c.BLS, event, ends), daemon=True).start()
@@ -293,6 +294,39 @@ def test_any_dead_model_process_is_restarted_and_holds_up_no_other(supervised):
         time.sleep(0.5)
     assert reply is not None and reply.status_code == 200 and c.TEXT_OUTPUT in reply.json(), reply.text
     assert requests.get(url(supervised, "/v2/health/ready"), timeout=5).status_code == 200
+
+
+def test_hundreds_of_concurrent_streams_through_the_entry_models(supervised):
+    """GPU soak finding 6: about 250 concurrent streams through ensemble and tensorrt_llm_bls crashed their
+    stub processes (SIGSEGV in Triton 2.51's BLS decoupled response path) every time. The entry models now
+    reach the engine over the engine link: 300 streams at once all end with their reply, no process dies."""
+    stubs = {model: _stub(supervised, model) for model in (c.ENSEMBLE, c.BLS, c.ENGINE)}
+    results: list = []
+
+    def one(i: int) -> None:
+        model = c.BLS if i % 4 == 0 else c.ENSEMBLE
+        body = {"text_input": f"burst {i}", "max_tokens": 6, "min_length": 6, "stream": True}
+        try:
+            with requests.post(url(supervised, f"/v2/models/{model}/generate_stream"), stream=True, timeout=120,
+                               json=body) as r:
+                events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith(b"data: ")]
+            results.append((r.status_code, [e.get("error") for e in events if "error" in e], len(events)))
+        except requests.RequestException as exc:
+            results.append((0, [repr(exc)], 0))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(300)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    failed = [r for r in results if r[0] != 200 or r[1] or not r[2]]
+    assert len(results) == 300 and not failed, failed[:4]
+    assert {model: _stub(supervised, model) for model in stubs} == stubs
+    deadline = time.monotonic() + 10
+    while scrape(supervised.server, c.METRIC_REQUESTS)["active"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kv = scrape(supervised.server, c.METRIC_KV_BLOCKS)
+    assert scrape(supervised.server, c.METRIC_REQUESTS)["active"] == 0 and kv["free"] == kv["max"]
 
 
 def test_stopping_leaves_no_process_or_shared_memory(tmp_path):

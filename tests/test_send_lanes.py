@@ -1,5 +1,5 @@
 """send_lanes: each caller's responses in order on its own thread; a send that never returns holds up
-only its caller; a dead caller's lane is closed and what comes for it is dropped."""
+only its caller; a closed caller's lane (its engine link connection ended) drops what comes for it."""
 from __future__ import annotations
 
 import threading
@@ -24,10 +24,10 @@ def test_each_caller_in_order_and_a_stuck_send_holds_up_only_its_caller():
     def send_batch(batch):
         for caller, n in batch:
             if caller == 7:
-                stuck.wait()  # a send to a dead process: never returns (until the test ends)
+                stuck.wait()  # a send to a peer that stopped reading: never returns (until the test ends)
             sent.append((caller, n))
 
-    lanes = SendLanes(send_batch, alive=lambda pid: True)
+    lanes = SendLanes(send_batch)
     lanes.put(7, (7, 0))
     for n in range(50):
         lanes.put(0, (0, n))
@@ -41,18 +41,19 @@ def test_each_caller_in_order_and_a_stuck_send_holds_up_only_its_caller():
     assert (7, 0) in sent
 
 
-def test_a_dead_callers_lane_is_closed_and_its_items_dropped():
-    alive = {5: True}
+def test_a_closed_callers_lane_drops_its_items_and_numbers_are_never_reused():
     sent: list[int] = []
-    lanes = SendLanes(lambda batch: sent.extend(batch), alive=lambda pid: alive[pid])
-    lanes.put(5, 1)
-    lanes.put(0, 2)  # the engine model's own clients: never reaped
+    lanes = SendLanes(lambda batch: sent.extend(batch))
+    caller = lanes.new_caller()
+    assert caller > 0  # 0 is Triton's clients
+    lanes.put(caller, 1)
+    lanes.put(0, 2)
     assert _wait(lambda: sorted(sent) == [1, 2])
-    assert lanes.reap() == []
-    alive[5] = False
-    assert lanes.reap() == [5]
-    lanes.put(5, 3)
+    lanes.close(caller)
+    lanes.close(caller)  # twice: no harm
+    lanes.put(caller, 3)
     lanes.put(0, 4)
     assert _wait(lambda: 4 in sent)
     assert 3 not in sent and lanes.callers() == [0]
+    assert lanes.new_caller() not in (0, caller)
     lanes.shutdown(timeout=2)

@@ -347,8 +347,8 @@ DIFFERENCES = {
     (ENSEMBLE, "output", "kv_cache_alloc_total_blocks (listed twice)"): "upstream's ensemble lists this output "
         "twice; once here",
     (ENGINE, "output", "context_phase_params"): "left out: disaggregated serving is not supported",
-    (ENGINE, "output", OUT_ERROR): "ours, sent only to our entry models (requests with the qwen_triton_ack "
-        "parameter): how a request fails after its first response, which Triton 2.51's Python backend would "
+    (ENGINE, "output", OUT_ERROR): "ours, sent only to requests with the qwen_triton_ack "
+        "parameter: how a request fails after its first response, which Triton 2.51's Python backend would "
         "lose as an error response inside a BLS stream",
     **{(ENGINE, kind, name): "ours: top log probabilities (OpenAI's top_logprobs); TensorRT-LLM returns none"
        for kind, name in (("input", IN_TOP_LOGPROBS), ("output", OUT_TOP_IDS), ("output", OUT_TOP_LOGPROBS))},
@@ -376,13 +376,10 @@ PARAM_MAX_OUTPUT_LEN = "max_output_len"  # preprocessing: most tokens one reques
 PARAM_SKIP_SPECIAL = "skip_special_tokens"  # postprocessing ("true")
 PARAM_ENGINE_MODEL = "tensorrt_llm_model_name"  # entry points: the engine model they call (upstream name)
 PARAM_MAX_REQUESTS = "max_concurrent_requests"  # entry points: requests served at once (more wait their turn)
-PARAM_ENGINE_ACKS = "engine_acknowledges"  # entry points: "true" when the engine is ours (REQUEST_PARAM_*)
+PARAM_ENGINE_LINK = "engine_link"  # entry points: "true" when the engine is ours: reached over the engine link
 
-# -- request parameters (Triton's per-request `parameters`) between our own models. --
-# entry points -> a decoupled engine: send an empty response at once. A BLS call holds one of the Python
-# backend's 32 parent threads per instance (shared with response sends) until the called model's first
-# response: 32 requests queued in the engine would stall every stream the entry model is sending.
+# -- request parameters (Triton's per-request `parameters`) our engine model reads. --
+# a client of a decoupled engine model (a BLS caller) asks for an empty response at once: a BLS call holds
+# one of the Python backend's 32 parent threads per instance until the called model's first response.
+# Our entry models used it before the engine link (serving/link_*.py).
 REQUEST_PARAM_ACK = "qwen_triton_ack"
-# entry points -> our engine: the caller's process id; each caller's responses go out on their own
-# thread, as a send to a dead process never returns (send_lanes.py).
-REQUEST_PARAM_CALLER = "qwen_triton_caller"

@@ -225,10 +225,3 @@ def _request_params(parameters: str) -> dict:
 def wants_ack(parameters: str) -> bool:
     """Whether a request's parameters ask for the empty first response (contract.REQUEST_PARAM_ACK)."""
     return _request_params(parameters).get(c.REQUEST_PARAM_ACK) is True
-
-
-def caller_pid(parameters: str) -> int:
-    """The calling process named by a request's parameters (contract.REQUEST_PARAM_CALLER), else 0
-    (a client of the engine model itself)."""
-    pid = _request_params(parameters).get(c.REQUEST_PARAM_CALLER)
-    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else 0

@@ -5,11 +5,14 @@ with numpy inputs, a `send` callback and the request's `is_cancelled`. Everythin
 where tests reach it without a server: parsing (engine_request), one engine sequence per batch row,
 responses shaped as tensorrtllm_backend's (engine_response), `stop` requests, and cancellation.
 
-Threads: the engine's step loop (BackgroundEngine), one sender per calling process (send_lanes: builds
-and sends responses, so the step loop never waits on clients, and a caller that died holds up only its
-own) and the poller here (every `poll_period_s`: cancelled requests are aborted, so are the requests of
-a caller that died, then `on_poll` runs, e.g. to export metrics). `_calls` (request key -> _Live) is the
-service's one table of live Triton requests, under `_lock`.
+The engine link (link_server.py) calls the same `submit`, `stop` and `cancel` for our entry models, one
+caller per connection; `drop_caller` ends a closed connection's requests.
+
+Threads: the engine's step loop (BackgroundEngine), one sender per caller (send_lanes: builds and sends
+responses, so the step loop never waits on clients, and a caller that stopped reading holds up only its
+own) and the poller here (every `poll_period_s`: cancelled requests are aborted, then `on_poll` runs, e.g.
+to export metrics). `_calls` (request key -> _Live) is the service's one table of live requests, under
+`_lock`.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class _Live:
 
     client_id: str
     guard: CancelGuard
-    caller: int = 0  # the calling process (send_lanes), 0 for the engine model's own clients
+    caller: int = 0  # its sender lane (send_lanes): an engine link connection, 0 for Triton's clients
     call: CallState | None = None
     engine_ids: list[str] = field(default_factory=list)
 
@@ -90,7 +93,7 @@ class EngineService:
                is_cancelled: Callable[[], bool] | None = None, accepted: Callable[[], None] | None = None,
                caller: int = 0) -> None:
         """Queue a request (every batch row); `send` receives its responses from the sender thread of
-        `caller` (the calling process, send_lanes). Bad input raises InvalidRequestError here and queues
+        `caller` (send_lanes). Bad input raises InvalidRequestError here and queues
         nothing; `accepted` runs once the input is known good, before any response can be sent."""
         try:
             requests = self.parse(inputs)
@@ -136,6 +139,22 @@ class EngineService:
         if live is not None:
             self._abort(live)
 
+    def new_caller(self) -> int:
+        """A new caller (its own sender lane) for `submit`: one per engine link connection."""
+        return self._lanes.new_caller()
+
+    def drop_caller(self, caller: int) -> int:
+        """The caller went away (its link connection closed): its lane is closed and its requests are
+        aborted, as nobody will read their responses. Returns how many."""
+        self._lanes.close(caller)
+        with self._lock:
+            lost = [self._calls.pop(k) for k, v in list(self._calls.items()) if v.caller == caller]
+        for live in lost:
+            self._abort(live)
+        if lost:
+            log.warning("caller %d went away: %d of its requests aborted", caller, len(lost))
+        return len(lost)
+
     def live_count(self) -> int:
         with self._lock:
             return len(self._calls)
@@ -178,23 +197,8 @@ class EngineService:
                 log.exception("sending a response for %s failed", out.request_id)
                 self._abort(live)
 
-    def _drop_callers(self) -> None:
-        """Abort the requests of callers whose process died: nobody will read their responses."""
-        for pid in self._lanes.reap():
-            with self._lock:
-                lost = {k: v for k, v in self._calls.items() if v.caller == pid}
-                for key in lost:
-                    del self._calls[key]
-            for live in lost.values():
-                self._abort(live)
-            log.warning("the calling process %d died: %d of its requests aborted", pid, len(lost))
-
     def _poll_loop(self) -> None:
         while not self._stopping.wait(self.options.poll_period_s):
-            try:
-                self._drop_callers()
-            except Exception:  # the poller must outlive anything it meets: cancellation and metrics depend on it
-                log.exception("dropping the requests of dead callers failed")
             with self._lock:
                 watched = list(self._calls.values())
             for live in watched:

@@ -1,43 +1,36 @@
 """The Triton side of the entry models `ensemble` and `tensorrt_llm_bls` (Python backend).
 
 Both serve upstream's client interface (their own input tables in the contract) with the same code:
-each request is planned (qwen_triton.serving.bls), sent to the engine model through BLS, and its
-engine responses turned into text as they come. A poller watches every live request; when a client
-cancels or disconnects, it sends the engine a `stop` for that request's id, so the engine frees its
-KV blocks within a step, and the request ends with a CANCELLED error.
+each request is planned (qwen_triton.serving.bls), sent to the engine (engine_calls.py: our engine over
+the engine link, the TensorRT-LLM engine over BLS), and its engine responses turned into text as they
+come. A poller watches every live request; when a client cancels or disconnects, it sends the engine a
+`stop` for that request's id, so the engine frees its KV blocks within a step, and the request ends with a
+CANCELLED error.
 
-Requests are served on a bounded thread pool (the engine model batches them inflight); responses go
-out through each request's response sender, one per request when the model is not decoupled.
-
-The Python backend serves a stub's BLS calls and response sends on one pool of 32 threads per model
-instance, and a BLS call holds its thread until the called model's first response. So a decoupled
-engine is asked for an empty first response at once (contract.REQUEST_PARAM_ACK), and at most
-BLS_CALL_SLOTS calls wait at a time, leaving threads for the sends: without both, 32 requests queued in
-the engine stall every stream this model is sending (found by the GPU soak, docs/reliability.md).  A
-build that is not decoupled therefore has at most BLS_CALL_SLOTS requests in the engine per instance.
+Requests are served on a bounded thread pool (the engine batches them inflight); responses go out through
+each request's response sender, one per request when the model is not decoupled.
 Imported only by the model.py files, which hand in Triton's `triton_python_backend_utils`.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 
 from ..errors import QwenTritonError
 from . import bls
 from . import contract as c
+from .engine_calls import BlsEngine, Failure, LinkEngine
 from .engine_watch import EngineWatch, announce_process, run_dir
+from .link_client import LinkClient
 from .preprocess import Preprocessor
 from .triton_io import CancelGuard, as_bool, error_code, model_parameters, read_inputs, resolve_path, triton_error
 
 log = logging.getLogger(__name__)
-
-# BLS calls waiting at once per instance: the Python backend's 32 parent threads less 8 for response sends
-BLS_CALL_SLOTS = 24
 
 
 @dataclass
@@ -77,20 +70,15 @@ class EntryModel:
         self.skip_special = as_bool(params.get(c.PARAM_SKIP_SPECIAL), True)
         self.engine_model = params.get(c.PARAM_ENGINE_MODEL) or c.ENGINE
         self.decoupled = pb.using_decoupled_model_transaction_policy(json.loads(args["model_config"]))
-        # our engine sends each caller's responses on its own thread (it is told our pid) and, decoupled,
-        # acknowledges each request at once and fails it through OUT_ERROR afterwards
-        ours = as_bool(params.get(c.PARAM_ENGINE_ACKS), False)
-        self.ack = self.decoupled and ours
-        self.call_params = ({c.REQUEST_PARAM_CALLER: os.getpid()} if ours else {}) | \
-            ({c.REQUEST_PARAM_ACK: True} if self.ack else {})
-        self.outputs = list(bls.ENGINE_OUTPUT_NAMES) + ([c.OUT_ERROR] if self.ack else [])
+        directory = run_dir(args["model_repository"])
+        self.engine = LinkEngine(LinkClient(directory, self.engine_model, self.name)) \
+            if as_bool(params.get(c.PARAM_ENGINE_LINK), False) else BlsEngine(pb, self.engine_model, self.decoupled)
         self.pool = ThreadPoolExecutor(int(params.get(c.PARAM_MAX_REQUESTS) or 512), thread_name_prefix=self.name)
         self.lock = threading.Lock()
-        self.call_slots = threading.BoundedSemaphore(BLS_CALL_SLOTS)
         self.live: dict[str, _Live] = {}  # engine request id -> the client's request
         self.stopping = threading.Event()
         self.period_s = int(params.get(c.PARAM_CANCEL_PERIOD_MS) or 100) / 1000.0
-        self.engine_watch = EngineWatch(run_dir(args["model_repository"]), self.engine_model)
+        self.engine_watch = EngineWatch(directory, self.engine_model)
         # two threads: a cancellation check is an IPC call that can wait on Triton; the engine's death must
         # be seen even then
         for target, what in ((self._poll, "poll"), (self._watch_engine, "engine-watch")):
@@ -105,6 +93,7 @@ class EntryModel:
         self.stopping.set()
         self.pid_file.unlink(missing_ok=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
 
     # -- one request ---------------------------------------------------------------------------------
 
@@ -133,26 +122,21 @@ class EntryModel:
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         decoder = bls.ResponseDecoder(self.pre.tokenizer, plan.batch, self.skip_special)
         rows_done = 0
-        for response in self._engine_call(rid, plan.inputs):
-            if live.cancelled:
-                continue  # drain what the engine still sends after the stop
-            if response.has_error():
-                live.send(self.pb.InferenceResponse(error=response.error()), final)
-                return
-            outputs = {t.name(): t.as_numpy() for t in response.output_tensors()}
-            if c.OUT_ERROR in outputs:  # how the engine fails a request after acknowledging it
-                failure = json.loads(outputs[c.OUT_ERROR].reshape(-1)[0])
-                live.send(self.pb.InferenceResponse(
-                    error=triton_error(self.pb, failure["message"], failure["code"])), final)
-                return
-            if not outputs:
-                continue  # the acknowledgement, or the engine's flag-only final
-            part = decoder.push(outputs, plan.streaming)
-            rows_done += len(part[c.TEXT_OUTPUT])
-            last = not self.decoupled or (not plan.streaming and rows_done >= plan.batch)
-            live.send(self._response(part), final if last else 0)
-            if last:
-                return
+        with closing(self.engine.responses(rid, plan.inputs)) as responses:
+            for outputs in responses:
+                if live.cancelled:
+                    continue  # drain what the engine still sends after the stop
+                if isinstance(outputs, Failure):
+                    live.send(self.pb.InferenceResponse(error=self._error(outputs)), final)
+                    return
+                if not outputs:
+                    continue  # the engine's flag-only final
+                part = decoder.push(outputs, plan.streaming)
+                rows_done += len(part[c.TEXT_OUTPUT])
+                last = not self.decoupled or (not plan.streaming and rows_done >= plan.batch)
+                live.send(self._response(part), final if last else 0)
+                if last:
+                    return
         if live.cancelled:
             live.send(self.pb.InferenceResponse(error=triton_error(self.pb, "request cancelled", "CANCELLED")), final)
             return
@@ -162,20 +146,11 @@ class EntryModel:
         if not tails:
             live.send(None, final)
 
-    def _engine_call(self, rid: str, inputs: dict):
-        """The engine's responses to one request (an iterator when decoupled; with our engine its first
-        item is the empty acknowledgement, which carries no outputs)."""
-        call = self.pb.InferenceRequest(model_name=self.engine_model, inputs=self._tensors(inputs),
-                                        requested_output_names=self.outputs, request_id=rid,
-                                        parameters=self.call_params)
-        with self.call_slots:  # exec returns at the first response: at once when decoupled
-            return call.exec(decoupled=True) if self.decoupled else [call.exec()]
-
     def _response(self, arrays: dict):
-        return self.pb.InferenceResponse(self._tensors(arrays))
+        return self.pb.InferenceResponse([self.pb.Tensor(k, v) for k, v in arrays.items()])
 
-    def _tensors(self, arrays: dict) -> list:
-        return [self.pb.Tensor(k, v) for k, v in arrays.items()]
+    def _error(self, failure: Failure):
+        return failure.triton_error or triton_error(self.pb, failure.message, failure.code)
 
     def _fail(self, live: _Live, message: str, code: str) -> None:
         try:
@@ -213,8 +188,7 @@ class EntryModel:
                     log.exception("%s: stopping %s failed", self.name, rid)
 
     def _stop(self, rid: str) -> None:
-        for _ in self._engine_call(rid, bls.stop_inputs()):
-            pass
+        self.engine.stop(rid)
 
 
 def triton_model(pb) -> type:

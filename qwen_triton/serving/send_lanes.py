@@ -1,23 +1,19 @@
-"""Where the engine's responses are sent from: one thread per calling process.
+"""Where the engine's responses are sent from: one thread per caller.
 
-A response the engine model sends to a BLS caller (our entry models) runs the caller's response callback
-inside tritonserver, and the Python backend (2.51, python_be.cc SendBLSDecoupledResponse) waits there
-until the caller's process has read it: forever when that process has died. With one sender thread, one
-dead entry model stopped every stream of every model (the GPU soak, docs/reliability.md). So each caller
-process (contract.REQUEST_PARAM_CALLER; 0 for clients of the engine model itself, whom Triton answers
-without a stub) gets a lane: a queue and a thread sending its responses in order. When a caller's process
-dies, its lane is closed: what it still holds is dropped, and what comes for it later too. A thread caught
-in a send to the dead process stays there: one thread per dead caller (and one of the engine's parent
-threads in the Python backend).
+A caller is one connection of the engine link (link_server.py: one per entry model process), or 0 for the
+clients of the engine model itself, whom Triton answers. Each caller gets a lane: a queue and a thread that
+sends its responses in order, so a send that blocks (a peer that stopped reading) holds up only its own
+caller, never the step loop or another caller (the GPU soak found one dead entry model stopping every stream
+of every model when all responses went out on one thread, docs/reliability.md). When a caller goes away
+(its connection closed), its lane is closed: what it still holds is dropped, and what comes for it later too.
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
-
-from ..runtime.process import pid_alive
 
 Item = Any  # what the service queues for one response: (live request, row index, RequestOutput)
 SendBatch = Callable[[list[Item]], None]
@@ -60,18 +56,21 @@ class _Lane:
 
 
 class SendLanes:
-    """The lanes of one engine service. `send_batch` sends a batch of queued items, in order; `alive`
-    tells whether a caller's process is still there."""
+    """The lanes of one engine service. `send_batch` sends a batch of queued items, in order."""
 
-    def __init__(self, send_batch: SendBatch, alive: Callable[[int], bool] = pid_alive):
+    def __init__(self, send_batch: SendBatch):
         self._send_batch = send_batch
-        self._alive = alive
         self._lock = threading.Lock()
         self._lanes: dict[int, _Lane] = {}
-        self._dead: set[int] = set()  # callers whose lane was closed: what comes for them is dropped
+        self._dead: set[int] = set()  # closed callers (never reused): what comes for them is dropped
+        self._numbers = itertools.count(1)  # 0 is Triton's clients
+
+    def new_caller(self) -> int:
+        """A caller number never used before (one per engine link connection)."""
+        return next(self._numbers)
 
     def put(self, caller: int, item: Item) -> None:
-        """Queue an item on its caller's lane (started on first use); dropped when the caller died."""
+        """Queue an item on its caller's lane (started on first use); dropped once the caller is closed."""
         with self._lock:
             if caller in self._dead:
                 return
@@ -80,15 +79,14 @@ class SendLanes:
                 lane = self._lanes[caller] = _Lane(caller, self._send_batch)
         lane.queue.put(item)
 
-    def reap(self) -> list[int]:
-        """Close the lanes of callers whose process died; returns their process ids."""
+    def close(self, caller: int) -> None:
+        """The caller went away: its lane stops sending, what it holds and what comes later is dropped.
+        Safe from any thread, the lane's own included (it does not wait for the lane's thread)."""
         with self._lock:
-            dead = [pid for pid in self._lanes if pid and not self._alive(pid)]
-            lanes = [self._lanes.pop(pid) for pid in dead]
-            self._dead.update(dead)
-        for lane in lanes:
+            lane = self._lanes.pop(caller, None)
+            self._dead.add(caller)
+        if lane is not None:
             lane.close()
-        return dead
 
     def callers(self) -> list[int]:
         with self._lock:

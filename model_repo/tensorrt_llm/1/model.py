@@ -1,10 +1,11 @@
 """Triton model `tensorrt_llm` (our engine, Python backend; decoupled or not, as the build renders it).
 
 It keeps tensorrtllm_backend's I/O contract. One engine per model instance runs its step loop on a
-background thread, so concurrent Triton requests are batched inflight; responses go out through each
-request's response sender (allowed for models that are not decoupled since Triton 24.06, one
-response each). This file only converts tensors, sends responses and exports metrics; the logic is
-qwen_triton.serving.engine_service.
+background thread, so concurrent requests are batched inflight. Triton's clients get their responses
+through each request's response sender (allowed for models that are not decoupled since Triton 24.06, one
+response each); our entry models reach the same engine over the engine link (a Unix socket in the run
+directory, qwen_triton.serving.link_server), not through Triton. This file only converts tensors, sends
+responses, starts the link and exports metrics; the logic is qwen_triton.serving.engine_service.
 """
 import json
 import logging
@@ -17,9 +18,11 @@ import triton_python_backend_utils as pb_utils
 from qwen_triton.config import EngineConfig
 from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
-from qwen_triton.serving.engine_request import caller_pid, is_stop_request, wants_ack
+from qwen_triton.serving.engine_request import is_stop_request, wants_ack
 from qwen_triton.serving.engine_service import EngineService, ServiceOptions
-from qwen_triton.serving.engine_watch import announce_process
+from qwen_triton.serving.engine_watch import announce_process, run_dir
+from qwen_triton.serving.link_server import LinkServer
+from qwen_triton.serving.link_wire import link_path
 from qwen_triton.serving.triton_io import (
     as_bool,
     error_code,
@@ -62,7 +65,10 @@ class TritonPythonModel:
             tokenizer_dir=resolve_path(tokenizer_dir, args) if tokenizer_dir else None,
             options=options, on_poll=self._on_poll)
         self._export_metrics()  # the gauges exist once the model is ready, not a poll period later
-        # the entry models watch this file: if this process dies they fail what waits on it (engine_watch.py)
+        self.link = LinkServer(self.service, link_path(run_dir(args["model_repository"]), args["model_name"],
+                                                        args["model_instance_name"]))
+        # the entry models find the link by this file, and watch it: if this process dies they fail what
+        # waits on it (engine_watch.py)
         self.pid_file = announce_process(args)
 
     def execute(self, requests):
@@ -73,12 +79,13 @@ class TritonPythonModel:
     def finalize(self):
         self.stopping = True
         self.pid_file.unlink(missing_ok=True)
+        self.link.close()
         self.service.shutdown()
 
     def _submit(self, request):
         client_id = request.request_id()
         sender = request.get_response_sender()
-        # our entry models ask for an empty first response at once (contract.REQUEST_PARAM_ACK); after it,
+        # a BLS caller may ask for an empty first response at once (contract.REQUEST_PARAM_ACK); after it,
         # errors go out as OUT_ERROR outputs: the Python backend loses error responses later in a BLS stream
         acked = []
         parameters = request.parameters()
@@ -99,8 +106,7 @@ class TritonPythonModel:
                 return
             key = f"{client_id or 'req'}-{uuid.uuid4().hex[:12]}"
             self.service.submit(key, inputs, lambda resp: self._send(sender, resp, bool(acked)),
-                                client_id=client_id, is_cancelled=request.is_cancelled, accepted=accepted,
-                                caller=caller_pid(parameters))
+                                client_id=client_id, is_cancelled=request.is_cancelled, accepted=accepted)
         except QwenTritonError as exc:
             sender.send(_failure(str(exc), error_code(exc), bool(acked)), flags=FINAL)
         except Exception as exc:  # never crash the model on a request
