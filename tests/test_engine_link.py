@@ -148,6 +148,10 @@ def test_stop_ends_the_request_normally_and_cancel_as_cancelled(linked, service,
     assert list(cancelled)[-1].kind == w.CANCELLED
     assert service.stats().num_aborted == aborted + 1
     assert wait_for(lambda: service.live_count() == 0)
+    left = client.call("left1", slow(prompt))  # a caller that stops reading before the end cancels it
+    assert next(left).kind == w.ACCEPTED and next(left).kind == w.RESPONSE
+    left.close()
+    assert wait_for(lambda: service.live_count() == 0 and service.stats().num_aborted == aborted + 2)
 
 
 def test_a_client_that_goes_away_has_its_requests_aborted(linked, service, prompt):

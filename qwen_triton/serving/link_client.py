@@ -67,6 +67,7 @@ class _Connection:
             self.sock.close()
             raise
         self.gone: str | None = None
+        self._shut_reason: str | None = None  # we closed it ourselves, and why
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._waiting: dict[str, queue.SimpleQueue[LinkEvent]] = {}
@@ -101,7 +102,8 @@ class _Connection:
             except OSError:
                 self.shut()
 
-    def shut(self) -> None:
+    def shut(self, reason: str | None = None) -> None:
+        self._shut_reason = self._shut_reason or reason
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -126,7 +128,7 @@ class _Connection:
         except OSError:
             pass
         finally:
-            self._end(reason or f"the engine process (pid {self.pid}) died")
+            self._end(reason or self._shut_reason or f"the engine process (pid {self.pid}) died")
             with self._write_lock:
                 stream.close()
                 self.sock.close()
@@ -159,19 +161,22 @@ class LinkClient:
         if events is None:
             yield LinkEvent(GONE, message=why or str(conn.gone))
             return
+        ended = False
         try:
             try:
                 conn.send(w.Message(w.SUBMIT, rid, {"client_id": client_id or rid}, arrays))
             except w.LinkError as exc:
+                ended = True
                 yield LinkEvent(w.ERROR, code="INTERNAL", message=f"engine link: {exc}")
                 return
-            while True:
+            while not ended:
                 event = events.get()
+                ended = event.ends
                 yield event
-                if event.ends:
-                    return
         finally:
             conn.forget(rid)
+            if not ended and conn.gone is None:  # left before its end: nobody reads the rest
+                conn.send(w.Message(w.CANCEL, rid))
 
     def stop(self, client_id: str) -> None:
         """tensorrtllm_backend's stop: the engine ends the requests sent under `client_id` normally."""
@@ -184,9 +189,9 @@ class LinkClient:
             if conn.carries(rid):
                 conn.send(w.Message(w.CANCEL, rid))
 
-    def close(self) -> None:
+    def close(self, reason: str = "the entry model is being unloaded") -> None:
         for conn in self._live():
-            conn.shut()
+            conn.shut(reason)
 
     def _live(self) -> list[_Connection]:
         with self._lock:

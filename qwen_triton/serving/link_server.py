@@ -31,6 +31,7 @@ class _Connection:
         self.number, self.sock = number, sock
         self.closed = False
         self._write_lock = threading.Lock()
+        self.reader: threading.Thread | None = None
 
     def write(self, message: w.Message) -> bool:
         """Send one message; False (and the connection shut down) when it cannot go: its reader ends and
@@ -100,6 +101,8 @@ class LinkServer:
             connections = list(self._connections.values())
         for conn in connections:
             conn.shut(reason)
+        for conn in connections:  # their requests are aborted before the service is shut down
+            conn.reader.join(timeout=5)
         self.path.unlink(missing_ok=True)
 
     def _accept_loop(self) -> None:
@@ -109,10 +112,11 @@ class LinkServer:
             except OSError:
                 return  # closed
             conn = _Connection(self.service.new_caller(), sock)
+            conn.reader = threading.Thread(target=self._serve, args=(conn,), name=f"qwen-triton-link-{conn.number}",
+                                           daemon=True)
             with self._lock:
                 self._connections[conn.number] = conn
-            threading.Thread(target=self._serve, args=(conn,), name=f"qwen-triton-link-{conn.number}",
-                             daemon=True).start()
+            conn.reader.start()
 
     def _serve(self, conn: _Connection) -> None:
         """The connection's reader: every message in order, until it ends; then its requests go."""
