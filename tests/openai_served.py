@@ -18,6 +18,10 @@ from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
 from qwen_triton.serving import contract as c
 from qwen_triton.wire import http_get
 
+# the settings of the one stack the API's tests share (conftest.openai_served): replies up to 256 tokens
+# (a stopped stream must be seen to stop short of them), a prompt window for multi-turn chats
+OPENAI_SETS = ("max_num_seqs=8", "max_output_len=256", "max_input_len=1024", "device=cpu")
+
 
 @dataclass(frozen=True)
 class OpenAIStack:

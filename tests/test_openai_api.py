@@ -15,19 +15,13 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from served import TRITON_DIR, build_repo, grpc_stream, needs_triton, scrape
+from served import grpc_stream, needs_triton, scrape
 
 from qwen_triton.chat import load_tokenizer, parse_messages, render_prompt
-from qwen_triton.openai_api.config import ServiceConfig, load_served_model
-from qwen_triton.runtime.child import OpenAIService
-from qwen_triton.runtime.process import free_port
-from qwen_triton.runtime.server import TritonServer
-from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
+from qwen_triton.runtime.supervisor import Supervisor
 from qwen_triton.serving import contract as c
-from qwen_triton.wire import http_get
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, needs_triton]
-SETS = ("max_num_seqs=8", "max_output_len=128", "max_input_len=1024", "device=cpu")
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 END_IDS = ("151643", "151645")  # <|endoftext|>, <|im_end|>: banned below to make a reply run long
 
@@ -48,24 +42,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(real_qwen, tmp_path_factory):
-    root = tmp_path_factory.mktemp("openai-api")
-    repo = build_repo(root, model=str(real_qwen), sets=SETS)
-    port = free_port()
-    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
-                          log_file=root / "triton.log", extra_args=["--exit-timeout-secs=5"])
-    supervisor = Supervisor(server, SupervisorConfig(http_port=0, run_dir=root / "run", poll_s=0.2,
-                                                     openai=OpenAIService(port)))
-    supervisor.start()
-    try:
-        deadline = time.monotonic() + 120
-        while http_get(f"http://127.0.0.1:{port}/health", 1.0)[0] != 200:
-            assert time.monotonic() < deadline, (root / "openai_api.log").read_text()[-3000:]
-            time.sleep(0.2)
-        name = load_served_model(ServiceConfig(model_repository=repo)).name
-        yield Stack(supervisor, f"http://127.0.0.1:{port}/v1", name, repo)
-    finally:
-        supervisor.stop(timeout=20)
+def stack(openai_served):
+    """The session's served stack (conftest.openai_served), shared with test_openai_frontends.py."""
+    return Stack(openai_served.supervisor, openai_served.base_url, openai_served.model, openai_served.repo)
 
 
 @pytest.fixture(scope="module")

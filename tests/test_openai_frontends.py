@@ -23,7 +23,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from openai_served import openai_stack
 from served import needs_triton
 
 from clients.chat import Chat
@@ -33,7 +32,6 @@ from qwen_triton.runtime.process import free_port, tail
 from qwen_triton.wire import http_get
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, needs_triton]
-SETS = ("max_num_seqs=4", "max_output_len=256", "max_input_len=1024", "device=cpu")
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are a helpful assistant."  # the demo's default system prompt
 FIRST = "Write a Python one-liner that reverses a string s."
@@ -44,9 +42,8 @@ USAGE = re.compile(r"(\d+) prompt tokens · (\d+) generated")
 
 
 @pytest.fixture(scope="module")
-def stack(real_qwen, tmp_path_factory):
-    with openai_stack(tmp_path_factory.mktemp("frontends"), str(real_qwen), SETS) as served:
-        yield served
+def stack(openai_served):
+    return openai_served  # one stack for this file and test_openai_api.py (conftest)
 
 
 def sdk(stack) -> openai.OpenAI:

@@ -112,9 +112,12 @@ def _tokens_panel(ax: Axes, t: np.ndarray, col: Column) -> None:
 
 
 def plot_queue(levels_data: list[dict]) -> bytes | None:
-    """Triton's mean queue time per request of pre- and postprocessing and the engine, per level."""
+    """Triton's mean queue time per request of each model that served requests, per level. With our
+    engine the entry models reach it over the engine link, not through Triton: then only the entry models
+    (and the engine's own Triton clients) have queue times."""
     levels = [lv["concurrency"] for lv in levels_data]
-    models = [(c.PREPROCESSING, "preprocessing", "#f59e0b"), (c.ENGINE, "engine", C_CLIENT),
+    models = [(c.ENSEMBLE, "ensemble", C_REQ), (c.BLS, "tensorrt_llm_bls", MUTED),
+              (c.PREPROCESSING, "preprocessing", "#f59e0b"), (c.ENGINE, "engine", C_CLIENT),
               (c.POSTPROCESSING, "postprocessing", C_SERVER)]
     found = [m for m in models if any(get(lv, "server", "models", m[0], "avg_queue_ms") is not None
                                       for lv in levels_data)]
