@@ -21,6 +21,8 @@ from torch import nn
 
 from ..attention import AttentionBackend, AttentionMetadata
 from ..config import ModelConfig
+from ..quant.linear import make_linear
+from ..quant.spec import QuantSpec
 from .batch import ForwardBatch
 from .layers import TORCH_OPS, LayerOps, RMSNorm, RotaryEmbedding
 
@@ -52,7 +54,7 @@ class Attention(nn.Module):
     """qkv projection, optional per-head q/k RMSNorm, rotary, paged attention, output projection."""
 
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None,
-                 ops: LayerOps = TORCH_OPS):
+                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
         super().__init__()
         self.ops = ops
         self.num_heads = config.num_heads
@@ -62,8 +64,8 @@ class Attention(nn.Module):
         self.scale = config.head_dim ** -0.5
         self.attn_backend = attn_backend
         hidden = config.hidden_size
-        self.qkv_proj = nn.Linear(hidden, sum(self.split_sizes), bias=config.qkv_bias, dtype=dtype)
-        self.o_proj = nn.Linear(config.q_size, hidden, bias=config.o_bias, dtype=dtype)
+        self.qkv_proj = make_linear(hidden, sum(self.split_sizes), config.qkv_bias, dtype, quant)
+        self.o_proj = make_linear(config.q_size, hidden, config.o_bias, dtype, quant)
         if config.qk_norm:  # qwen3: RMSNorm over each head's vector, before rotary
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype, ops)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype, ops)
@@ -96,12 +98,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
 
-    def __init__(self, config: ModelConfig, dtype=None, ops: LayerOps = TORCH_OPS):
+    def __init__(self, config: ModelConfig, dtype=None, ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
         super().__init__()
         self.ops = ops
         hidden, width, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_up_proj = nn.Linear(hidden, 2 * width, bias=bias, dtype=dtype)
-        self.down_proj = nn.Linear(width, hidden, bias=bias, dtype=dtype)
+        self.gate_up_proj = make_linear(hidden, 2 * width, bias, dtype, quant)
+        self.down_proj = make_linear(width, hidden, bias, dtype, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
         return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
@@ -115,12 +117,12 @@ class DecoderLayer(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None,
-                 ops: LayerOps = TORCH_OPS):
+                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
-        self.self_attn = Attention(config, attn_backend, dtype, ops)
+        self.self_attn = Attention(config, attn_backend, dtype, ops, quant)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
-        self.mlp = MLP(config, dtype, ops)
+        self.mlp = MLP(config, dtype, ops, quant)
 
     def forward(
         self,
@@ -153,15 +155,19 @@ class DecoderForCausalLM(nn.Module):
     layers.{i}.post_attention_layernorm.weight, layers.{i}.mlp.gate_up_proj.weight,
     layers.{i}.mlp.down_proj.weight, norm.weight, lm_head.weight (absent when
     tie_word_embeddings: the logits then reuse embed_tokens.weight).
+    With `quant` (a quantized checkpoint's QuantSpec) the qkv, o, gate_up and down projections are
+    qwen_triton.quant.linear layers holding their stored tensors (qweight, scales, ...) instead of .weight;
+    embeddings, norms and lm_head stay in `dtype`.
     """
 
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype: torch.dtype | None = None,
-                 ops: LayerOps = TORCH_OPS):
+                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
         super().__init__()
         self.config = config
+        self.quant = quant
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, attn_backend, dtype, ops) for _ in range(config.num_layers)
+            DecoderLayer(config, attn_backend, dtype, ops, quant) for _ in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope)
