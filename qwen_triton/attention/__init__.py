@@ -3,14 +3,39 @@ interface every backend implements.
 
 Tokens of all sequences in a step are packed along one axis of length T; B
 sequences take part. A KV cache for one layer is a tensor
-[2, num_blocks, block_size, num_kv_heads, head_dim] (index 0 keys, 1 values).
+[2, num_blocks, block_size, num_kv_heads, head_dim] (index 0 keys, 1 values)
+in the model's dtype, or a QuantKVCache (int8 / fp8 codes and their scales).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
+
+
+class QuantKVCache(NamedTuple):
+    """One layer's quantized KV cache: x = code * scale (attention/kv_quant.py has the reference).
+
+    data:   int8 or float8_e4m3fn [2, num_blocks, block_size, Hkv, D], contiguous (0 keys, 1 values).
+    scales: float32, contiguous, either
+            [2] (calibrated: one K and one V scale for the layer, the model's `kv_scale` buffer), or
+            [2, num_blocks, block_size, Hkv] (dynamic: one scale per cached token and KV head,
+            absmax over D / qmax, written beside the codes).
+    A tuple of tensors, so a CUDA graph captures their addresses like a plain cache's.
+    """
+
+    data: torch.Tensor
+    scales: torch.Tensor
+
+    @property
+    def per_token(self) -> bool:
+        """Dynamic scales (one per slot and KV head) rather than one per layer."""
+        return self.scales.dim() > 1
+
+
+# A layer's cache: a plain tensor [2, num_blocks, block_size, Hkv, D] in the model's dtype, or quantized.
+KVCache = torch.Tensor | QuantKVCache
 
 
 @dataclass
@@ -59,6 +84,10 @@ class AttentionBackend(Protocol):
     supports_cuda_graphs: a decode-only step reads only device tensors of the
     metadata (never the *_cpu lists' values) and skips slots < 0, so it can be
     captured once per batch size and replayed.
+
+    A QuantKVCache is written quantized and read dequantized; a prefill of a
+    whole sequence (no cached context) may attend over the step's own k/v
+    before quantization, as TensorRT-LLM and vLLM do.
     """
 
     name: str
@@ -69,7 +98,7 @@ class AttentionBackend(Protocol):
         q: torch.Tensor,  # [T, num_heads, head_dim]
         k: torch.Tensor,  # [T, num_kv_heads, head_dim]
         v: torch.Tensor,  # [T, num_kv_heads, head_dim]
-        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        kv_cache: KVCache,  # [2, num_blocks, block_size, num_kv_heads, head_dim] or QuantKVCache
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import AttentionBackend, AttentionMetadata
+from ..attention import AttentionBackend, AttentionMetadata, KVCache
 from ..config import ModelConfig
 from ..quant.linear import make_linear
 from ..quant.spec import QuantSpec
@@ -71,6 +71,14 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, dtype, ops)
         else:
             self.q_norm = self.k_norm = None
+        # Calibrated KV-cache scales (EngineConfig.kv_cache_scales "calibrated"): float32 [2], the K and V
+        # dequantization multipliers of this layer's int8/fp8 cache (absmax / qmax). The loader fills it
+        # from the checkpoint or leaves NaN (none there); not in the state dict, read only by the runner.
+        self.register_buffer("kv_scale", torch.full((2,), float("nan"), dtype=torch.float32), persistent=False)
+
+    def reset_kv_scale(self) -> None:
+        """NaN (no calibrated scales): what the loader sets after `to_empty`, before any checkpoint scales."""
+        self.kv_scale.fill_(float("nan"))
 
     def forward(
         self,
@@ -78,7 +86,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,  # float32 [T, head_dim]
         sin: torch.Tensor,  # float32 [T, head_dim]
         q_scale: torch.Tensor | None,  # float32 [T] (logn attention) or None
-        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+        kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D] or a QuantKVCache
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
         num_tokens = x.shape[0]
