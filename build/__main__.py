@@ -134,6 +134,15 @@ def _build(settings: Settings, quiet: bool) -> int:
         info = validate_checkpoint(checkpoint, settings)
     except ValueError as exc:
         return _fail(str(exc))
+    from qwen_triton.errors import QwenTritonError
+    from qwen_triton.quant.spec import QuantSpecError
+
+    from .quantize import QuantizeError, quantized_checkpoint
+
+    try:
+        checkpoint = quantized_checkpoint(settings, checkpoint, say)
+    except (QuantizeError, QuantSpecError, QwenTritonError) as exc:
+        return _fail(f"quantization={settings.quant.quantization}: {exc}")
 
     from .paths import BuildPaths
     from .render import BuildError

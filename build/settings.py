@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from qwen_triton.config import DERIVED, UNLESS_SET, EngineConfig
+from qwen_triton.quant.spec import TRTLLM_NAMES, QuantSpec, QuantSpecError, canonical_mode
 
 from .setting_types import SettingsError, base_type, from_json, from_text, is_int_tuple
 from .settings_schema import (
@@ -27,6 +28,7 @@ from .settings_schema import (
     GROUPS,
     EngineLimits,
     PathSettings,
+    QuantSettings,
     ServingSettings,
     TrtllmSettings,
     flatten,
@@ -44,13 +46,12 @@ class Settings:
     serving: ServingSettings = ServingSettings()
     limits: EngineLimits = EngineLimits()
     trtllm: TrtllmSettings = TrtllmSettings()
+    quant: QuantSettings = QuantSettings()
 
     def __post_init__(self) -> None:
         s, lim, t = self.serving, self.limits, self.trtllm
+        self.quant_spec()  # impossible quantization settings raise here
         if s.engine == "qwen_triton":
-            if t.quantization != "none":
-                raise SettingsError(f"quantization={t.quantization} is a TensorRT-LLM engine build setting; "
-                                    "set engine=tensorrtllm (our engine runs the checkpoint's own weights)")
             if t.tp_size != 1:
                 raise SettingsError("tp_size is a TensorRT-LLM setting; our engine runs one GPU per instance "
                                     "(set engine=tensorrtllm, or raise engine_instance_count)")
@@ -86,6 +87,23 @@ class Settings:
     def max_seq_len(self) -> int:
         """Prompt plus output tokens of one request: our max_model_len, trtllm-build --max_seq_len."""
         return self.serving.max_input_len + self.serving.max_output_len
+
+    def quant_spec(self) -> QuantSpec:
+        """What our engine's quantized checkpoint holds (the build writes it; spec.py checks it)."""
+        q, lim = self.quant, self.limits
+        kv = getattr(lim, "kv_cache_dtype", "auto")
+        try:
+            return QuantSpec(weights=canonical_mode(q.quantization), group_size=q.quant_group_size,
+                             weight_scales=q.quant_weight_scales, act_scales=q.quant_act_scales,
+                             smooth_alpha=q.smooth_alpha, calib_prompts=q.calib_prompts,
+                             kv_cache=kv if getattr(lim, "kv_cache_scales", "dynamic") == "calibrated" else "auto")
+        except QuantSpecError as exc:
+            raise SettingsError(str(exc)) from None
+
+    @property
+    def trtllm_quantization(self) -> str:
+        """TensorRT-LLM's name of the weight quantization (int4_gptq, int4_awq, int8_sq, ...)."""
+        return TRTLLM_NAMES[canonical_mode(self.quant.quantization)]
 
     def derived_engine_fields(self) -> dict[str, Any]:
         """The EngineConfig fields the build computes (metadata build=DERIVED) rather than reads."""

@@ -16,14 +16,15 @@ from types import MappingProxyType
 from typing import Any, get_type_hints
 
 from qwen_triton.config import DERIVED, UNLESS_SET, EngineConfig
+from qwen_triton.quant.spec import ACT_SCALES, GROUP_SIZES, TRTLLM_NAMES, WEIGHT_MODES, WEIGHT_SCALES
 
 from .setting_types import SettingsError, check_field, check_type
 
 ENGINES = ("qwen_triton", "tensorrtllm")
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
-# none, weight-only INT8/INT4 (convert_checkpoint.py), INT4 GPTQ (needs a GPTQ checkpoint such as
-# Qwen-7B-Chat-Int4), and the ModelOpt formats of examples/quantization/quantize.py (calibrated).
-QUANTIZATIONS = ("none", "int8_wo", "int4_wo", "int4_gptq", "int4_awq", "fp8", "int8_sq")
+# Our names (qwen_triton.quant.spec) and TensorRT-LLM's for the same modes (int4_gptq = gptq,
+# int4_awq = awq, int8_sq = w8a8): none, weight-only INT8/INT4, GPTQ and AWQ checkpoints, SmoothQuant, FP8.
+QUANTIZATIONS = WEIGHT_MODES + tuple(v for v in TRTLLM_NAMES.values() if v not in WEIGHT_MODES)
 DECODING_MODES = ("auto", "top_k", "top_p", "top_k_top_p", "beam_search")
 LOGITS_DTYPES = ("float32", "float16")
 
@@ -131,7 +132,6 @@ class TrtllmSettings(_Group):
     gpu_device_ids: tuple[int, ...] = _field((), "GPUs of the engine instance, e.g. 0,1 (empty: all visible)",
                                              ids=True)
     tp_size: int = _field(1, "tensor-parallel GPUs (convert_checkpoint.py --tp_size; serve with mpirun)", min=1)
-    quantization: str = _field("none", "weight/activation quantization of the engine build", choices=QUANTIZATIONS)
     max_beam_width: int = _field(1, "beams per request (trtllm-build --max_beam_width)", min=1)
     decoding_mode: str = _field("auto", "decoding_mode parameter; auto leaves it to the backend",
                                 choices=DECODING_MODES)
@@ -140,11 +140,31 @@ class TrtllmSettings(_Group):
                                         "return_generation_logits work (costs memory)")
 
 
+@dataclass(frozen=True)
+class QuantSettings(_Group):
+    """Quantization, for both engines (ours: qwen_triton.quant; TensorRT-LLM: convert_checkpoint.py /
+    quantize.py). The KV cache's dtype and scales are limits (kv_cache_dtype, kv_cache_scales)."""
+
+    GROUP = "quant"
+    quantization: str = _field(
+        "none", "weights (and activations): none, int8_wo, int4_wo, gptq (a GPTQ checkpoint), awq (an AutoAWQ "
+                "checkpoint), w8a8 (SmoothQuant), fp8; TensorRT-LLM's names int4_gptq, int4_awq, int8_sq too",
+        choices=QUANTIZATIONS)
+    quant_group_size: int = _field(128, "int4_wo: input channels per scale and zero point", choices=GROUP_SIZES)
+    quant_weight_scales: str = _field("per_channel", "w8a8, fp8: weight scales per output channel or per tensor",
+                                      choices=WEIGHT_SCALES)
+    quant_act_scales: str = _field("per_token", "w8a8, fp8: activation scales per token (dynamic) or one "
+                                                "calibrated scale per tensor", choices=ACT_SCALES)
+    smooth_alpha: float = _field(0.5, "w8a8: SmoothQuant's migration strength", min=0.0, max=1.0)
+    calib_prompts: int = _field(32, "prompts of qwen_triton/quant/calibration.jsonl the calibration runs", min=1)
+
+
 GROUPS: Mapping[str, type] = MappingProxyType({
     "paths": PathSettings,
     "serving": ServingSettings,
     "limits": EngineLimits,
     "trtllm": TrtllmSettings,
+    "quant": QuantSettings,
 })
 
 

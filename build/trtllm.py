@@ -84,7 +84,7 @@ def check_model(arch: str, settings: Settings) -> None:
             f"model_type {arch!r}: the TensorRT engine build here covers {', '.join(EXAMPLE_FAMILY)} "
             "(Qwen3 is served by TensorRT-LLM's PyTorch workflow, not a trtllm-build engine); "
             "use engine=qwen_triton")
-    if settings.trtllm.quantization == "int4_gptq" and EXAMPLE_FAMILY[arch] != "qwen":
+    if settings.trtllm_quantization == "int4_gptq" and EXAMPLE_FAMILY[arch] != "qwen":
         raise UnsupportedForTrtllm("quantization=int4_gptq is generated for Qwen GPTQ checkpoints only; "
                                    "use int4_awq or int4_wo for LLaMA")
 
@@ -127,7 +127,7 @@ class _Convert:
 def _convert_step(settings: Settings) -> _Convert:
     """convert_checkpoint.py (plain, weight-only, GPTQ) or, for the calibrated formats, quantize.py."""
     dtype, t = settings.limits.dtype, settings.trtllm
-    q = t.quantization
+    q = settings.trtllm_quantization
     io = ["--model_dir", '"$CHECKPOINT"', "--output_dir", '"$TRTLLM_CHECKPOINT"']
     if q in ("int4_awq", "fp8", "int8_sq"):
         flags = [*io, "--dtype", dtype, "--qformat", q, "--calib_size", "512", "--tp_size", str(t.tp_size)]
@@ -192,7 +192,7 @@ def _header(settings: Settings, arch: str, script: str) -> str:
         "# set to the examples/ folder of the TensorRT-LLM release that image ships: an engine only loads in\n"
         "# the TensorRT-LLM version that built it.\n"
         f"#   TRTLLM_EXAMPLES=/path/to/TensorRT-LLM/examples bash {script}\n"
-        f"# model_type {arch}, dtype {lim.dtype}, quantization {t.quantization}, tp_size {t.tp_size}.\n"
+        f"# model_type {arch}, dtype {lim.dtype}, quantization {settings.trtllm_quantization}, tp_size {t.tp_size}.\n"
     )
 
 

@@ -204,6 +204,21 @@ def run_side(make_runner: Callable[[], Runner], prompts: list[list[int]], max_ne
     return SideResult(runner.name, outputs, logprobs, t1 - t0, t2 - t1)
 
 
+def cached_side(cache: Path | None, make_runner: Callable[[], Runner], prompts: list[list[int]],
+                max_new_tokens: int, windows: list[list[int]]) -> SideResult:
+    """run_side, or its result saved in `cache` by an earlier run on the very same inputs (a reference
+    shared by many candidates, e.g. the unquantized model against each quantization mode)."""
+    key = {"prompts": prompts, "max_new_tokens": max_new_tokens, "windows": windows}
+    if cache is not None and cache.exists():
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if saved["key"] == key:
+            return SideResult(**saved["side"])
+    side = run_side(make_runner, prompts, max_new_tokens, windows)
+    if cache is not None:
+        cache.write_text(json.dumps({"key": key, "side": dataclasses.asdict(side)}), encoding="utf-8")
+    return side
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 
@@ -305,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", type=Path, default=PLAIN_TEXT_FILE)
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="EngineConfig field of the candidate engine (repeatable)")
+    p.add_argument("--reference-cache", type=Path, default=None, metavar="FILE",
+                   help="reuse the reference side saved here by a run on the same inputs (written when absent)")
     p.add_argument("--reference-set", dest="reference_settings", action="append", default=[],
                    metavar="KEY=VALUE", help="EngineConfig field of a reference engine (repeatable)")
     return p
@@ -332,7 +349,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     windows = text_windows(tokenizer, args.text, args.ppl_window)
     make_candidate, make_reference = runner_factories(args, tokenizer.eos_ids)
     cand = run_side(make_candidate, prompts, args.max_new_tokens, windows)
-    ref = run_side(make_reference, prompts, args.max_new_tokens, windows)
+    ref = cached_side(args.reference_cache, make_reference, prompts, args.max_new_tokens, windows)
     rows = item_rows(items, prompts, cand, ref, tokenizer)
     return {
         "candidate": cand.name, "reference": ref.name, "max_new_tokens": args.max_new_tokens,

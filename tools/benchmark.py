@@ -11,6 +11,8 @@ Measures, in this order:
   batch1     engine, one request: decode ms/step, tok/s, GB/s of weights read, share of copy bandwidth
   fixed      engine at full load: 128/128, 128/2048, 2048/128 (output tok/s)
   sharegpt   engine on a seeded ShareGPT-like length mix, all requests at once (req/s, output tok/s)
+  quant      with --quant MODE,...: batch-1 decode and --quant-fixed per quantization mode
+             (random weights quantized as they load; KV cache with --kv-cache-dtype), beside bf16
 Every output length is forced (min_tokens == max_tokens, the end id masked until then).
 HF and the engine use different random weights of the same shapes: speed does not depend on them.
 """
@@ -199,10 +201,14 @@ def sharegpt_like(n: int, rng) -> tuple[list[list[int]], list[int]]:
     return [rng.integers(100, 150000, size=k).tolist() for k in ins], outs.tolist()
 
 
+def engine_config(args, **overrides) -> EngineConfig:
+    return EngineConfig(**{"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
+                           "max_model_len": args.max_model_len, "enforce_eager": args.eager,
+                           "kv_cache_memory_fraction": args.kv_fraction, **overrides})
+
+
 def run_engine(path: str, args, weight_bytes: int, copy_gbps: float, rng) -> dict:
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          max_model_len=args.max_model_len, enforce_eager=args.eager,
-                          kv_cache_memory_fraction=args.kv_fraction)
+    config = engine_config(args)
     start = time.perf_counter()
     engine = LLMEngine(path, config)
     setup_s = time.perf_counter() - start
@@ -224,9 +230,10 @@ def run_engine(path: str, args, weight_bytes: int, copy_gbps: float, rng) -> dic
         r.update({"in": in_len, "out": out_len})
         out["fixed"].append(r)
         print(f"engine {in_len}/{out_len} x{n}: {r['output_tok_s']:.0f} tok/s", flush=True)
-    prompts, outs = sharegpt_like(args.sharegpt, rng)
-    out["sharegpt"] = engine_run(engine, prompts, outs)
-    print(f"engine sharegpt x{args.sharegpt}: {out['sharegpt']['output_tok_s']:.0f} tok/s", flush=True)
+    if args.sharegpt:
+        prompts, outs = sharegpt_like(args.sharegpt, rng)
+        out["sharegpt"] = engine_run(engine, prompts, outs)
+        print(f"engine sharegpt x{args.sharegpt}: {out['sharegpt']['output_tok_s']:.0f} tok/s", flush=True)
     del engine, runner
     gc.collect()
     torch.cuda.empty_cache()
@@ -249,9 +256,10 @@ def table(res: dict) -> str:
     for name, ms in e["graph_step_ms"].items():
         if ms is not None:
             rows.append((f"engine decode step GPU time {name}", f"{ms:.2f} ms (graph replay alone)"))
-    s = e["sharegpt"]
-    rows.append((f"engine ShareGPT-like x{s['requests']}",
-                 f"{s['req_s']:.2f} req/s, {s['output_tok_s']:.0f} output tok/s"))
+    s = e.get("sharegpt")
+    if s:
+        rows.append((f"engine ShareGPT-like x{s['requests']}",
+                     f"{s['req_s']:.2f} req/s, {s['output_tok_s']:.0f} output tok/s"))
     if hf:
         rows.append(("HF batch 1, 128/128", f"{hf['batch1']['ms_per_step']:.1f} ms/step, "
                      f"{hf['batch1']['output_tok_s']:.1f} tok/s"))
@@ -301,6 +309,11 @@ def main() -> None:
     parser.add_argument("--kv-fraction", type=float, default=0.9)
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quant", default="", help="quantization modes to measure, e.g. int8_wo,int4_wo,fp8 "
+                        "(MODE or MODE:key=value;...; tools/benchmark_quant.py)")
+    parser.add_argument("--quant-fixed", default="128/128x1024", help="fixed runs per quantization mode")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="KV cache of the --quant runs: auto, int8, fp8")
+    parser.add_argument("--only-quant", action="store_true", help="skip HF and the bf16 fixed/ShareGPT runs")
     args = parser.parse_args()
     if args.quick:
         args.fixed, args.sharegpt, args.hf_batches, args.batch1_out = "128/128x256,2048/128x32", 64, "64", 64
@@ -316,14 +329,24 @@ def main() -> None:
            "command": " ".join(sys.argv), "model": QWEN_7B, "weight_bytes": linear_weight_bytes(QWEN_7B)}
     res["copy_GBps"] = copy_bandwidth()
     print(f"copy bandwidth {res['copy_GBps']:.0f} GB/s", flush=True)
+    if args.only_quant:  # the bf16 baseline runs what each mode runs
+        args.no_hf, args.fixed, args.sharegpt = True, parse_fixed(args.quant_fixed), 0
     if not args.no_hf:
         res["hf"] = run_hf([int(b) for b in args.hf_batches.split(",")], args.hf_out, rng)
     path = write_random_checkpoint(tempfile.mkdtemp(prefix="qwen7b-random-"), QWEN_7B, seed=args.seed)
     res["engine"] = run_engine(path, args, res["weight_bytes"], res["copy_GBps"], rng)
     res["ratios"] = ratios(res)
+    if args.quant:
+        from tools.benchmark_quant import run_modes
+
+        res["quant"] = run_modes(args, QWEN_7B, res, rng)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
     print(f"\n{res['device']}, {res['date']}, torch {torch.__version__}\n{table(res)}", flush=True)
+    if args.quant:
+        from tools.benchmark_quant import quant_table
+
+        print(quant_table(res), flush=True)
 
 
 if __name__ == "__main__":

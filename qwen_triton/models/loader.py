@@ -16,6 +16,8 @@ from safetensors import safe_open
 from ..attention import AttentionBackend
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..quant.linear import prepare_model, quantized_layers
+from ..quant.spec import read_quant_spec
 from .archs import CONFIG_FILE, WeightMap, arch_spec, read_json
 from .decoder import DecoderForCausalLM
 from .layers import TORCH_OPS, LayerOps
@@ -27,6 +29,8 @@ SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 # shapes without writing gigabytes of checkpoint). See write_random_checkpoint.
 RANDOM_WEIGHTS_FILE = "random_weights.json"
 
+# Calibrated KV-cache scales of a quantized checkpoint: optional, beside the state dict.
+KV_SCALE_SUFFIX = ".self_attn.kv_scale"
 # Checkpoint tensors that are derived buffers, not weights: skipped when present.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -105,20 +109,40 @@ def load_model(
     device: str | torch.device,
     attn_backend: AttentionBackend,
     ops: LayerOps = TORCH_OPS,
+    quant_kernels: str = "auto",
 ) -> DecoderForCausalLM:
     """Build the model for `config` on `device` in `dtype` and fill it from the
     folder's safetensors (model.safetensors, or shards listed in the index), or
-    randomly when the folder is a random-weight checkpoint (RANDOM_WEIGHTS_FILE)."""
+    randomly when the folder is a random-weight checkpoint (RANDOM_WEIGHTS_FILE).
+
+    A folder with a QUANT_FILE (written by the build) holds a quantized model under our own tensor
+    names; its quantized layers then compute with `quant_kernels`: "torch" (the reference), "kernels"
+    (GPU kernels) or "auto" (kernels on CUDA)."""
     path = os.fspath(path)
+    quant = read_quant_spec(path)
     with torch.device("meta"):  # no memory and no random init for weights about to be overwritten
-        model = DecoderForCausalLM(config, attn_backend, dtype, ops)
+        model = DecoderForCausalLM(config, attn_backend, dtype, ops, quant)
     model.to_empty(device=device)
     model.rotary.reset_parameters()
+    for layer in model.layers:
+        layer.self_attn.reset_kv_scale()
     random_spec = os.path.join(path, RANDOM_WEIGHTS_FILE)
     if os.path.exists(random_spec) and not _has_safetensors(path):
         spec = read_json(random_spec)
         _init_random(model, int(spec.get("seed", 0)), float(spec.get("std", 0.02)))
-        return model.eval()
+    elif quant is not None:
+        _fill_quantized(model, path)
+    else:
+        _fill_from_checkpoint(model, config, path)
+    if quant is not None:
+        if quant_kernels == "auto":
+            quant_kernels = "kernels" if torch.device(device).type == "cuda" else "torch"
+        prepare_model(model, quant_kernels)
+    return model.eval()
+
+
+def _fill_from_checkpoint(model: DecoderForCausalLM, config: ModelConfig, path: str) -> None:
+    """Our parameters from a Hugging Face checkpoint's tensors, through the arch's weight map."""
     weight_map = arch_spec(config.arch, path).weight_names(config)
     files = _tensor_files(path)
     _check_names(weight_map, files, path)
@@ -136,7 +160,32 @@ def load_model(
             except Exception as e:
                 raise CheckpointError(f"{path}: cannot read {names} ({e})") from e
             _fill(params[ours], ours, parts, path)
-    return model.eval()
+
+
+def _fill_quantized(model: DecoderForCausalLM, path: str) -> None:
+    """Every tensor of our state dict from the build's quantized checkpoint, stored under our names, and
+    the calibrated KV-cache scales (layers.{i}.self_attn.kv_scale) when the build wrote them."""
+    state = model.state_dict()
+    state.update({f"layers.{i}.self_attn.kv_scale": layer.self_attn.kv_scale for i, layer in enumerate(model.layers)})
+    files = _tensor_files(path)
+    kv_names = {n for n in state if n.endswith(KV_SCALE_SUFFIX)}
+    state = {n: t for n, t in state.items() if n not in kv_names or n in files}
+    missing = sorted(state.keys() - files.keys())
+    unexpected = sorted(files.keys() - state.keys())
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: quantized checkpoint does not match the model "
+                              f"(missing: {_listed(missing) or '-'}; unexpected: {_listed(unexpected) or '-'}); "
+                              "rebuild it with `python -m build`")
+    with ExitStack() as stack:
+        handles = {f: stack.enter_context(_open_safetensors(f)) for f in sorted(set(files.values()))}
+        for name, target in state.items():
+            tensor = handles[files[name]].get_tensor(name)
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise CheckpointError(f"{path}: wrong shape for {name}: expected {list(target.shape)}, "
+                                      f"got {list(tensor.shape)}")
+            if tensor.dtype != target.dtype and not target.dtype.is_floating_point:
+                raise CheckpointError(f"{path}: {name} is {tensor.dtype}, expected {target.dtype}")
+            target.copy_(tensor)
 
 
 # -- random weights (benchmarks) -------------------------------------------------
@@ -148,7 +197,8 @@ def _has_safetensors(path: str) -> bool:
 
 @torch.no_grad()
 def _init_random(model: DecoderForCausalLM, seed: int, std: float) -> None:
-    """Fill every parameter on its device: norms 1, biases and weights N(0, std)."""
+    """Fill every parameter on its device: norms 1, biases and weights N(0, std); a quantized layer
+    quantizes a N(0, std) weight drawn for it (one layer at a time: a 7B model never exists in float)."""
     gen = None
     for name, param in model.named_parameters():
         if gen is None or gen.device != param.device:
@@ -157,6 +207,12 @@ def _init_random(model: DecoderForCausalLM, seed: int, std: float) -> None:
             param.fill_(1.0)
         else:
             param.normal_(0.0, std, generator=gen)
+    for layer in quantized_layers(model):
+        device = layer.scales.device
+        weight = torch.empty(layer.out_features, layer.in_features, device=device)
+        layer.quantize_from(weight.normal_(0.0, std, generator=torch.Generator(device=device).manual_seed(seed)))
+        if getattr(layer, "act_scale", None) is not None:
+            layer.act_scale.fill_(std * 4 / 127)  # about the absmax of unit-scale activations
 
 
 def write_random_checkpoint(path: str | os.PathLike, config_json: dict, seed: int = 0,
