@@ -100,9 +100,8 @@ class Int4WeightLinear(QuantLinear):
         self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float32))
         self.register_buffer("zeros", torch.empty(out_features, groups, dtype=torch.uint8))
-        self.perm = None
-        if spec.act_order:
-            self.register_buffer("perm", torch.empty(in_features, dtype=torch.int32))
+        # act-order: stored column j is input channel perm[j] (None: the input order)
+        self.register_buffer("perm", torch.empty(in_features, dtype=torch.int32) if spec.act_order else None)
 
     def dequantized(self) -> torch.Tensor:
         return formats.dequantize_int4(self.qweight, self.scales, self.zeros, self.perm)
@@ -125,9 +124,9 @@ class _ActivationQuantLinear(QuantLinear):
         self.per_tensor_weight = spec.weight_scales == "per_tensor"
         self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=self.code_dtype))
         self.register_buffer("scales", torch.empty(1 if self.per_tensor_weight else out_features, dtype=torch.float32))
-        self.act_scale = None
-        if spec.act_scales == "per_tensor":
-            self.register_buffer("act_scale", torch.empty(1, dtype=torch.float32))
+        # one calibrated activation scale (None: per token, computed from each row)
+        self.register_buffer("act_scale", torch.empty(1, dtype=torch.float32)
+                             if spec.act_scales == "per_tensor" else None)
 
     def _round_activations(self, x: torch.Tensor) -> torch.Tensor:
         return formats.fake_quantize_activations(x, self.kind, self.act_scale).to(x.dtype)
