@@ -96,6 +96,14 @@ def _tile_product(acc, x, w, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(ptrs, row_ok, col_ok, EVEN_K: tl.constexpr):
+    """A [rows, cols] tile; with EVEN_K the columns need no mask, so the loads stay vectorized."""
+    if EVEN_K:
+        return tl.load(ptrs, mask=row_ok[:, None], other=0)
+    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0)
+
+
+@triton.jit
 def _store_tile(acc, b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s,
                 HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr):
     """The tile's float32 sums: y (+ bias, x's dtype), a partial of split pid_s, or an atomic add."""
@@ -131,10 +139,11 @@ def _int8_kernel(
     k_end = tl.minimum(k_start + k_per_split, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
+        k0 = tl.multiple_of(k0, 16)  # k_per_split and BLOCK_K are multiples of 16
         rk = k0 + tl.arange(0, BLOCK_K)
-        k_ok = (rk < k_end) | EVEN_K  # K tiles never cross a split's end when EVEN_K
-        x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # [BM, BK]
-        w = tl.load(w_rows + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)  # [BN, BK] int8
+        k_ok = rk < k_end  # EVEN_K: K tiles never cross a split's end
+        x = _load_tile(x_rows + rk[None, :], m_ok, k_ok, EVEN_K)  # [BM, BK]
+        w = _load_tile(w_rows + rk[None, :], n_ok, k_ok, EVEN_K)  # [BN, BK] int8
         acc = _tile_product(acc, x, w, USE_DOT, DOT_FP32)
     scale = tl.load(s_ptr + rn * s_stride, mask=n_ok, other=0.0)  # [BN]; s_stride 0: one scale
     _store_tile(acc * scale[None, :], b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s,
@@ -160,13 +169,13 @@ def _int4_kernel(
     k_end = tl.minimum(k_start + k_per_split, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
+        k0 = tl.multiple_of(k0, 16)  # k_per_split and BLOCK_K are multiples of 16
         rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # [BKH] packed columns: inputs 2 rb and 2 rb + 1
-        k_ok = (rb < k_end // 2) | EVEN_K
-        packed = tl.load(w_rows + rb[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)  # [BN, BKH] u8
+        k_ok = rb < k_end // 2
+        packed = _load_tile(w_rows + rb[None, :], n_ok, k_ok, EVEN_K)  # [BN, BKH] uint8
         low, high = packed & 0xF, packed >> 4
-        x_mask = m_ok[:, None] & k_ok[None, :]
-        x_even = tl.load(x_rows + 2 * rb[None, :], mask=x_mask, other=0.0)  # [BM, BKH]
-        x_odd = tl.load(x_rows + 2 * rb[None, :] + 1, mask=x_mask, other=0.0)
+        x_even = _load_tile(x_rows + 2 * rb[None, :], m_ok, k_ok, EVEN_K)  # [BM, BKH]
+        x_odd = _load_tile(x_rows + 2 * rb[None, :] + 1, m_ok, k_ok, EVEN_K)
         if BLOCK_K <= GROUP:  # one group a tile (GROUP % BLOCK_K == 0): s (sum q x - z sum x)
             g = k0 // GROUP
             s = tl.load(s_ptr + sz_off + g, mask=n_ok, other=0.0)  # [BN]
@@ -246,6 +255,8 @@ def _launch(kernel, x2: torch.Tensor, n: int, k: int, weight_args: tuple, weight
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     if m == 0:
         return out
+    if cfg.block_k % 16 or cfg.reduce not in ("pass", "atomic"):
+        raise ValueError(f"block_k must be a multiple of 16 and reduce 'pass' or 'atomic': {cfg}")
     k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     splits = triton.cdiv(k, k_per_split)  # non-empty splits
     mode = _OUT_FINAL if splits == 1 else _OUT_PARTIAL if cfg.reduce == "pass" else _OUT_ATOMIC
@@ -259,7 +270,8 @@ def _launch(kernel, x2: torch.Tensor, n: int, k: int, weight_args: tuple, weight
     kernel[grid](
         x2, *weight_args, bias if bias is not None else x2, target, m, n, k, k_per_split, x2.stride(0),
         *weight_strides, target.stride(0), HAS_BIAS=bias is not None, OUT_MODE=mode, USE_DOT=cfg.use_dot,
-        DOT_FP32=x2.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1", EVEN_K=k % cfg.block_k == 0,
+        DOT_FP32=x2.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1",
+        EVEN_K=k % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **constexprs,
     )
