@@ -67,6 +67,8 @@ DERIVED = "derived"  # not a setting: the build computes it from other settings
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 KERNEL_CHOICES = ("auto", "torch", "triton")
+KV_CACHE_DTYPES = ("auto", "int8", "fp8")
+KV_CACHE_SCALES = ("dynamic", "calibrated")
 
 
 def setting(default: Any, help: str, *, trtllm: str | None = None, trtllm_param: str | None = None,
@@ -118,6 +120,11 @@ class EngineConfig:
     (fused RMSNorm + residual, rotary, SiLU-and-multiply); enforce_eager turns off the CUDA graphs
     that otherwise replay decode steps of up to cuda_graph_max_batch sequences (bucketed batch
     sizes). "auto" picks Triton on a CUDA device.
+
+    kv_cache_dtype int8 / fp8 stores the KV cache as 1-byte codes with float32 scales
+    (attention/kv_quant.py): kv_cache_scales "dynamic" computes one per token and KV
+    head as it is written, "calibrated" takes one K and one V scale per layer from a
+    checkpoint that carries them (the engine refuses to start without them).
     """
 
     max_num_seqs: int = setting(64, "sequences running at once", trtllm="trtllm-build --max_batch_size", min=1)
@@ -133,6 +140,15 @@ class EngineConfig:
     kv_cache_max_bytes: int = setting(
         4 << 30, "cap on the CPU's KV pool in bytes when num_kv_blocks is None",
         build=UNLESS_SET, min=1)
+    kv_cache_dtype: str = setting(
+        "auto", "KV cache element type: auto (the model's dtype), int8 or fp8 (float8 e4m3); int8/fp8 hold "
+                "about twice the tokens in the same memory",
+        trtllm="quantize.py --kv_cache_dtype int8|fp8 (convert_checkpoint.py --int8_kv_cache)",
+        choices=KV_CACHE_DTYPES)
+    kv_cache_scales: str = setting(
+        "dynamic", "scales of an int8/fp8 KV cache: dynamic (one per token and KV head, computed as it is "
+                   "written; any checkpoint) or calibrated (one K and one V scale per layer from the build)",
+        trtllm="calibrated only: quantize.py's kv_cache_scaling_factor per layer", choices=KV_CACHE_SCALES)
     max_model_len: int | None = setting(
         None, "prompt plus output tokens per sequence; None: the model's own context",
         trtllm="trtllm-build --max_seq_len", build=DERIVED, min=1)

@@ -8,7 +8,8 @@ Switchable steps on top of the plain model (EngineConfig):
   layer_kernels      "torch" (reference) or "triton" (fused norm, rotary, silu-mul)
   enforce_eager      False: decode-only steps replay CUDA graphs captured per
                      bucketed batch size (GPU with a graph-capable backend)
-On a GPU the KV pool is sized after a warm-up forward pass.
+On a GPU the KV pool is sized after a warm-up forward pass. kv_cache_dtype int8 /
+fp8 makes each layer's cache a QuantKVCache (1-byte codes and float32 scales).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attention import AttentionMetadata, get_attention_backend
+from .attention import AttentionMetadata, KVCache, get_attention_backend
+from .attention.kv_quant import KVCacheSpec, check_calibrated_scales, new_kv_cache, resolve_kv_spec
 from .config import EngineConfig, ModelConfig
 from .guided import fill_token_mask
 from .models import load_model
@@ -57,10 +59,11 @@ def resolve_device(config: EngineConfig) -> DeviceSettings:
     return DeviceSettings(device, dtype)
 
 
-def kv_block_bytes(model: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes one block takes over all layers (keys and values)."""
-    elem = torch.empty((), dtype=dtype).element_size()
-    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * elem
+def kv_block_bytes(model: ModelConfig, block_size: int, kv: KVCacheSpec | torch.dtype) -> int:
+    """Bytes one block takes over all layers (keys and values, and their scales when quantized);
+    `kv` a torch dtype means a plain cache of that dtype."""
+    spec = kv if isinstance(kv, KVCacheSpec) else KVCacheSpec(kv)
+    return model.num_layers * block_size * spec.token_bytes(model.num_kv_heads, model.head_dim)
 
 
 # -- host-side step preparation ---------------------------------------------------
@@ -143,7 +146,7 @@ class DecodeGraphs:
     input buffers. A batch of B sequences runs the smallest bucket >= B; the
     padded rows have slot -1 (no KV write) and context length 0 (zero attention)."""
 
-    def __init__(self, model, kv_caches: list[torch.Tensor], max_batch: int, max_blocks: int,
+    def __init__(self, model, kv_caches: list[KVCache], max_batch: int, max_blocks: int,
                  block_size: int, device: torch.device):
         self.model, self.kv_caches, self.block_size = model, kv_caches, block_size
         self.max_batch = max_batch
@@ -225,13 +228,18 @@ class ModelRunner:
         device = self.settings.device
         backend = get_attention_backend(config.attention_backend, device)
         ops = get_layer_ops(config.layer_kernels, device)
+        self.kv_spec = resolve_kv_spec(config.kv_cache_dtype, config.kv_cache_scales, self.settings.dtype)
         self.model = load_model(model_path, model_config, self.settings.dtype, device, backend, ops)
+        if self.kv_spec.scales == "calibrated":  # the loader leaves NaN where the checkpoint has none
+            check_calibrated_scales([layer.self_attn.kv_scale for layer in self.model.layers])
         self.num_blocks = self._pool_size(max_model_len)
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         self.sampler = Sampler()
         self.graphs = self._capture_graphs(backend)
-        log.info("model runner: %s %s, attention %s, kernels %s, %d KV blocks, graphs %s", device,
-                 self.settings.dtype, backend.name, ops.name, self.num_blocks,
+        pool_bytes = self.num_blocks * kv_block_bytes(model_config, self.block_size, self.kv_spec)
+        log.info("model runner: %s %s, attention %s, kernels %s, KV cache %s: %d blocks of %d tokens "
+                 "(%.2f GiB), graphs %s", device, self.settings.dtype, backend.name, ops.name, self.kv_spec.name,
+                 self.num_blocks, self.block_size, pool_bytes / 2**30,
                  sorted(self.graphs.graphs) if self.graphs else "off")
 
     # -- setup ---------------------------------------------------------------
@@ -240,7 +248,7 @@ class ModelRunner:
         cfg = self.config
         if cfg.num_kv_blocks is not None:
             return cfg.num_kv_blocks
-        per_block = kv_block_bytes(self.model_config, cfg.block_size, self.settings.dtype)
+        per_block = kv_block_bytes(self.model_config, cfg.block_size, self.kv_spec)
         if self.settings.device.type == "cuda":
             budget = self._gpu_kv_budget()
         else:
@@ -275,19 +283,23 @@ class ModelRunner:
         seq_len = max(min(total, self.max_model_len - 1), 1)
         lens = [seq_len] * (total // seq_len) + ([total % seq_len] if total % seq_len else [])
         blocks = -(-total // self.block_size) + len(lens)
-        scratch = torch.zeros(2, blocks, self.block_size, m.num_kv_heads, m.head_dim,
-                              dtype=self.settings.dtype, device=self.settings.device)
+        scratch = self._new_cache(blocks, 0)
         host = _dummy_prefill(lens, self.block_size)
         hidden = self.model(host.to_device(self.settings.device, self.block_size), [scratch] * m.num_layers)
         rows = min(cfg.max_num_seqs, hidden.shape[0])
         logits = self.model.compute_logits(hidden[:rows])
         torch.softmax(logits, dim=-1).argmax(dim=-1)
 
-    def _allocate_kv_cache(self, num_blocks: int) -> list[torch.Tensor]:
+    def _allocate_kv_cache(self, num_blocks: int) -> list[KVCache]:
+        return [self._new_cache(num_blocks, i) for i in range(self.model_config.num_layers)]
+
+    def _new_cache(self, num_blocks: int, layer: int) -> KVCache:
+        """A zeroed cache for `layer`: a tensor [2, num_blocks, block_size, Hkv, D] in the model's
+        dtype, or a QuantKVCache (calibrated: over the layer's kv_scale buffer)."""
         m = self.model_config
-        shape = (2, num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
-        return [torch.zeros(shape, dtype=self.settings.dtype, device=self.settings.device)
-                for _ in range(m.num_layers)]
+        scales = self.model.layers[layer].self_attn.kv_scale if self.kv_spec.scales == "calibrated" else None
+        return new_kv_cache(self.kv_spec, num_blocks, self.block_size, m.num_kv_heads, m.head_dim,
+                            self.settings.device, scales)
 
     @torch.inference_mode()
     def _capture_graphs(self, backend) -> DecodeGraphs | None:

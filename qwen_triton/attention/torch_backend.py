@@ -13,16 +13,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import AttentionMetadata
+from . import AttentionMetadata, KVCache
+from .kv_quant import gather_kv, write_quant_kv_cache
 
 
 def write_kv_cache(
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+    kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D] or a QuantKVCache
     k: torch.Tensor,  # [T, Hkv, D]
     v: torch.Tensor,  # [T, Hkv, D]
     slot_mapping: torch.Tensor,  # int64 [T], block * block_size + offset
 ) -> None:
-    """Store this step's keys and values at their slots (in place)."""
+    """Store this step's keys and values at their slots (in place), quantized for a QuantKVCache."""
+    if not isinstance(kv_cache, torch.Tensor):
+        write_quant_kv_cache(kv_cache, k, v, slot_mapping)
+        return
     flat = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [2, num_blocks * block_size, Hkv, D]
     flat[0].index_copy_(0, slot_mapping, k.to(flat.dtype))
     flat[1].index_copy_(0, slot_mapping, v.to(flat.dtype))
@@ -85,22 +89,26 @@ class TorchAttentionBackend:
         q: torch.Tensor,  # [T, H, D]
         k: torch.Tensor,  # [T, Hkv, D]
         v: torch.Tensor,  # [T, Hkv, D]
-        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+        kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D] or a QuantKVCache
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, D]
         """Write k/v of all T tokens into the cache, then let each sequence's
-        query tokens attend causally over its whole cached context."""
+        query tokens attend causally over its whole cached context (dequantized
+        from a QuantKVCache, except a whole prompt of 2+ tokens in one step, which
+        attends over its own k/v before quantization as the Triton backend's prefill does)."""
         write_kv_cache(kv_cache, k, v, meta.slot_mapping)
-        k_cache, v_cache = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [slots, Hkv, D] each
+        quantized = not isinstance(kv_cache, torch.Tensor)
         out = torch.empty_like(q)
         start = 0
         for i, (num_q, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
             if num_q == 0:
                 continue
-            slots = context_slots(meta.block_tables[i], seq_len, meta.block_size)
-            out[start:start + num_q] = sdpa_causal_attention(
-                q[start:start + num_q], k_cache[slots], v_cache[slots], scale
-            ).to(q.dtype)
+            rows = slice(start, start + num_q)
+            if quantized and num_q == seq_len > 1:  # as the Triton backend: a 1-token prompt decodes
+                ctx_k, ctx_v = k[rows], v[rows]
+            else:
+                ctx_k, ctx_v = gather_kv(kv_cache, context_slots(meta.block_tables[i], seq_len, meta.block_size))
+            out[rows] = sdpa_causal_attention(q[rows], ctx_k, ctx_v, scale).to(q.dtype)
             start += num_q
         return out

@@ -9,6 +9,9 @@ One step's tokens fall in three groups, each sent to the kernel that suits it:
   - prefill chunks after cached context (chunked prefill, recompute): SDPA per
     sequence over the context gathered from the cache, with a causal mask
     aligned to the sequence's end.
+With a QuantKVCache the write kernel quantizes, the decode kernel and the
+context gather dequantize; fresh prefills attend over their unquantized k, v
+(later steps see the quantized values: TensorRT-LLM and vLLM do the same).
 A decode-only step touches only device tensors of the metadata, so it can be
 captured in a CUDA graph; padded rows (slot -1, context length 0) write and
 read nothing.
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 
 from ..kernels import kv_cache as kv_kernels
 from ..kernels.paged_attention import choose_launch, paged_decode_attention
-from . import AttentionMetadata
+from . import AttentionMetadata, KVCache
+from .kv_quant import gather_kv
 from .torch_backend import context_slots
 
 Index = slice | torch.Tensor  # rows of the packed batch: a range when contiguous
@@ -99,7 +103,7 @@ class TritonAttentionBackend:
         q: torch.Tensor,  # [T, H, D]
         k: torch.Tensor,  # [T, Hkv, D]
         v: torch.Tensor,  # [T, Hkv, D]
-        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D]
+        kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D] or a QuantKVCache
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, D]
@@ -116,11 +120,10 @@ class TritonAttentionBackend:
         if plan.fresh_rows is not None:
             rows = plan.fresh_rows
             out[rows] = self._prefill(q[rows], k[rows], v[rows], plan, scale)
-        if plan.context:
-            k_cache, v_cache = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [slots, Hkv, D] each
-            for start, num_q, slots in plan.context:
-                out[start:start + num_q] = _sdpa_causal(
-                    q[start:start + num_q], k_cache[slots], v_cache[slots], scale)
+        for start, num_q, slots in plan.context:
+            ctx_k, ctx_v = gather_kv(kv_cache, slots)  # [S, Hkv, D]; float32 when dequantized
+            out[start:start + num_q] = _sdpa_causal(
+                q[start:start + num_q], ctx_k.to(q.dtype), ctx_v.to(q.dtype), scale)
         return out
 
     def _decode(self, q, kv_cache, tables, ctx, scale):

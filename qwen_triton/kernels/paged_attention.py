@@ -13,6 +13,11 @@ The chunk length is computed inside the kernel from ctx_lens, so the launch
 for any context lengths, which is what a CUDA graph replay needs. Rows with
 ctx_lens 0 (padding) produce zeros.
 
+A QuantKVCache is read as codes (int8 / fp8, half the bytes of bf16) turned to
+fp32 and scaled: per layer (KV_QUANT 1) the K scale folds into q and the V
+scale into the result; per token and KV head (KV_QUANT 2) each score is scaled
+by its key's scale and each probability by its value's scale.
+
 Reference: attention.torch_backend.causal_attention over the gathered context.
 """
 from __future__ import annotations
@@ -23,16 +28,20 @@ import torch
 import triton
 import triton.language as tl
 
+from ..attention import KVCache, QuantKVCache
+
 
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, ctx_lens_ptr,
-    out_ptr, part_acc_ptr, part_ml_ptr,
+    out_ptr, part_acc_ptr, part_ml_ptr, k_scale_ptr, v_scale_ptr,
     q_t_stride, q_h_stride, bt_stride, slot_stride, kv_h_stride,
     scale, num_splits,
     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, V_WITH_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, V_WITH_K: tl.constexpr, KV_QUANT: tl.constexpr,
 ):
+    # KV_QUANT 0: a float cache; 1: codes, scales k_scale_ptr[0], v_scale_ptr[0];
+    # 2: codes, scales at [slot * num_kv_heads + kv_head] of k_scale_ptr / v_scale_ptr
     n = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     s = tl.program_id(2)
@@ -45,6 +54,8 @@ def _paged_decode_kernel(
     dims = tl.arange(0, HEAD_DIM)
     q = tl.load(q_ptr + n * q_t_stride + h * q_h_stride + dims).to(tl.float32) * scale  # [D]
     kv_head = (h // GROUP).to(tl.int64)
+    if KV_QUANT == 1:
+        q = q * tl.load(k_scale_ptr)
     m = tl.full((), float("-inf"), tl.float32)
     denom = tl.zeros((), tl.float32)
     acc = tl.zeros((HEAD_DIM,), tl.float32)
@@ -57,7 +68,12 @@ def _paged_decode_kernel(
         k = tl.load(k_cache_ptr + addr, mask=valid[:, None], other=0.0)
         if V_WITH_K:  # both tiles requested before any arithmetic: more bytes in flight
             v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0)
-        scores = tl.where(valid, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))  # [BLOCK_N]
+        scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)  # [BLOCK_N]
+        if KV_QUANT == 2:  # each token's [slot, head] scales, float32 [BLOCK_N]
+            scale_addr = slot * (slot_stride // HEAD_DIM) + kv_head
+            scores = scores * tl.load(k_scale_ptr + scale_addr, mask=valid, other=0.0)
+            v_scales = tl.load(v_scale_ptr + scale_addr, mask=valid, other=0.0)
+        scores = tl.where(valid, scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=0))
         alpha = tl.exp(m - m_new)
         p = tl.exp(scores - m_new)
@@ -65,14 +81,26 @@ def _paged_decode_kernel(
             v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0)
         v = v.to(tl.float32)
         denom = denom * alpha + tl.sum(p, axis=0)
+        if KV_QUANT == 2:
+            p = p * v_scales
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m = m_new
+    if KV_QUANT == 1:
+        acc = acc * tl.load(v_scale_ptr)  # the merge is linear in acc: scaling each split's is exact
+    _store_result(out_ptr, part_acc_ptr, part_ml_ptr, acc, m, denom, (n * num_heads + h), s, num_splits,
+                  HEAD_DIM, SINGLE)
 
+
+@triton.jit
+def _store_result(out_ptr, part_acc_ptr, part_ml_ptr, acc, m, denom, row, s, num_splits,
+                  HEAD_DIM: tl.constexpr, SINGLE: tl.constexpr):
+    """Row n * num_heads + h: the normalised result, or split s's partial (acc, max, denominator)."""
+    dims = tl.arange(0, HEAD_DIM)
     if SINGLE:
         result = acc / tl.where(denom > 0, denom, 1.0)
-        tl.store(out_ptr + (n * num_heads + h) * HEAD_DIM + dims, result.to(out_ptr.dtype.element_ty))
+        tl.store(out_ptr + row * HEAD_DIM + dims, result.to(out_ptr.dtype.element_ty))
     else:
-        part = (n * num_heads + h) * num_splits + s
+        part = row * num_splits + s
         tl.store(part_acc_ptr + part * HEAD_DIM + dims, acc)
         tl.store(part_ml_ptr + part * 2, m)
         tl.store(part_ml_ptr + part * 2 + 1, denom)
@@ -128,7 +156,7 @@ def choose_num_splits(num_tokens: int, num_heads: int, num_sms: int, max_splits:
 
 def paged_decode_attention(
     q: torch.Tensor,  # [N, H, D], head vectors contiguous
-    kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv, D], contiguous
+    kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D], contiguous; or a QuantKVCache
     block_tables: torch.Tensor,  # int32 [N, max_blocks]
     ctx_lens: torch.Tensor,  # int32 [N], positions each token attends to (its own included)
     scale: float,
@@ -139,6 +167,12 @@ def paged_decode_attention(
     v_with_k: bool = True,
 ) -> torch.Tensor:  # [N, H, D], q's dtype
     num_tokens, num_heads, head_dim = q.shape
+    kv_quant, k_scales, v_scales = 0, q, q  # q: any pointer, unread without scales
+    if isinstance(kv_cache, QuantKVCache):
+        kv_cache, scales = kv_cache
+        kv_quant = 2 if scales.dim() > 1 else 1
+        assert scales.is_contiguous() and scales.dtype == torch.float32
+        k_scales, v_scales = scales[0], scales[1]
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
     assert q.stride(2) == 1 and kv_cache.is_contiguous() and block_tables.stride(1) == 1
     out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=q.device)
@@ -150,11 +184,12 @@ def paged_decode_attention(
     part_ml = out if single else torch.empty(rows, 2, dtype=torch.float32, device=q.device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _paged_decode_kernel[(num_tokens, num_heads, num_splits)](
-        q, k_cache, v_cache, block_tables, ctx_lens, out, part_acc, part_ml,
+        q, k_cache, v_cache, block_tables, ctx_lens, out, part_acc, part_ml, k_scales, v_scales,
         q.stride(0), q.stride(1), block_tables.stride(0), num_kv_heads * head_dim, head_dim,
         scale, num_splits,
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
-        BLOCK_N=block_n, SINGLE=single, V_WITH_K=v_with_k, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_N=block_n, SINGLE=single, V_WITH_K=v_with_k, KV_QUANT=kv_quant,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if not single:
         _merge_splits_kernel[(num_tokens * num_heads,)](
@@ -165,17 +200,18 @@ def paged_decode_attention(
 
 
 def paged_decode_attention_reference(
-    q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, ctx_lens: torch.Tensor,
+    q: torch.Tensor, kv_cache: KVCache, block_tables: torch.Tensor, ctx_lens: torch.Tensor,
     scale: float, **_unused,
 ) -> torch.Tensor:
-    """The same contract in plain torch: one token at a time through causal_attention."""
+    """The same contract in plain torch: one token at a time through causal_attention
+    (over the dequantized context of a QuantKVCache)."""
+    from ..attention.kv_quant import gather_kv
     from ..attention.torch_backend import causal_attention, context_slots
 
-    block_size = kv_cache.shape[2]
-    k_cache, v_cache = kv_cache.view(2, -1, *kv_cache.shape[-2:])  # [slots, Hkv, D] each
+    data = kv_cache if isinstance(kv_cache, torch.Tensor) else kv_cache.data
     out = torch.zeros_like(q)
     for n, ctx in enumerate(ctx_lens.tolist()):
         if ctx > 0:
-            slots = context_slots(block_tables[n], ctx, block_size)
-            out[n] = causal_attention(q[n:n + 1], k_cache[slots], v_cache[slots], scale)[0].to(q.dtype)
+            k, v = gather_kv(kv_cache, context_slots(block_tables[n], ctx, data.shape[2]))
+            out[n] = causal_attention(q[n:n + 1], k, v, scale)[0].to(q.dtype)
     return out
