@@ -23,6 +23,8 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch._dynamo.config
+import torch._inductor.config
 import torch.nn.functional as F
 
 try:
@@ -51,6 +53,8 @@ class Variant:
     call: object  # (x, prepared) -> y
     applies: object = field(default=lambda m: True)  # M -> bool
     ours: bool = False
+    optional: bool = False  # skipped past the soft budget (our sweep beyond the default launch)
+    compiled: bool = False  # torch.compile: timed in a last pass over the shapes (compiles are slow)
 
 
 def _ours(mode, name, fmt, bits, cfg_fn, applies=lambda m: True):
@@ -60,7 +64,7 @@ def _ours(mode, name, fmt, bits, cfg_fn, applies=lambda m: True):
         if bits == 8:
             return ql.int8_weight_linear(x, p["qweight"], p["scales"], launch=cfg)
         return ql.int4_weight_linear(x, p["qweight"], p["scales"], p["zeros"], GROUP, launch=cfg)
-    return Variant(mode, f"ours {name}", fmt, lambda s: s, call, applies, ours=True)
+    return Variant(mode, f"ours {name}", fmt, lambda s: s, call, applies, ours=True, optional=name != "auto")
 
 
 def sweep(bits, num_sms):
@@ -103,7 +107,7 @@ def variants(num_sms, act_scale, compile_ms):
     v += [Variant("int8", "torch _weight_int8pack_mm", "int8", lambda s: tk.prepare_int8(**s), tk.linear_int8_pack),
           Variant("int8", "torch dequant+F.linear", "int8", lambda s: tk.prepare_int8(**s), tk.linear_int8_dequant),
           Variant("int8", "torch.compile(F.linear*scales) (gpt-fast)", "int8", lambda s: tk.prepare_int8(**s),
-                  compiled_int8, lambda m: m in compile_ms)]
+                  compiled_int8, lambda m: m in compile_ms, optional=True, compiled=True)]
     v += [_ours("int4", name, "int4", 4, cfg, ap) for name, cfg, ap in sweep(4, num_sms)]
     v += [Variant("int4", f"torch tinygemm ikt{t}", "int4",
                   lambda s, t=t: tk.prepare_int4_tinygemm(group_size=GROUP, inner_k_tiles=t, **s),
@@ -226,15 +230,15 @@ class Clock:
         return time.time() - self.t0 > 1.5 * self.budget
 
 
-def run_shape(shape, all_variants, ms, clock, results, act_scale):
+def run_shape(shape, all_variants, ms, clock, results, act_scale, compiled):
     n, k = SHAPES[shape]
     formats = make_formats(n, k)
     xs = {m: torch.randn(m, k, device=DEV).to(torch.bfloat16) for m in ms}
-    chosen = [v for v in all_variants if shape != "lm_head" or v.mode in LM_HEAD_MODES]
+    chosen = [v for v in all_variants if (shape != "lm_head" or v.mode in LM_HEAD_MODES) and v.compiled == compiled]
     stored = {fmt: copies(s, 256e6) for fmt, s in formats.items() if any(v.fmt == fmt for v in chosen)}
     refs = {}
     for var in chosen:
-        if clock.stop() or (clock.soft() and var.ours and var.name != "ours auto"):
+        if clock.stop() or (clock.soft() and var.optional):
             continue
         ref_key = (var.fmt, var.mode)
         if ref_key not in refs:
@@ -341,13 +345,18 @@ def main() -> int:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--compile-ms", default="1", help="M at which torch.compile variants are timed")
     parser.add_argument("--budget-s", type=float, default=170.0)
+    parser.add_argument("--gpt-fast-tuning", type=int, default=1, help="inductor's coordinate descent tuning")
     parser.add_argument("--bf16-step-ms", type=float, default=5.17, help="the bf16 engine's decode step (M=1)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     ms = [int(m) for m in args.ms.split(",")]
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
-    torch._dynamo.config.cache_size_limit = 256  # one compile per (shape, M)
+    for name in ("recompile_limit", "cache_size_limit"):  # one compile per (shape, M)
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+    if args.gpt_fast_tuning:
+        torch._inductor.config.coordinate_descent_tuning = True  # as gpt-fast's generate.py sets
     clock = Clock(args.budget_s)
     import triton
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
@@ -356,9 +365,9 @@ def main() -> int:
     act_scale = torch.tensor([4.5 / fm.FP8_MAX], device=DEV)  # calibrated-like: |x| of randn rows reaches ~4.5
     all_variants = variants(num_sms, act_scale, {int(m) for m in args.compile_ms.split(",") if m})
     results = {}
-    for shape in args.shapes.split(","):
+    for compiled, shape in [(c, s) for c in (False, True) for s in args.shapes.split(",")]:
         try:
-            run_shape(shape, all_variants, ms, clock, results, act_scale)
+            run_shape(shape, all_variants, ms, clock, results, act_scale, compiled)
         except Exception:  # noqa: BLE001 (one shape failing as a whole still leaves the others)
             results[f"run|{shape}|{shape}"] = {"error": traceback.format_exc()[-600:]}
             print(results[f"run|{shape}|{shape}"]["error"], flush=True)
