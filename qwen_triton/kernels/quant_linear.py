@@ -239,6 +239,39 @@ def _quantize_rows_kernel(x_ptr, codes_ptr, scales_ptr, act_scale_ptr, K, x_stri
     tl.store(codes_ptr + m * codes_stride + rk, codes, mask=ok)
 
 
+@triton.jit
+def _dequant_int4_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, KH, w_stride, sz_stride, out_stride,
+                         GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+    """out[n, 2j] and out[n, 2j + 1] from byte j of row n: (q - z) * s of their groups."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.program_id(1) * BLOCK_KH + tl.arange(0, BLOCK_KH)
+    ok = (rn < N)[:, None] & (rb < KH)[None, :]
+    packed = tl.load(w_ptr + rn[:, None].to(tl.int64) * w_stride + rb[None, :], mask=ok, other=0)
+    sz = rn[:, None].to(tl.int64) * sz_stride + (2 * rb[None, :]) // GROUP  # both nibbles share a group
+    s = tl.load(s_ptr + sz, mask=ok, other=0.0)
+    z = tl.load(z_ptr + sz, mask=ok, other=0).to(tl.float32)
+    low = ((packed & 0xF).to(tl.float32) - z) * s
+    high = ((packed >> 4).to(tl.float32) - z) * s
+    both = tl.interleave(low, high)  # [BLOCK_N, 2 * BLOCK_KH]: columns 2j, 2j + 1
+    cols = 2 * tl.program_id(1) * BLOCK_KH + tl.arange(0, 2 * BLOCK_KH)
+    dst = out_ptr + rn[:, None].to(tl.int64) * out_stride + cols[None, :]
+    tl.store(dst, both.to(out_ptr.dtype.element_ty), mask=(rn < N)[:, None] & (cols < 2 * KH)[None, :])
+
+
+def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, dtype: torch.dtype,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """formats.dequantize_int4 (without act-order) on the GPU in one pass: W [N, K] in `dtype` (into `out`
+    when given). With cuBLAS after it, the int4 path for large batches, where a dequantizing GEMM loses."""
+    n, kh = qweight.shape
+    group = 2 * kh // scales.shape[1]
+    out = torch.empty(n, 2 * kh, dtype=dtype, device=qweight.device) if out is None else out
+    block_n, block_kh = 32, 64
+    _dequant_int4_kernel[(triton.cdiv(n, block_n), triton.cdiv(kh, block_kh))](
+        qweight, scales.contiguous(), zeros.contiguous(), out, n, kh, qweight.stride(0), scales.shape[1],
+        out.stride(0), GROUP=group, BLOCK_N=block_n, BLOCK_KH=block_kh)
+    return out
+
+
 # -- host side ---------------------------------------------------------------------------------------------
 
 
