@@ -95,7 +95,7 @@ class Settings:
         try:
             return QuantSpec(weights=canonical_mode(q.quantization), group_size=q.quant_group_size,
                              weight_scales=q.quant_weight_scales, act_scales=q.quant_act_scales,
-                             smooth_alpha=q.smooth_alpha, calib_prompts=q.calib_prompts,
+                             smooth_alpha=q.smooth_alpha, calib_prompts=q.calib_prompts, lm_head=q.quant_lm_head,
                              kv_cache=kv if getattr(lim, "kv_cache_scales", "dynamic") == "calibrated" else "auto")
         except QuantSpecError as exc:
             raise SettingsError(str(exc)) from None

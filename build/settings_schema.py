@@ -156,6 +156,7 @@ class QuantSettings(_Group):
     quant_act_scales: str = _field("per_token", "w8a8, fp8: activation scales per token (dynamic) or one "
                                                 "calibrated scale per tensor", choices=ACT_SCALES)
     smooth_alpha: float = _field(0.5, "w8a8: SmoothQuant's migration strength", min=0.0, max=1.0)
+    quant_lm_head: bool = _field(False, "the (untied) LM head as int8 weight-only too")
     calib_prompts: int = _field(32, "prompts of qwen_triton/quant/calibration.jsonl the calibration runs", min=1)
 
 

@@ -235,3 +235,20 @@ def test_impossible_settings_name_the_reason(tmp_path, tiny):
     (tmp_path / "bad" / QUANT_FILE).write_text('{"weights": "int8_wo", "bits": 3}')
     with pytest.raises(QuantSpecError, match="unknown keys"):
         read_quant_spec(tmp_path / "bad")
+
+
+def test_the_lm_head_can_be_int8_too(tmp_path):
+    from checkpoints import VOCAB
+
+    src = write_qwen2(str(tmp_path / "m"), tie_word_embeddings=False)
+    spec = QuantSpec(weights="int8_wo", lm_head=True)
+    dst = quantize_checkpoint(src, tmp_path / "q", spec, say=lambda *_: None)
+    head = _stored(dst, "lm_head.qweight")
+    assert head.dtype == torch.int8 and head.shape == (VOCAB, 64)
+    engine, ref = _engine(dst), _engine(src)
+    ids = [*range(3, 40)]
+    diffs = [abs(a - b) for a, b in zip(engine.score(ids), ref.score(ids), strict=True)]
+    assert sum(diffs) / len(diffs) < 0.05
+    tied = write_llama(str(tmp_path / "tied"))
+    with pytest.raises(QuantSpecError, match="ties its LM head"):
+        quantize_checkpoint(tied, tmp_path / "t", spec, say=lambda *_: None)

@@ -4,8 +4,8 @@ engine of the same run) and the fixed runs of --quant-fixed (output tok/s), with
 
 A mode is MODE[/key=value...]: MODE a weights mode of qwen_triton.quant.spec (none: bf16 weights), keys
 g (int4 group size), w (weight scales: per_channel, per_tensor), a (activation scales: per_token,
-per_tensor) and kv (the KV cache: int8, fp8; else --kv-cache-dtype). E.g. int8_wo, int4_wo/g=64,
-fp8/kv=fp8, none/kv=int8.
+per_tensor), head=int8 (the LM head int8 too) and kv (the KV cache: int8, fp8; else --kv-cache-dtype).
+E.g. int8_wo/head=int8, int4_wo/g=64, fp8/kv=fp8, none/kv=int8.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from qwen_triton.models.loader import write_random_checkpoint
 from qwen_triton.quant.spec import QuantSpec, write_quant_spec
 from tools.benchmark import engine_batch1, engine_config, engine_run, parse_fixed, random_prompts
 
-_KEYS = {"g": "group_size", "w": "weight_scales", "a": "act_scales"}
+_KEYS = {"g": "group_size", "w": "weight_scales", "a": "act_scales", "head": "lm_head"}
 
 
 def parse_mode(text: str) -> tuple[QuantSpec, str | None]:
@@ -32,9 +32,9 @@ def parse_mode(text: str) -> tuple[QuantSpec, str | None]:
         if key == "kv":
             kv = value
         elif key in _KEYS:
-            values[_KEYS[key]] = int(value) if key == "g" else value
+            values[_KEYS[key]] = int(value) if key == "g" else value == "int8" if key == "head" else value
         else:
-            raise SystemExit(f"--quant {text!r}: unknown key {key!r} (g, w, a, kv)")
+            raise SystemExit(f"--quant {text!r}: unknown key {key!r} (g, w, a, head, kv)")
     return QuantSpec(**values), kv
 
 

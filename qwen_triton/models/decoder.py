@@ -21,8 +21,8 @@ from torch import nn
 
 from ..attention import AttentionBackend, AttentionMetadata, KVCache
 from ..config import ModelConfig
-from ..quant.linear import make_linear
-from ..quant.spec import QuantSpec
+from ..quant.linear import QuantLinear, make_linear
+from ..quant.spec import QuantSpec, lm_head_spec
 from .batch import ForwardBatch
 from .layers import TORCH_OPS, LayerOps, RMSNorm, RotaryEmbedding
 
@@ -165,7 +165,7 @@ class DecoderForCausalLM(nn.Module):
     tie_word_embeddings: the logits then reuse embed_tokens.weight).
     With `quant` (a quantized checkpoint's QuantSpec) the qkv, o, gate_up and down projections are
     qwen_triton.quant.linear layers holding their stored tensors (qweight, scales, ...) instead of .weight;
-    embeddings, norms and lm_head stay in `dtype`.
+    embeddings and norms stay in `dtype`, and lm_head too unless quant.lm_head (int8, untied heads only).
     """
 
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype: torch.dtype | None = None,
@@ -182,7 +182,7 @@ class DecoderForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+            self.lm_head = make_linear(config.hidden_size, config.vocab_size, False, dtype, lm_head_spec(quant))
 
     def forward(self, batch: ForwardBatch, kv_caches: list[torch.Tensor]) -> torch.Tensor:
         """Run the T packed tokens of one step; returns final-normed hidden states [T, hidden].
@@ -207,5 +207,7 @@ class DecoderForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> float32 logits [N, vocab]."""
+        if isinstance(self.lm_head, QuantLinear):
+            return self.lm_head(hidden).float()
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight).float()

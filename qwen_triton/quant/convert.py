@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .formats import FP8_MAX, INT8_MAX
+from .formats import FP8_MAX, INT8_MAX, quantize_int8
 from .spec import ACTIVATION_MODES, IMPORTED_MODES, QuantSpec, QuantSpecError, write_quant_spec
 
 QUANTIZED_FILE = "model.safetensors"
@@ -55,6 +55,8 @@ def quantize_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, spec: Qu
 
         say(f"quantization: importing the {spec.weights} checkpoint {src}")
         state = import_checkpoint(src, config, spec.weights)
+        if spec.lm_head:  # the imported head is float: ours in int8
+            state.update({f"lm_head.{k}": v for k, v in quantize_int8(state.pop("lm_head.weight")).items()})
         _save(state, dst, weights_spec, config)
     else:
         _quantize_float(src, dst, config, weights_spec, say)
@@ -76,6 +78,9 @@ def _checked_spec(src: Path, config, spec: QuantSpec) -> QuantSpec:
         spec = dataclasses.replace(spec, **imported_settings(src))
     elif found:
         raise QuantSpecError(f"{src} is already a {found} checkpoint: build it with quantization={found}")
+    if spec.lm_head and config.tie_word_embeddings:
+        raise QuantSpecError("quant_lm_head: this checkpoint ties its LM head to the embeddings "
+                             "(the embedding table stays in the model's dtype); leave it off")
     if spec.weights in ("int4_wo",) + IMPORTED_MODES:
         for name, k in (("hidden_size", config.hidden_size), ("intermediate_size", config.intermediate_size),
                         ("num_heads * head_dim", config.q_size)):

@@ -54,6 +54,7 @@ class QuantSpec:
     kv_cache: str = "auto"
     kv_scales: str = "calibrated"
     calib_prompts: int = 32  # prompts of the calibration set the build runs (w8a8, per_tensor, kv calibrated)
+    lm_head: bool = False  # the LM head as int8 weight-only too (untied heads; 9% of Qwen-7B's weight bytes)
 
     def __post_init__(self) -> None:
         for name, choices in (("weights", WEIGHT_MODES), ("weight_scales", WEIGHT_SCALES),
@@ -94,6 +95,12 @@ class QuantSpec:
             return cls(**data)
         except TypeError as e:
             raise QuantSpecError(f"{source}: {e}") from None
+
+
+def lm_head_spec(spec: QuantSpec | None) -> QuantSpec | None:
+    """How the (untied) LM head is stored under `spec`: int8 weight-only when spec.lm_head, else float.
+    int8 whatever the mode: 4-bit or activation-quantized logits cost more accuracy for little speed."""
+    return QuantSpec(weights="int8_wo") if spec is not None and spec.lm_head else None
 
 
 def canonical_mode(name: str) -> str:
