@@ -30,6 +30,18 @@ KINDS = [(torch.int8, "dynamic"), (torch.int8, "calibrated"), (FP8, "dynamic"), 
 KIND_IDS = ["int8-dynamic", "int8-calibrated", "fp8-dynamic", "fp8-calibrated"]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
+if importlib.util.find_spec("triton") is not None:
+    import triton
+    import triton.language as tl
+
+    from qwen_triton.kernels.kv_cache import _round_to_e4m3
+
+    @triton.jit
+    def _fp8_cast_kernel(y_ptr, out_ptr, BLOCK: tl.constexpr):
+        """The write kernel's fp32 -> fp8 step alone."""
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + i, _round_to_e4m3(tl.load(y_ptr + i)).to(out_ptr.dtype.element_ty))
+
 
 def randn(*shape, seed, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype=dtype, device=DEVICE)
@@ -178,6 +190,22 @@ def test_triton_write_kernel_matches_reference(dtype, scales):
     kv_kernels.write_kv_cache(got, k, v, slots)
     assert torch.equal(as_bytes(got), as_bytes(expected))  # the same codes, bit for bit
     assert torch.equal(got.scales, expected.scales)
+
+
+@needs_triton
+def test_triton_fp8_rounding_matches_torch_cast():
+    """The write kernel's fp8 codes equal torch's cast bit for bit: every e4m3 value, every midpoint
+    between neighbours (ties to even) and the floats either side of it, random values, signed zeros."""
+    grid = torch.arange(127, dtype=torch.uint8).view(FP8).float()  # the non-negative finite e4m3 values
+    mid = (grid[1:] + grid[:-1]) / 2
+    ys = torch.cat([grid, mid, torch.nextafter(mid, torch.tensor(0.0)), torch.nextafter(mid, torch.tensor(448.0)),
+                    torch.exp2(torch.rand(4000, generator=torch.Generator().manual_seed(1)) * 24 - 14).clamp_max(448)])
+    ys = torch.cat([ys, -ys, torch.tensor([1e-30, -1e-30])])
+    y = torch.zeros(-(-len(ys) // 1024) * 1024)
+    y[:len(ys)] = ys
+    got = torch.zeros(len(y), dtype=FP8, device=DEVICE)
+    _fp8_cast_kernel[(len(y) // 1024,)](y.to(DEVICE), got, BLOCK=1024)
+    assert torch.equal(got.cpu().view(torch.uint8), y.to(FP8).view(torch.uint8))
 
 
 @needs_triton

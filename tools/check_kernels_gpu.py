@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """GPU checks at full size: every Triton kernel against its plain-torch
 reference (Qwen-7B shapes, fresh random inputs, bf16 and fp16), the Triton
-attention backend against the torch backend on mixed batches, and the engine's
-fast path (Triton kernels, CUDA graphs) against its reference path and
-transformers on tiny checkpoints. Also times the kernels once.
+attention backend against the torch backend on mixed batches, the int8 / fp8
+KV cache's kernels (tools/check_kv_quant_gpu.py), and the engine's fast path
+(Triton kernels, CUDA graphs) against its reference path and transformers on
+tiny checkpoints. Also times the kernels once, paged decode over int8 / fp8
+caches against bf16 included.
 
     python3 -m tools.check_kernels_gpu [--json OUT.json]
 
@@ -30,6 +32,8 @@ from qwen_triton.kernels.paged_attention import (
     paged_decode_attention_reference,
 )
 from qwen_triton.models import layers
+from tools.check_kv_quant_gpu import run_checks as run_kv_quant_checks
+from tools.check_kv_quant_gpu import time_decode as time_kv_quant_decode
 
 DEV = torch.device("cuda")
 RESULTS: list[dict] = []
@@ -226,6 +230,15 @@ def check_logits_vs_transformers(arch, path, dtype=torch.bfloat16):
 # -- timings ----------------------------------------------------------------------------------
 
 
+def copy_bandwidth() -> float:
+    """GB/s of a 1 GiB device-to-device copy (bytes read + written): the ceiling kernels are held to."""
+    from triton.testing import do_bench
+
+    buf = torch.empty(2 << 30, dtype=torch.uint8, device=DEV)
+    copy_ms = do_bench(lambda: buf[: 1 << 30].copy_(buf[1 << 30:]), warmup=100, rep=500, return_mode="median")
+    return 2 * (1 << 30) / copy_ms / 1e6
+
+
 def graph_us(fn, reps: int = 20) -> float:
     """Median microseconds per call of fn, replayed from a CUDA graph of `reps` calls."""
     fn()
@@ -251,13 +264,7 @@ def time_kernels(num_sms):
     from qwen_triton.kernels.paged_attention import choose_launch
 
     out = {}
-    from triton.testing import do_bench
-
-    buf = torch.empty(2 << 30, dtype=torch.uint8, device=DEV)
-    copy_ms = do_bench(lambda: buf[: 1 << 30].copy_(buf[1 << 30:]), warmup=100, rep=500, return_mode="median")
-    copy_bw = 2 * (1 << 30) / copy_ms / 1e6  # GB/s, bytes read + written
-    buf = None  # free the 2 GiB before the kernel timings
-    out["copy_GBps"] = copy_bw
+    copy_bw = out["copy_GBps"] = copy_bandwidth()
     print(f"time copy: {copy_bw:.0f} GB/s", flush=True)
     configs = [(64, 4, 2, True), (64, 4, 2, False), (128, 4, 2, True), (128, 4, 2, False), (128, 8, 2, True),
                (64, 8, 2, True)]
@@ -289,6 +296,7 @@ def time_kernels(num_sms):
                      ("add_rms_norm T256 (torch)", lambda: layers.add_rms_norm(x, r, w, 1e-6))):
         out[name] = {"us": graph_us(fn)}
         print(f"time {name}: {out[name]['us']:.1f} us", flush=True)
+    out["kv_quant"] = time_kv_quant_decode(graph_us, copy_bw, num_sms)
     return out
 
 
@@ -305,6 +313,7 @@ def main() -> int:
         check_layer_kernels(dtype)
         check_paged_attention(dtype, num_sms)
         check_backend(dtype)
+    run_kv_quant_checks(check, num_sms)
     if not args.skip_engine:
         check_engine()
     timings = {} if args.skip_timing else time_kernels(num_sms)

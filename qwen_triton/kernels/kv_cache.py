@@ -38,20 +38,22 @@ def _write_kv_kernel(
 def _round_to_e4m3(y):
     """y (fp32, |y| <= 448) rounded to nearest even on the float8 e4m3 grid, so that the cast after
     it is exact: Triton's interpreter rounds fp8 casts without carrying into the exponent."""
-    biased = (y.to(tl.int32, bitcast=True) >> 23) & 0xFF
-    biased = tl.maximum(biased, 127 - 6)  # below 2^-6 e4m3 is subnormal: steps of 2^-9
+    bits = y.to(tl.int32, bitcast=True)
+    biased = tl.maximum((bits >> 23) & 0xFF, 127 - 6)  # below 2^-6 e4m3 is subnormal: steps of 2^-9
     step = ((biased - 3) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits: 2^(exponent - 3)
-    t = y / step  # exact (a power of two)
+    t = tl.abs(y) * ((257 - biased) << 23).to(tl.float32, bitcast=True)  # / step, exact: powers of two
     r = tl.floor(t + 0.5)
     odd = (r - 2.0 * tl.floor(r * 0.5)) == 1.0
-    r = tl.where(((r - t) == 0.5) & odd, r - 1.0, r)  # a tie goes to the even neighbour
-    return r * step
+    r = tl.where(((r - t) == 0.5) & odd, r - 1.0, r) * step  # a tie goes to the even neighbour
+    # y's sign bit on |result| (Triton's -x is 0 - x: it would lose the -0.0 the cast gives tiny negatives)
+    return (r.to(tl.int32, bitcast=True) | ((bits >> 31) << 31)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _quantize_rows(x, scale, QMAX: tl.constexpr, INT8: tl.constexpr):
     """Codes of x [BLOCK_H, BLOCK_D] (fp32) under scale [BLOCK_H, 1] or a scalar; fp32 values of the codes."""
-    y = tl.div_rn(x, tl.where(scale > 0, scale, 1.0))  # correctly rounded, as torch's x / s
+    # correctly rounded as torch's x / s (Triton's `/` is approximate on a GPU); div_rn does not broadcast
+    y = tl.div_rn(x, tl.where(scale > 0, scale, 1.0) + tl.zeros_like(x))
     if INT8:
         r = tl.minimum(tl.floor(tl.abs(y) + 0.5), QMAX)  # round half away from zero
         return tl.where(y < 0, -r, r)
@@ -79,7 +81,7 @@ def _write_kv_quant_kernel(
             else:
                 x = tl.load(v_ptr + token * v_stride + cols, mask=mask, other=0.0).to(tl.float32)
             if PER_TOKEN:  # absmax / qmax of each head's row, stored at [i, slot, head]
-                scale = tl.div_rn(tl.max(tl.abs(x), axis=1), QMAX)[:, None]  # [BLOCK_H, 1]
+                scale = tl.div_rn(tl.max(tl.abs(x), axis=1), tl.full((BLOCK_H,), QMAX, tl.float32))[:, None]
                 tl.store(scales_ptr + i * scales_offset + slot * num_kv_heads + heads, scale,
                          mask=heads < num_kv_heads)
             else:
