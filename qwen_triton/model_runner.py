@@ -229,6 +229,10 @@ class ModelRunner:
         backend = get_attention_backend(config.attention_backend, device)
         ops = get_layer_ops(config.layer_kernels, device)
         self.kv_spec = resolve_kv_spec(config.kv_cache_dtype, config.kv_cache_scales, self.settings.dtype)
+        if (self.kv_spec.dtype == torch.float8_e4m3fn and backend.name == "triton" and device.type == "cuda"
+                and torch.cuda.get_device_capability(device) < (8, 9)):
+            raise ValueError("kv_cache_dtype=fp8 needs compute capability 8.9+ (Ada, Hopper) for Triton's fp8; "
+                             "use kv_cache_dtype=int8")
         self.model = load_model(model_path, model_config, self.settings.dtype, device, backend, ops)
         if self.kv_spec.scales == "calibrated":  # the loader leaves NaN where the checkpoint has none
             check_calibrated_scales([layer.self_attn.kv_scale for layer in self.model.layers])

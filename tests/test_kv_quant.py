@@ -259,7 +259,8 @@ def qwen2(tmp_path_factory):
 def engine(path, kv_cache_dtype="auto", **kw):
     from qwen_triton import EngineConfig, LLMEngine
 
-    return LLMEngine(path, EngineConfig(device="cpu", dtype="float32", block_size=4, max_num_batched_tokens=8,
+    kw.setdefault("device", "cpu")
+    return LLMEngine(path, EngineConfig(dtype="float32", block_size=4, max_num_batched_tokens=8,
                                         kv_cache_max_bytes=200_000, kv_cache_dtype=kv_cache_dtype, **kw))
 
 
@@ -283,3 +284,17 @@ def test_engine_with_quantized_cache(qwen2, kv):
     runner = quant_engine.runner
     assert runner.num_blocks == 200_000 // kv_block_bytes(runner.model_config, 4, runner.kv_spec)
     assert runner.num_blocks == 200_000 // (2 * 4 * 2 * 2 * (16 + 4)) > 3 * ref_engine.runner.num_blocks
+
+
+@needs_triton
+def test_engine_with_triton_backend_and_int8_cache_matches_torch_backend(qwen2):
+    """The Triton backend and write kernel (interpreted on the CPU) in the engine with an int8 cache:
+    the same greedy tokens as the torch backend (both attend over the same quantized context)."""
+    from qwen_triton import SamplingParams
+
+    gen = torch.Generator().manual_seed(4)
+    ps = [torch.randint(3, 500, (n,), generator=gen).tolist() for n in (5, 19, 1)]
+    params = SamplingParams(max_tokens=6, min_tokens=6, temperature=0.0, end_ids=(2,))
+    outs = [engine(qwen2, "int8", device=DEVICE, attention_backend=backend, enforce_eager=True).generate(ps, params)
+            for backend in ("torch", "triton")]
+    assert outs[1] == outs[0]
