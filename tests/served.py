@@ -6,6 +6,7 @@ import queue
 import subprocess
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,11 @@ def build_repo(dest: Path, model: str = "random", sets: tuple[str, ...] = (), ar
 
 
 @contextmanager
-def supervised(root: Path, sets: tuple[str, ...]):
-    """The random-weight model built with `sets` under root, served by the supervisor (tritonserver behind
-    the HTTP front, model processes watched); yields the Supervisor, ready."""
-    repo = build_repo(root, sets=sets)
+def supervised(root: Path, sets: tuple[str, ...], artifacts: Path | None = None):
+    """The random-weight model built with `sets` under root (its checkpoint in `artifacts`, else under root),
+    served by the supervisor (tritonserver behind the HTTP front, model processes watched); yields the
+    Supervisor, ready."""
+    repo = build_repo(root, sets=sets, artifacts=artifacts)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
                           log_file=root / "triton.log", extra_args=["--exit-timeout-secs=5"])
     supervisor = Supervisor(server, SupervisorConfig(http_port=0, run_dir=root / "run", poll_s=0.2))
@@ -62,6 +64,30 @@ def serve(repo: Path, log: Path):
         yield server
     finally:
         server.stop()
+
+
+# the settings of the random-weight model's shared server (conftest.random_served): batches of 16+ requests,
+# replies up to 2048 tokens (a cancelled one must be seen to stop long before its end)
+RANDOM_MAX_OUTPUT_LEN = 2048
+RANDOM_SETS = ("max_num_seqs=32", f"max_output_len={RANDOM_MAX_OUTPUT_LEN}", "max_input_len=512")
+
+
+@dataclass(frozen=True)
+class RandomServed:
+    """A served random-weight model: the server, its model repository and the checkpoint it serves."""
+
+    server: TritonServer
+    repo: Path
+    checkpoint: Path
+
+
+@contextmanager
+def random_stack(root: Path, sets: tuple[str, ...], checkpoint: Path):
+    """The random-weight model (`checkpoint`: conftest.random_checkpoint) built with `sets` and served;
+    yields a :class:`RandomServed` once the server is ready."""
+    repo = build_repo(root, sets=sets, artifacts=checkpoint.parent)
+    with serve(repo, root / "triton.log") as server:
+        yield RandomServed(server, repo, checkpoint)
 
 
 def scrape(server: TritonServer, family: str) -> dict[str, float]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from served import build_repo, needs_triton, scrape, serve
+from served import needs_triton, scrape
 
 from build.gguf_import import imported_dir
 from build.pinned_models import QWEN25_CODER_05B
@@ -49,11 +49,9 @@ def tokenizer() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("genai-perf")
-    repo = build_repo(root, sets=("max_num_seqs=16", "max_input_len=512", "max_output_len=256"))
-    with serve(repo, root / "triton.log") as srv:
-        yield srv
+def server(random_served):
+    """The session's random-weight model server (conftest.random_served)."""
+    return random_served.server
 
 
 def generated_tokens(server) -> float:

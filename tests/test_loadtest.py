@@ -2,7 +2,7 @@
 
 The unit tests check the metric definitions, the workloads' token counts and the metrics-port parsing
 without a server.  The `server` test runs a short bounded sweep with all three Locust users against the real
-tritonserver with the default build (on the CPU) in a subprocess (Locust patches the standard library for
+tritonserver with the random-weight model (on the CPU) in a subprocess (Locust patches the standard library for
 gevent, which must not happen inside pytest), and checks that nothing failed, that the throughput is
 positive, that the client's token counts agree with the engine's, and that the CSV, JSON and the HTML
 report with its images are written.
@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from served import ROOT, build_repo, needs_triton, serve
+from served import ROOT, needs_triton
 
 from loadtest import prometheus
 from loadtest.metrics import LevelWindow, RequestRecord, count_tokens, flat_summary, percentile, summarize
@@ -204,11 +204,10 @@ def test_report_of_a_run_without_server_data(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- server
 @pytest.fixture(scope="module")
-def default_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loadtest-build")
-    repo = build_repo(root)  # the random-weight Qwen2: load tests measure the stack, not the model
-    with serve(repo, root / "triton.log") as srv:
-        yield srv
+def default_server(random_served):
+    """The session's random-weight model server (conftest.random_served): load tests measure the stack, not
+    the model."""
+    return random_served.server
 
 
 @pytest.mark.server

@@ -22,39 +22,30 @@ from qwen_triton.serving import contract as c
 from qwen_triton.serving.engine_service import EngineService
 
 pytestmark = [pytest.mark.server, needs_triton]
-SETS = ("max_num_seqs=16", "max_output_len=256", "max_input_len=512")
+UNARY_SETS = ("max_num_seqs=16", "max_output_len=256", "max_input_len=512", "decoupled=false")
 PROMPTS = ["This is a test", "I want you to", "The cat is"]
 OUTPUT_LEN = 10
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("upstream")
-    stream_repo = build_repo(root / "stream", sets=SETS, artifacts=root / "artifacts")
-    unary_repo = build_repo(root / "unary", sets=SETS + ("decoupled=false",), artifacts=root / "artifacts")
-    return root, stream_repo, unary_repo
+def streaming(random_served):
+    """The session's random-weight model server (conftest.random_served): decoupled, the default."""
+    return random_served.server
 
 
 @pytest.fixture(scope="module")
-def streaming(builds):
-    root, repo, _ = builds
-    with serve(repo, root / "stream.log") as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def unary(builds):
-    root, _, repo = builds
+def unary(random_checkpoint, tmp_path_factory):
+    """The same checkpoint built with decoupled=false and served on its own."""
+    root = tmp_path_factory.mktemp("upstream-unary")
+    repo = build_repo(root, sets=UNARY_SETS, artifacts=random_checkpoint.parent)
     with serve(repo, root / "unary.log") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def engine(builds):
-    """Our engine in this process, on the same checkpoint: the reference for every reply."""
-    root, _, _ = builds
-    ckpt = str(next((root / "artifacts").glob("default-*")))
-    svc = EngineService(ckpt, EngineConfig(device="cpu", dtype="float32"))
+def engine(random_checkpoint):
+    """Our engine in this process, on the served checkpoint: the reference for every reply."""
+    svc = EngineService(str(random_checkpoint), EngineConfig(device="cpu", dtype="float32"))
     yield svc
     svc.shutdown()
 
