@@ -239,7 +239,7 @@ def describe() -> str:
             kind = "int list" if is_int_tuple(base) else getattr(base, "__name__", str(base))
             default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
             choices = f.metadata.get("choices")
-            kind += f" {{{'|'.join(choices)}}}" if choices else ""
+            kind += f" {{{'|'.join(map(str, choices))}}}" if choices else ""
             kind += " or none" if nullable else ""
             lines.append(f"  {f.name} ({kind}, default {default!r}): {f.metadata['help']}")
     lines += [f"also accepted: {alias} (= {name})" for alias, name in ALIASES.items()]

@@ -28,6 +28,7 @@ from .models import load_model
 from .models.batch import ForwardBatch
 from .models.layers import get_layer_ops
 from .outputs import SampledToken, StepOutput
+from .quant.spec import kv_cache_settings, read_quant_spec
 from .sampler import Sampler, SamplingRow
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSeq, SchedulerOutput
@@ -228,7 +229,8 @@ class ModelRunner:
         device = self.settings.device
         backend = get_attention_backend(config.attention_backend, device)
         ops = get_layer_ops(config.layer_kernels, device)
-        self.kv_spec = resolve_kv_spec(config.kv_cache_dtype, config.kv_cache_scales, self.settings.dtype)
+        self.kv_spec = resolve_kv_spec(*kv_cache_settings(read_quant_spec(model_path), config.kv_cache_dtype,
+                                                          config.kv_cache_scales), self.settings.dtype)
         if (self.kv_spec.dtype == torch.float8_e4m3fn and backend.name == "triton" and device.type == "cuda"
                 and torch.cuda.get_device_capability(device) < (8, 9)):
             raise ValueError("kv_cache_dtype=fp8 needs compute capability 8.9+ (Ada, Hopper) for Triton's fp8; "

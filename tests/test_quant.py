@@ -252,3 +252,16 @@ def test_the_lm_head_can_be_int8_too(tmp_path):
     tied = write_llama(str(tmp_path / "tied"))
     with pytest.raises(QuantSpecError, match="ties its LM head"):
         quantize_checkpoint(tied, tmp_path / "t", spec, say=lambda *_: None)
+
+
+def test_a_calibrated_kv_cache_runs_from_the_checkpoint_alone(tmp_path, tiny):
+    """EngineConfig's kv_cache_dtype "auto" takes the checkpoint's calibrated int8 cache; the scored
+    log-probabilities stay close to the float cache's."""
+    spec = QuantSpec(kv_cache="int8", kv_scales="calibrated", calib_prompts=2)
+    dst = quantize_checkpoint(tiny, tmp_path / "kv8", spec, say=lambda *_: None)
+    engine = _engine(dst)
+    assert engine.runner.kv_spec.scales == "calibrated" and engine.runner.kv_spec.dtype == torch.int8
+    ids = [*range(300, 420)]
+    ref = _engine(tiny).score(ids)
+    diffs = [abs(a - b) for a, b in zip(engine.score(ids), ref, strict=True)]
+    assert max(diffs) < 0.1

@@ -103,6 +103,14 @@ def lm_head_spec(spec: QuantSpec | None) -> QuantSpec | None:
     return QuantSpec(weights="int8_wo") if spec is not None and spec.lm_head else None
 
 
+def kv_cache_settings(spec: QuantSpec | None, kv_cache_dtype: str, kv_cache_scales: str) -> tuple[str, str]:
+    """The KV cache an engine runs: EngineConfig's kv_cache_dtype / kv_cache_scales, or, when the dtype is
+    "auto", what the checkpoint was calibrated for (its QuantSpec's kv_cache and kv_scales)."""
+    if kv_cache_dtype == "auto" and spec is not None and spec.kv_cache != "auto":
+        return spec.kv_cache, spec.kv_scales
+    return kv_cache_dtype, kv_cache_scales
+
+
 def canonical_mode(name: str) -> str:
     """Our mode name for `name`, which may be TensorRT-LLM's spelling (int4_gptq, int4_awq, int8_sq)."""
     reverse = {v: k for k, v in TRTLLM_NAMES.items()}
