@@ -64,7 +64,7 @@ def quantized_checkpoint(settings: Settings, checkpoint: Path, say: Callable[...
     if warning:
         say(f"warning: {warning}")
     dst = Path(settings.paths.artifacts).resolve() / "quant" / _folder_name(checkpoint, spec)
-    stamp = _fingerprint(checkpoint, spec)
+    stamp = json.loads(json.dumps(_fingerprint(checkpoint, spec)))  # as it reads back (tuples are lists)
     stamp_file = dst / STAMP_FILE
     if stamp_file.exists() and json.loads(stamp_file.read_text(encoding="utf-8")) == stamp:
         say(f"quantization: {dst} is up to date")

@@ -87,6 +87,9 @@ def check_model(arch: str, settings: Settings) -> None:
     if settings.trtllm_quantization == "int4_gptq" and EXAMPLE_FAMILY[arch] != "qwen":
         raise UnsupportedForTrtllm("quantization=int4_gptq is generated for Qwen GPTQ checkpoints only; "
                                    "use int4_awq or int4_wo for LLaMA")
+    if settings.trtllm_quantization == "int4_gptq" and settings.limits.kv_cache_dtype == "fp8":
+        raise UnsupportedForTrtllm("kv_cache_dtype=fp8 with int4_gptq: quantize.py (which writes fp8 KV caches) "
+                                   "does not read GPTQ checkpoints; use kv_cache_dtype=int8")
 
 
 def _command(program: list[str], flags: list[str]) -> str:
@@ -125,15 +128,17 @@ class _Convert:
 
 
 def _convert_step(settings: Settings) -> _Convert:
-    """convert_checkpoint.py (plain, weight-only, GPTQ) or, for the calibrated formats, quantize.py."""
+    """convert_checkpoint.py (plain, weight-only, GPTQ, int8 KV cache) or, for the calibrated formats and
+    an fp8 KV cache, quantize.py (NVIDIA ModelOpt)."""
     dtype, t = settings.limits.dtype, settings.trtllm
-    q = settings.trtllm_quantization
+    q, kv = settings.trtllm_quantization, settings.limits.kv_cache_dtype
     io = ["--model_dir", '"$CHECKPOINT"', "--output_dir", '"$TRTLLM_CHECKPOINT"']
-    if q in ("int4_awq", "fp8", "int8_sq"):
-        flags = [*io, "--dtype", dtype, "--qformat", q, "--calib_size", "512", "--tp_size", str(t.tp_size)]
-        if q == "fp8":
-            flags += ["--kv_cache_dtype", "fp8"]
-        note = (f"# {q}: calibrated with NVIDIA ModelOpt (pip install nvidia-modelopt); calibration reads\n"
+    if q in ("int4_awq", "fp8", "int8_sq") or kv == "fp8":
+        qformat = "full_prec" if q == "none" else q
+        flags = [*io, "--dtype", dtype, "--qformat", qformat, "--calib_size", "512", "--tp_size", str(t.tp_size)]
+        if kv != "auto":
+            flags += ["--kv_cache_dtype", kv]
+        note = (f"# {qformat}: calibrated with NVIDIA ModelOpt (pip install nvidia-modelopt); calibration reads\n"
                 "# the cnn_dailymail dataset from the Hugging Face Hub unless --calib_dataset names a local copy.\n")
         return _Convert(["python3", '"$TRTLLM_EXAMPLES/quantization/quantize.py"'], flags, note)
     flags, note = [*io, "--dtype", dtype, "--tp_size", str(t.tp_size)], ""
@@ -142,6 +147,8 @@ def _convert_step(settings: Settings) -> _Convert:
     elif q == "int4_gptq":
         flags += ["--use_weight_only", "--weight_only_precision", "int4_gptq", "--per_group"]
         note = "# int4_gptq: the checkpoint must already be GPTQ-quantized (e.g. Qwen-7B-Chat-Int4).\n"
+    if kv == "int8":
+        flags += ["--int8_kv_cache"]
     return _Convert(["python3", '"$CONVERT"'], flags, note)
 
 

@@ -295,15 +295,20 @@ def test_trtllm_build_script(tmp_path):
     assert run.returncode == 2 and "TRTLLM_EXAMPLES" in run.stderr
 
 
-@pytest.mark.parametrize("quant, expected", [
-    ("none", "--dtype bfloat16 \\\n    --tp_size 2\n"),
-    ("int8_wo", "--weight_only_precision int8"),
-    ("int4_gptq", "--weight_only_precision int4_gptq \\\n    --per_group"),
-    ("fp8", "quantization/quantize.py\" \\\n    --model_dir \"$CHECKPOINT\""),
-    ("int4_awq", "--qformat int4_awq"),
+@pytest.mark.parametrize("quant, kv, expected", [
+    ("none", "auto", "--dtype bfloat16 \\\n    --tp_size 2\n"),
+    ("int8_wo", "auto", "--weight_only_precision int8"),
+    ("int4_gptq", "auto", "--weight_only_precision int4_gptq \\\n    --per_group"),
+    ("gptq", "int8", "--weight_only_precision int4_gptq \\\n    --per_group \\\n    --int8_kv_cache"),
+    ("fp8", "auto", "quantization/quantize.py\" \\\n    --model_dir \"$CHECKPOINT\""),
+    ("fp8", "fp8", "--qformat fp8 \\\n    --calib_size 512 \\\n    --tp_size 2 \\\n    --kv_cache_dtype fp8"),
+    ("none", "fp8", "--qformat full_prec"),
+    ("int4_awq", "auto", "--qformat int4_awq"),
+    ("w8a8", "int8", "--qformat int8_sq"),
 ])
-def test_trtllm_quantization_commands(tmp_path, quant, expected):
-    settings = _settings("tensorrtllm").updated({"quantization": quant, "tp_size": 2, "gpu_device_ids": [0, 1]})
+def test_trtllm_quantization_commands(tmp_path, quant, kv, expected):
+    settings = _settings("tensorrtllm").updated({"quantization": quant, "tp_size": 2, "gpu_device_ids": [0, 1],
+                                                  "kv_cache_dtype": kv})
     text = trtllm.build_script(settings, arch="qwen", checkpoint=tmp_path / "ckpt", engine_dir=Path("/e"),
                                script_dir=tmp_path / "art" / "trtllm", project_root=tmp_path, seq_length=1024)
     assert expected in text
@@ -315,6 +320,8 @@ def test_trtllm_refuses_what_it_cannot_build():
         trtllm.check_model("qwen3", _settings("tensorrtllm"))
     with pytest.raises(trtllm.UnsupportedForTrtllm, match="GPTQ"):
         trtllm.check_model("llama", _settings("tensorrtllm").updated({"quantization": "int4_gptq"}))
+    with pytest.raises(trtllm.UnsupportedForTrtllm, match="use kv_cache_dtype=int8"):
+        trtllm.check_model("qwen", _settings("tensorrtllm").updated({"quantization": "gptq", "kv_cache_dtype": "fp8"}))
 
 
 # -- settings ----------------------------------------------------------------------------------------------
@@ -369,8 +376,12 @@ def test_unknown_override_and_group_rejected():
     ({"model_repo": None}, "model_repo must not be null"),
     ({"gpu_device_ids": "0,1"}, "gpu_device_ids must be a list of integers"),
     ({"num_kv_blocks": 10}, "cannot hold one request"),
-    ({"quantization": "int4_wo"}, "set engine=tensorrtllm"),
     ({"engine": "tensorrtllm", "device": "cpu"}, "GPUs only"),
+    ({"quantization": "int3"}, "quantization must be one of"),
+    ({"quant_group_size": 100}, "quant_group_size must be one of"),
+    ({"quant_act_scales": "per_row"}, "quant_act_scales must be one of"),
+    ({"smooth_alpha": 1.5}, "smooth_alpha must be <= 1"),
+    ({"kv_cache_dtype": "int4"}, "kv_cache_dtype must be one of"),
     ({"engine": "tensorrtllm", "block_size": 24}, "power of two"),
     ({"engine": "tensorrtllm", "engine_instance_count": 2}, "must be 1 for tensorrtllm"),
     ({"engine": "tensorrtllm", "tp_size": 2, "gpu_device_ids": [0]}, "must name tp_size=2 GPUs"),

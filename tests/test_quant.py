@@ -265,3 +265,20 @@ def test_a_calibrated_kv_cache_runs_from_the_checkpoint_alone(tmp_path, tiny):
     ref = _engine(tiny).score(ids)
     diffs = [abs(a - b) for a, b in zip(engine.score(ids), ref, strict=True)]
     assert max(diffs) < 0.1
+
+
+def test_the_build_quantizes_once_and_reuses_while_nothing_changed(tmp_path, tiny):
+    from build.quantize import check_device, quantized_checkpoint
+    from build.settings import Settings
+
+    settings = Settings.from_dict({"quantization": "int8_wo", "artifacts": str(tmp_path / "art")})
+    said: list[str] = []
+    first = quantized_checkpoint(settings, tiny, said.append)
+    assert first.parent == (tmp_path / "art" / "quant").resolve() and read_quant_spec(first).weights == "int8_wo"
+    again = quantized_checkpoint(settings, tiny, said.append)
+    assert again == first and said[-1].endswith("is up to date")
+    plain = Settings.from_dict({"artifacts": str(tmp_path / "art")})
+    assert quantized_checkpoint(plain, tiny, said.append) == tiny  # nothing to quantize
+    assert check_device(QuantSpec(weights="fp8"), "cpu") is None  # the reference path runs anywhere
+    if not torch.cuda.is_available():
+        assert "compute capability" in check_device(QuantSpec(weights="fp8"), "cuda")
