@@ -1,6 +1,7 @@
 """The OpenAI-compatible API served beside Triton as `make serve` runs it: the supervisor starts
 tritonserver and `python -m qwen_triton.openai_api` on free ports (the fixture of the tests that drive
-the API's clients: the web demo, the terminal chat)."""
+the API's clients: the web demo, the terminal chat; and of those that drive tritonserver's own endpoints
+with the real model)."""
 from __future__ import annotations
 
 import time
@@ -18,9 +19,11 @@ from qwen_triton.runtime.supervisor import Supervisor, SupervisorConfig
 from qwen_triton.serving import contract as c
 from qwen_triton.wire import http_get
 
-# the settings of the one stack the API's tests share (conftest.openai_served): replies up to 256 tokens
-# (a stopped stream must be seen to stop short of them), a prompt window for multi-turn chats
-OPENAI_SETS = ("max_num_seqs=8", "max_output_len=256", "max_input_len=1024", "device=cpu")
+# the settings of the one real-model stack the test files share (conftest.openai_served: the API's, its
+# clients', tests/test_clients.py's and tests/test_real_served.py's): replies up to 256 tokens (a stopped
+# stream must be seen to stop short of them), a prompt window for multi-turn chats, 16 requests at once
+# (test_real_served.py sends 18 together: they share the engine's steps)
+OPENAI_SETS = ("max_num_seqs=16", "max_output_len=256", "max_input_len=1024", "device=cpu")
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 Unit tests need no server: request -> tensors mapping, SSE parsing (error events included), the HTTP
 client against a scripted in-process HTTP server, TextStream timing, the chat's history.
 
-The ``server`` tests build a model repository (default tiny random Qwen2: the replies are noise, but
-deterministic under greedy decoding, temperature 0) into a tmp dir with ``python -m build`` and start a
-real tritonserver on free ports.  They are skipped only when Triton is not installed (``make
-triton-install``).
+The ``server`` tests drive tritonserver's own endpoints of the session's served real default model
+(conftest.openai_served: built with ``python -m build`` and served on free ports; greedy decoding,
+temperature 0, makes its replies deterministic).  They are skipped only when Triton is not installed
+(``make triton-install``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from clients.response import flat_output, texts_of
 from clients.triton_client import INPUT_SPECS, REQUEST_FIELDS, RequestStats
 from qwen_triton import wire
 from qwen_triton.runtime.layout import is_installed
-from qwen_triton.runtime.server import TritonServer
 from qwen_triton.serving import contract as c
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,22 +301,10 @@ def test_cli_arguments():
 
 # ------------------------------------------------------------------------------------- a real server
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    work = tmp_path_factory.mktemp("clients-server")
-    repo = work / "model_repo"
-    build = subprocess.run(
-        [sys.executable, "-m", "build", "--model-repo", str(repo), "--artifacts", str(work / "artifacts"), "-q"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert build.returncode == 0, f"python -m build failed:\n{build.stdout}\n{build.stderr}"
-    # A cancelled ensemble request stays "in flight" forever in Triton 2.51 (even after the engine is done),
-    # so shutdown would wait the whole --exit-timeout-secs (30 s by default) for it.
-    srv = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
-                       log_file=work / "tritonserver.log", extra_args=["--exit-timeout-secs=3"])
-    srv.start_and_wait(timeout=120)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(openai_served):
+    """tritonserver of the session's served real default model (conftest.openai_served), driven through its
+    own HTTP and gRPC endpoints."""
+    return openai_served.supervisor.server
 
 
 GREEDY = {"max_tokens": 12, "temperature": 0.0}
@@ -403,7 +390,8 @@ class TestServer:
 
     def test_cancel_through_the_ensemble_frees_the_engine(self, server):
         client = GrpcClient(server.grpc_url)
-        stream = client.stream(GenerateRequest(text="Hello", max_tokens=400, min_tokens=400, temperature=0.0))
+        # the served build's max_output_len: a reply the CPU takes far longer than the test's 1.5 s to finish
+        stream = client.stream(GenerateRequest(text="Hello", max_tokens=256, min_tokens=256, temperature=0.0))
         next(stream)
         client.cancel()
         assert list(stream) == [] and stream.cancelled  # nothing after a cancel, even if buffered

@@ -30,8 +30,9 @@ SETS = ("max_num_seqs=8", "max_output_len=512", "max_input_len=256")
 
 
 @pytest.fixture(scope="module")
-def supervised(tmp_path_factory):
-    with supervised_stack(tmp_path_factory.mktemp("reliability"), SETS) as supervisor:
+def supervised(tmp_path_factory, random_checkpoint):
+    """A supervised server of this module's own: its tests kill its processes."""
+    with supervised_stack(tmp_path_factory.mktemp("reliability"), SETS, random_checkpoint.parent) as supervisor:
         yield supervisor
 
 
@@ -329,10 +330,10 @@ def test_hundreds_of_concurrent_streams_through_the_entry_models(supervised):
     assert scrape(supervised.server, c.METRIC_REQUESTS)["active"] == 0 and kv["free"] == kv["max"]
 
 
-def test_stopping_leaves_no_process_or_shared_memory(tmp_path):
+def test_stopping_leaves_no_process_or_shared_memory(tmp_path, random_checkpoint):
     """Finding 1's aftermath: a crashed tritonserver left its engine running with its /dev/shm files,
     and `make stop` left them. A stopped server leaves neither, even after a crash."""
-    repo = build_repo(tmp_path, sets=SETS)
+    repo = build_repo(tmp_path, sets=SETS, artifacts=random_checkpoint.parent)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, triton_dir=TRITON_DIR,
                           log_file=tmp_path / "triton.log", extra_args=["--exit-timeout-secs=5"])
     server.start_and_wait(180)
@@ -347,9 +348,9 @@ def test_stopping_leaves_no_process_or_shared_memory(tmp_path):
     assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
 
 
-def test_the_cli_runs_the_supervisor_and_stop_cleans_up(tmp_path):
+def test_the_cli_runs_the_supervisor_and_stop_cleans_up(tmp_path, random_checkpoint):
     """`make serve` / `make stop`: the background supervisor serves through the front; stop ends it all."""
-    repo = build_repo(tmp_path, sets=SETS)
+    repo = build_repo(tmp_path, sets=SETS, artifacts=random_checkpoint.parent)
     ports = [str(_free()) for _ in range(3)]
     pid_file = tmp_path / "server.pid"
     cli = [sys.executable, "-m", "qwen_triton.runtime", "--pid-file", str(pid_file)]

@@ -18,10 +18,11 @@ SETS = ("max_num_seqs=8", "max_input_len=512", "max_output_len=256", "num_kv_blo
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """Run the soak once (about 40 s) against a supervised server; its JSON report."""
+def report(tmp_path_factory, random_checkpoint):
+    """Run the soak once (about 40 s) against a supervised server of its own (its small KV pool); its JSON
+    report."""
     root = tmp_path_factory.mktemp("soak")
-    with supervised(root, SETS) as supervisor:
+    with supervised(root, SETS, random_checkpoint.parent) as supervisor:
         server, out = supervisor.server, root / "report.json"
         code = soak.main(["--http-port", str(supervisor.http_port), "--grpc-port", str(server.grpc_port),
                           "--metrics-port", str(server.metrics_port), "--server-pid", str(server.pid),
