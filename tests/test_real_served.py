@@ -7,7 +7,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from served import build_repo, grpc_stream, http_generate, http_stream, needs_triton, serve
+from served import grpc_stream, http_generate, http_stream, needs_triton
 
 from qwen_triton import EngineConfig, LLMEngine, SamplingParams
 from qwen_triton.chat import load_tokenizer
@@ -27,12 +27,9 @@ REQUESTS = {  # name -> (text_input, messages)
 
 
 @pytest.fixture(scope="module")
-def real_server(real_qwen, tmp_path_factory):
-    root = tmp_path_factory.mktemp("real-build")
-    repo = build_repo(root, model=str(real_qwen), sets=("max_num_seqs=16", "max_output_len=128",
-                                                        "max_input_len=512", "device=cpu"))
-    with serve(repo, root / "triton.log") as srv:
-        yield srv
+def real_server(openai_served):
+    """tritonserver of the session's served real default model (conftest.openai_served)."""
+    return openai_served.supervisor.server
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,9 @@ def expected(real_qwen):
     """Our engine's greedy reply to each request, decoded as postprocessing does."""
     tokenizer = load_tokenizer(real_qwen)
     pre = Preprocessor(tokenizer)
-    engine = LLMEngine(str(real_qwen), EngineConfig(device="cpu", dtype="float32", max_num_seqs=4))
+    # a context of 1024 tokens (the served build's prompt window) holds these: a KV pool of MBs, not GBs
+    engine = LLMEngine(str(real_qwen), EngineConfig(device="cpu", dtype="float32", max_num_seqs=4,
+                                                    max_model_len=1024))
     prompts = [pre(PreprocessRequest(text=t, messages=m, output_len=MAX_TOKENS)).input_ids
                for t, m in REQUESTS.values()]
     outs = engine.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0,
