@@ -192,6 +192,34 @@ def test_an_engine_that_goes_away_ends_every_waiting_request_and_comes_back(serv
         again.close()
 
 
+def test_a_reloaded_engine_takes_over_from_the_old_instance(service, prompt, tokenizer, tmp_path):
+    """Triton reloads a model by starting the new instance (same name: same pid file, same socket path)
+    before finalizing the old one; the old one's close must leave the new one's files in place."""
+    from qwen_triton.serving.engine_watch import release_pid_file
+
+    old = serve(service, tmp_path)
+    client = LinkClient(tmp_path, MODEL)
+    try:
+        assert text_of(client.call("before", streaming(prompt)), tokenizer) == [SCRIPTED_REPLY]
+        new = serve(service, tmp_path)  # binds the same path
+        pid_file = tmp_path / f"{MODEL}-{INSTANCE}.pid"
+        pid_file.write_text(str(os.getppid()))  # the new instance's process
+        old.close("the engine model is being unloaded")
+        release_pid_file(pid_file)  # the old instance's finalize
+        assert new.path.exists() and pid_file.exists()
+        # the client learns its old connection ended, then finds the new instance at the same path
+        assert wait_for(lambda: text_of(client.call("after", streaming(prompt)), tokenizer) == [SCRIPTED_REPLY])
+        assert new.connections() >= 1
+    finally:
+        client.close()
+        new.close()
+    release_pid_file(pid_file)
+    assert pid_file.exists()  # not this process's pid: left alone
+    pid_file.write_text(str(os.getpid()))
+    release_pid_file(pid_file)
+    assert not pid_file.exists()
+
+
 def test_an_engine_that_dies_is_named_dead(tmp_path):
     """An engine process that dies ends its connections without a word (unlike close): 'died'."""
     path = w.link_path(tmp_path, MODEL, INSTANCE)

@@ -42,6 +42,16 @@ def write_pid_file(directory: Path, model: str, instance: str) -> Path:
     return path
 
 
+def release_pid_file(path: Path) -> None:
+    """Remove this process's pid file, unless another process has taken it over: a model reloaded by
+    Triton starts its new instance (same name, same file) before it finalizes the old one."""
+    try:
+        if int(path.read_text().strip() or 0) == os.getpid():
+            path.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
 def announce_process(args: dict) -> Path:
     """Record this process as an instance of a model, from the `args` of Triton's initialize (the model's
     finalize removes the returned file), and have a fatal signal print every thread's Python stack to

@@ -25,7 +25,7 @@ from ..errors import QwenTritonError
 from . import bls
 from . import contract as c
 from .engine_calls import BlsEngine, Failure, LinkEngine
-from .engine_watch import EngineWatch, announce_process, run_dir
+from .engine_watch import EngineWatch, announce_process, release_pid_file, run_dir
 from .link_client import LinkClient
 from .preprocess import Preprocessor
 from .triton_io import CancelGuard, as_bool, error_code, model_parameters, read_inputs, resolve_path, triton_error
@@ -91,7 +91,7 @@ class EntryModel:
 
     def finalize(self) -> None:
         self.stopping.set()
-        self.pid_file.unlink(missing_ok=True)
+        release_pid_file(self.pid_file)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
 

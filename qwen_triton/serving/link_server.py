@@ -76,6 +76,7 @@ class LinkServer:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
         os.chmod(self.path, 0o600)  # before listen(): nobody else ever connects
+        self._inode = self.path.stat().st_ino  # ours, until a reloaded instance binds the same path
         self._listener.listen(64)
         self._lock = threading.Lock()
         self._connections: dict[int, _Connection] = {}
@@ -103,7 +104,11 @@ class LinkServer:
             conn.shut(reason)
         for conn in connections:  # their requests are aborted before the service is shut down
             conn.reader.join(timeout=5)
-        self.path.unlink(missing_ok=True)
+        try:  # a new instance of a reloaded model may already serve at this path: leave its socket
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
 
     def _accept_loop(self) -> None:
         while not self._closing:

@@ -5,7 +5,7 @@ Thin: tensors in and out; the logic is qwen_triton.serving.postprocess.
 import triton_python_backend_utils as pb_utils
 
 from qwen_triton.serving import contract as c
-from qwen_triton.serving.engine_watch import announce_process
+from qwen_triton.serving.engine_watch import announce_process, release_pid_file
 from qwen_triton.serving.postprocess import Postprocessor, postprocess_arrays
 from qwen_triton.serving.triton_io import as_bool, model_parameters, resolve_path, respond
 
@@ -24,4 +24,4 @@ class TritonPythonModel:
         return postprocess_arrays(self.post, inputs)
 
     def finalize(self):
-        self.pid_file.unlink(missing_ok=True)
+        release_pid_file(self.pid_file)

@@ -20,7 +20,7 @@ from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
 from qwen_triton.serving.engine_request import is_stop_request, wants_ack
 from qwen_triton.serving.engine_service import EngineService, ServiceOptions
-from qwen_triton.serving.engine_watch import announce_process, run_dir
+from qwen_triton.serving.engine_watch import announce_process, release_pid_file, run_dir
 from qwen_triton.serving.link_server import LinkServer
 from qwen_triton.serving.link_wire import link_path
 from qwen_triton.serving.triton_io import (
@@ -78,7 +78,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.stopping = True
-        self.pid_file.unlink(missing_ok=True)
+        release_pid_file(self.pid_file)
         self.link.close()
         self.service.shutdown()
 
