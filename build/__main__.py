@@ -116,33 +116,43 @@ def validate_checkpoint(path: Path, settings: Settings) -> dict:
             "eos_ids": tokenizer.eos_ids}
 
 
+class _Failed(Exception):
+    """A checkpoint the build cannot use, with the reason."""
+
+
+def _checkpoint(settings: Settings, say) -> tuple[Path, dict]:
+    """The checkpoint the engine will load (resolved, checked, quantized when asked) and its facts."""
+    from qwen_triton.errors import QwenTritonError
+    from qwen_triton.quant.spec import QuantSpecError
+
+    from .model_source import resolve_model
+    from .quantize import QuantizeError, quantized_checkpoint
+
+    try:
+        source = resolve_model(settings.paths.model, Path(settings.paths.artifacts), say=say)
+    except RuntimeError as exc:
+        raise _Failed(str(exc)) from None
+    say(f"checkpoint: {source.checkpoint} ({source.note})")
+    try:
+        info = validate_checkpoint(source.checkpoint, settings)
+    except ValueError as exc:
+        raise _Failed(str(exc)) from None
+    try:
+        return quantized_checkpoint(settings, source.checkpoint, say), info
+    except (QuantizeError, QuantSpecError, QwenTritonError) as exc:
+        raise _Failed(f"quantization={settings.quant.quantization}: {exc}") from None
+
+
 def _build(settings: Settings, quiet: bool) -> int:
     say = (lambda *a: None) if quiet else print
     started = time.monotonic()
     for name in settings.ignored():
         print(f"warning: {name} is set but not used by engine={settings.engine}", file=sys.stderr)
 
-    from .model_source import resolve_model
-
     try:
-        source = resolve_model(settings.paths.model, Path(settings.paths.artifacts), say=say)
-    except RuntimeError as exc:
+        checkpoint, info = _checkpoint(settings, say)
+    except _Failed as exc:
         return _fail(str(exc))
-    checkpoint = source.checkpoint
-    say(f"checkpoint: {checkpoint} ({source.note})")
-    try:
-        info = validate_checkpoint(checkpoint, settings)
-    except ValueError as exc:
-        return _fail(str(exc))
-    from qwen_triton.errors import QwenTritonError
-    from qwen_triton.quant.spec import QuantSpecError
-
-    from .quantize import QuantizeError, quantized_checkpoint
-
-    try:
-        checkpoint = quantized_checkpoint(settings, checkpoint, say)
-    except (QuantizeError, QuantSpecError, QwenTritonError) as exc:
-        return _fail(f"quantization={settings.quant.quantization}: {exc}")
 
     from .paths import BuildPaths
     from .render import BuildError
