@@ -22,7 +22,9 @@ from qwen_triton.quant.linear import linear_class
 from qwen_triton.quant.smooth import smooth_model
 from qwen_triton.quant.spec import QUANT_FILE, QuantSpec, QuantSpecError, canonical_mode, read_quant_spec
 
-CPU = EngineConfig(device="cpu", dtype="float32", enforce_eager=True, max_num_batched_tokens=256)
+# a small KV pool (4 x 512 tokens): many engines live in one test process
+CPU = EngineConfig(device="cpu", dtype="float32", enforce_eager=True, max_num_batched_tokens=256, max_num_seqs=4,
+                   max_model_len=512)
 
 
 def _engine(path) -> LLMEngine:

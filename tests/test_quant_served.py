@@ -71,7 +71,8 @@ def published(stack):
 
 def _expected(checkpoint: Path, prompt: str) -> str:
     tokenizer = load_tokenizer(str(checkpoint))
-    engine = LLMEngine(str(checkpoint), EngineConfig(device="cpu", dtype="float32", enforce_eager=True))
+    engine = LLMEngine(str(checkpoint), EngineConfig(device="cpu", dtype="float32", enforce_eager=True,
+                                                               max_num_seqs=1, max_model_len=512))
     out = engine.generate([tokenizer.encode(prompt)], SamplingParams(
         max_tokens=MAX_TOKENS, temperature=0.0, end_ids=tuple(tokenizer.eos_ids)))[0]
     return Postprocessor(tokenizer).decode(out)

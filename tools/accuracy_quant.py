@@ -67,6 +67,9 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="EngineConfig field for both sides, e.g. max_num_batched_tokens=128: perplexity windows "
+                        "then run in chunks, so the later chunks read the (quantized) KV cache")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,8 @@ def main() -> int:
         acc_args = accuracy.build_parser().parse_args([
             "--model", str(dst), "--reference", str(args.model), "--max-new-tokens", str(args.max_new_tokens),
             "--threads", str(args.threads), "--reference-cache", str(args.out / "reference-cache.json"),
-            *(["--limit", str(args.limit)] if args.limit else [])])
+            *(["--limit", str(args.limit)] if args.limit else []),
+            *[f"--set={kv}" for kv in args.settings], *[f"--reference-set={kv}" for kv in args.settings]])
         report = accuracy.evaluate(acc_args)
         report["quant_spec"], report["build_seconds"] = spec.to_json(), build_s
         (args.out / f"{name}.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -112,11 +112,17 @@ def _storage_dtype(src: Path) -> torch.dtype:
     return torch.float32
 
 
+CALIBRATION_LEN = 2048  # longest calibration sequence (the set's longest is 638 tokens): a small KV pool
+
+
 def _engine(path: Path):
+    """Our engine on `path` in float32 on the CPU, one sequence of at most CALIBRATION_LEN tokens."""
     from ..config import EngineConfig
     from ..engine import LLMEngine
+    from ..models import load_model_config
 
-    return LLMEngine(str(path), EngineConfig(device="cpu", dtype="float32", max_num_seqs=1,
+    length = min(CALIBRATION_LEN, load_model_config(path).max_position)
+    return LLMEngine(str(path), EngineConfig(device="cpu", dtype="float32", max_num_seqs=1, max_model_len=length,
                                              max_num_batched_tokens=1024, enforce_eager=True))
 
 
