@@ -4,8 +4,9 @@ engine of the same run) and the fixed runs of --quant-fixed (output tok/s), with
 
 A mode is MODE[/key=value...]: MODE a weights mode of qwen_triton.quant.spec (none: bf16 weights), keys
 g (int4 group size), w (weight scales: per_channel, per_tensor), a (activation scales: per_token,
-per_tensor), head=int8 (the LM head int8 too) and kv (the KV cache: int8, fp8; else --kv-cache-dtype).
-E.g. int8_wo/head=int8, int4_wo/g=64, fp8/kv=fp8, none/kv=int8.
+per_tensor), head=int8 (the LM head int8 too), ao=1 (GPTQ's act-order: a permutation of each layer's
+inputs, as gptq imports of desc_act checkpoints run; gptq and awq otherwise run int4_wo's kernels) and
+kv (the KV cache: int8, fp8; else --kv-cache-dtype). E.g. int8_wo/head=int8, int4_wo/g=64, fp8/kv=fp8, none/kv=int8.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from qwen_triton.models.loader import write_random_checkpoint
 from qwen_triton.quant.spec import QuantSpec, write_quant_spec
 from tools.benchmark import engine_batch1, engine_config, engine_run, parse_fixed, random_prompts
 
-_KEYS = {"g": "group_size", "w": "weight_scales", "a": "act_scales", "head": "lm_head"}
+_KEYS = {"g": "group_size", "w": "weight_scales", "a": "act_scales", "head": "lm_head", "ao": "act_order"}
 
 
 def parse_mode(text: str) -> tuple[QuantSpec, str | None]:
@@ -32,9 +33,10 @@ def parse_mode(text: str) -> tuple[QuantSpec, str | None]:
         if key == "kv":
             kv = value
         elif key in _KEYS:
-            values[_KEYS[key]] = int(value) if key == "g" else value == "int8" if key == "head" else value
+            values[_KEYS[key]] = (int(value) if key == "g" else value == "int8" if key == "head"
+                                  else value == "1" if key == "ao" else value)
         else:
-            raise SystemExit(f"--quant {text!r}: unknown key {key!r} (g, w, a, head, kv)")
+            raise SystemExit(f"--quant {text!r}: unknown key {key!r} (g, w, a, head, ao, kv)")
     return QuantSpec(**values), kv
 
 
