@@ -92,7 +92,10 @@ def check_calibrated_scales(scales: list[torch.Tensor]) -> None:
 
 def row_scales(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Dynamic scales of rows x [..., D]: absmax / qmax, float32 [...]."""
-    return x.float().abs().amax(dim=-1) / QMAX[dtype]
+    amax = x.float().abs().amax(dim=-1)
+    # tensor / tensor: correctly rounded on CUDA too (a tensor / Python scalar there is a multiplication by
+    # the reciprocal, which differs in the last bit from the Triton kernel's div_rn)
+    return amax / torch.full_like(amax, QMAX[dtype])
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
