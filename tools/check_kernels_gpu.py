@@ -14,7 +14,6 @@ Exits non-zero when a check fails. The CPU twin is tests/test_kernels.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from qwen_triton.kernels.paged_attention import (
     paged_decode_attention_reference,
 )
 from qwen_triton.models import layers
+from tools.check_kv_quant_gpu import report
 from tools.check_kv_quant_gpu import run_checks as run_kv_quant_checks
 from tools.check_kv_quant_gpu import time_decode as time_kv_quant_decode
 
@@ -317,14 +317,7 @@ def main() -> int:
     if not args.skip_engine:
         check_engine()
     timings = {} if args.skip_timing else time_kernels(num_sms)
-    failed = [r["check"] for r in RESULTS if not r["ok"]]
-    print(f"\n{len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
-    for name in failed:
-        print(f"  FAILED: {name}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "checks": RESULTS, "timings": timings}, f, indent=1)
-    return 1 if failed else 0
+    return report(RESULTS, timings, args.json)
 
 
 if __name__ == "__main__":

@@ -189,13 +189,18 @@ def main() -> int:
     print(f"device: {torch.cuda.get_device_name()}, {num_sms} SMs, torch {torch.__version__}", flush=True)
     run_checks(check, num_sms)
     timings = {} if args.skip_timing else time_decode(graph_us, copy_bandwidth(), num_sms)
-    failed = [r["check"] for r in RESULTS if not r["ok"]]
-    print(f"\n{len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
+    return report(RESULTS, timings, args.json)
+
+
+def report(results: list[dict], timings: dict, json_path: str | None) -> int:
+    """Print the passed / failed count and each failure, write the JSON report; the exit status."""
+    failed = [r["check"] for r in results if not r["ok"]]
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed", flush=True)
     for name in failed:
         print(f"  FAILED: {name}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "checks": RESULTS, "timings": timings}, f, indent=1)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "checks": results, "timings": timings}, f, indent=1)
     return 1 if failed else 0
 
 
