@@ -38,8 +38,9 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # -- safetensors ---------------------------------------------------------------
 
 
-def _tensor_files(path: str) -> dict[str, str]:
-    """Checkpoint tensor name -> the safetensors file holding it."""
+def tensor_files(path: str) -> dict[str, str]:
+    """Checkpoint tensor name -> the safetensors file holding it (model.safetensors, or the shards of its
+    index); CheckpointError naming the folder when there are none (or only pickle files)."""
     index_path = os.path.join(path, SAFETENSORS_INDEX_FILE)
     single_path = os.path.join(path, SAFETENSORS_FILE)
     if os.path.exists(index_path):
@@ -48,7 +49,7 @@ def _tensor_files(path: str) -> dict[str, str]:
             raise CheckpointError(f"{index_path}: no 'weight_map' object")
         return {name: os.path.join(path, file) for name, file in weight_map.items()}
     if os.path.exists(single_path):
-        with _open_safetensors(single_path) as f:
+        with open_safetensors(single_path) as f:
             return dict.fromkeys(f.keys(), single_path)  # safe_open is not iterable
     if any(f.startswith("pytorch_model") and f.endswith(".bin") for f in os.listdir(path)):
         raise CheckpointError(
@@ -58,7 +59,8 @@ def _tensor_files(path: str) -> dict[str, str]:
     raise CheckpointError(f"{path}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE}")
 
 
-def _open_safetensors(file: str):
+def open_safetensors(file: str):
+    """safe_open on the CPU, its errors as CheckpointError naming the file."""
     if not os.path.exists(file):
         raise CheckpointError(f"{file}: safetensors file not found")
     try:
@@ -144,7 +146,7 @@ def load_model(
 def _fill_from_checkpoint(model: DecoderForCausalLM, config: ModelConfig, path: str) -> None:
     """Our parameters from a Hugging Face checkpoint's tensors, through the arch's weight map."""
     weight_map = arch_spec(config.arch, path).weight_names(config)
-    files = _tensor_files(path)
+    files = tensor_files(path)
     _check_names(weight_map, files, path)
     params = dict(model.named_parameters())
     if params.keys() != weight_map.keys():  # a bug in a weight map, not in the checkpoint
@@ -153,7 +155,7 @@ def _fill_from_checkpoint(model: DecoderForCausalLM, config: ModelConfig, path: 
     with ExitStack() as stack:
         handles = {}
         for file in sorted({files[n] for names in weight_map.values() for n in names}):
-            handles[file] = stack.enter_context(_open_safetensors(file))
+            handles[file] = stack.enter_context(open_safetensors(file))
         for ours, names in weight_map.items():
             try:
                 parts = [(n, handles[files[n]].get_tensor(n)) for n in names]
@@ -167,7 +169,7 @@ def _fill_quantized(model: DecoderForCausalLM, path: str) -> None:
     the calibrated KV-cache scales (layers.{i}.self_attn.kv_scale) when the build wrote them."""
     state = model.state_dict()
     state.update({f"layers.{i}.self_attn.kv_scale": layer.self_attn.kv_scale for i, layer in enumerate(model.layers)})
-    files = _tensor_files(path)
+    files = tensor_files(path)
     kv_names = {n for n in state if n.endswith(KV_SCALE_SUFFIX)}
     state = {n: t for n, t in state.items() if n not in kv_names or n in files}
     missing = sorted(state.keys() - files.keys())
@@ -177,7 +179,7 @@ def _fill_quantized(model: DecoderForCausalLM, path: str) -> None:
                               f"(missing: {_listed(missing) or '-'}; unexpected: {_listed(unexpected) or '-'}); "
                               "rebuild it with `python -m build`")
     with ExitStack() as stack:
-        handles = {f: stack.enter_context(_open_safetensors(f)) for f in sorted(set(files.values()))}
+        handles = {f: stack.enter_context(open_safetensors(f)) for f in sorted(set(files.values()))}
         for name, target in state.items():
             tensor = handles[files[name]].get_tensor(name)
             if tuple(tensor.shape) != tuple(target.shape):

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..attention import AttentionMetadata
-from .linear import QuantLinear
 
 LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
@@ -80,7 +79,3 @@ def _absmax_hook(table: dict[str, torch.Tensor], key: str):
         amax = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float().cpu()  # [in_features]
         table[key] = amax if key not in table else torch.maximum(table[key], amax)
     return hook
-
-
-def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, QuantLinear))

@@ -57,7 +57,7 @@ def quantize_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, spec: Qu
         state = import_checkpoint(src, config, spec.weights)
         if spec.lm_head:  # the imported head is float: ours in int8
             state.update({f"lm_head.{k}": v for k, v in quantize_int8(state.pop("lm_head.weight")).items()})
-        _save(state, dst, weights_spec, config)
+        _save(state, dst, weights_spec)
     else:
         _quantize_float(src, dst, config, weights_spec, say)
     if spec.kv_cache != "auto":
@@ -148,7 +148,7 @@ def _quantize_float(src: Path, dst: Path, config, spec: QuantSpec, say: Callable
         act_absmax = stats.act_absmax
         if spec.weights == "w8a8":
             act_absmax = smooth_model(model, stats, spec.smooth_alpha)
-    _save(_quantized_state(model, config, spec, act_absmax), dst, spec, config, _storage_dtype(src))
+    _save(_quantized_state(model, config, spec, act_absmax), dst, spec, _storage_dtype(src))
 
 
 def _quantized_state(model, config, spec: QuantSpec, act_absmax: dict[str, torch.Tensor]
@@ -173,10 +173,8 @@ def _quantized_state(model, config, spec: QuantSpec, act_absmax: dict[str, torch
     return skeleton.state_dict()
 
 
-def _save(state: dict[str, torch.Tensor], dst: Path, spec: QuantSpec, config,
-          storage: torch.dtype = torch.float32) -> None:
+def _save(state: dict[str, torch.Tensor], dst: Path, spec: QuantSpec, storage: torch.dtype = torch.float32) -> None:
     """Write `state` (float tensors cast to `storage`, quantized ones as they are) and the spec."""
-    del config
     out = {}
     for name, tensor in state.items():
         if tensor.dtype.is_floating_point and tensor.dtype != torch.float8_e4m3fn and not _is_quant_scale(name):

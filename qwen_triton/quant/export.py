@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..models.archs import CONFIG_FILE, read_json
-from ..models.loader import _open_safetensors, _tensor_files
+from ..models.loader import open_safetensors, tensor_files
 from .published import Int4Weight, pack_awq, pack_gptq
 
 MODEL_FILE = "model.safetensors"
@@ -60,13 +60,13 @@ def write_published_checkpoint(dst: str | os.PathLike, src: str | os.PathLike, l
     fmt = quant_config.get("checkpoint_format", "gptq")
     overrides = overrides or {}
     out: dict[str, torch.Tensor] = {}
-    files = _tensor_files(str(src))
+    files = tensor_files(str(src))
     replaced = {f"{m}.weight" for m in layers}
     missing = sorted((replaced | set(overrides)) - files.keys())
     if missing:
         raise ValueError(f"{src}: no tensors {missing}")
     with ExitStack() as stack:
-        handles = {f: stack.enter_context(_open_safetensors(f)) for f in sorted(set(files.values()))}
+        handles = {f: stack.enter_context(open_safetensors(f)) for f in sorted(set(files.values()))}
         for name, file in files.items():
             if name in replaced:
                 continue

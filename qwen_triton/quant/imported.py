@@ -23,7 +23,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..models.archs import CONFIG_FILE, arch_spec, load_model_config, read_json
-from ..models.loader import _open_safetensors, _tensor_files
+from ..models.loader import open_safetensors, tensor_files
 from .published import (
     Int4Weight,
     PublishedFormatError,
@@ -144,8 +144,8 @@ class _Tensors:
 
     def __init__(self, path: str, stack: ExitStack):
         self.path = path
-        self.files = _tensor_files(path)
-        self.handles = {f: stack.enter_context(_open_safetensors(f)) for f in sorted(set(self.files.values()))}
+        self.files = tensor_files(path)
+        self.handles = {f: stack.enter_context(open_safetensors(f)) for f in sorted(set(self.files.values()))}
         self.used: set[str] = set()
 
     def has(self, name: str) -> bool:
