@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml tools/install_torch.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	tools/install_torch.sh $(PY)
-	$(PY) -m pip install -q -e '.[build,client,loadtest,test,demo]'
+	$(PY) -m pip install -q -e '.[build,client,loadtest,test,demo,deploy]'
 	touch $@
 
 build-engine: install
