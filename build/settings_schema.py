@@ -128,7 +128,6 @@ class TrtllmSettings(_Group):
     batch_scheduler_policy: str = _field("guaranteed_no_evict", "inflight batch scheduler",
                                          choices=SCHEDULER_POLICIES)
     enable_chunked_context: bool = _field(True, "split long prompts over steps (needs paged context FMHA)")
-    enable_kv_cache_reuse: bool = _field(False, "reuse KV blocks of shared prompt prefixes (system prompt)")
     gpu_device_ids: tuple[int, ...] = _field((), "GPUs of the engine instance, e.g. 0,1 (empty: all visible)",
                                              ids=True)
     tp_size: int = _field(1, "tensor-parallel GPUs (convert_checkpoint.py --tp_size; serve with mpirun)", min=1)

@@ -149,6 +149,10 @@ class EngineConfig:
         "dynamic", "scales of an int8/fp8 KV cache: dynamic (one per token and KV head, computed as it is "
                    "written; any checkpoint) or calibrated (one K and one V scale per layer from the build)",
         trtllm="calibrated only: quantize.py's kv_cache_scaling_factor per layer", choices=KV_CACHE_SCALES)
+    enable_prefix_caching: bool = setting(
+        True, "reuse the KV blocks of prompt prefixes computed before (chat history, shared system prompts)",
+        trtllm="enable_kv_cache_reuse (with trtllm-build --use_paged_context_fmha enable)",
+        trtllm_param="enable_kv_cache_reuse")
     max_model_len: int | None = setting(
         None, "prompt plus output tokens per sequence; None: the model's own context",
         trtllm="trtllm-build --max_seq_len", build=DERIVED, min=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import operator
 import random
 import time
@@ -51,7 +52,7 @@ class LLMEngine:
         self.model_config: ModelConfig = load_model_config(model_path)
         self.max_model_len = self._max_model_len()
         self.runner = ModelRunner(model_path, self.model_config, self.config, self.max_model_len)
-        blocks = BlockManager(self.runner.num_blocks, self.config.block_size)
+        blocks = BlockManager(self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(blocks, self.config.max_num_seqs,
                                    self.config.max_num_batched_tokens, self.max_model_len)
         self._arrivals = itertools.count()
@@ -129,9 +130,19 @@ class LLMEngine:
         arrival = now if arrival_time_ns is None else min(arrival_time_ns, now)
         guide = params.guided_decoding
         grammar = self.guided.start(guide, params.end_ids) if guide is not None else None
-        self.scheduler.add(Sequence(request_id, prompt, params, seed, next(self._arrivals),
-                                    arrival_time_ns=arrival, grammar=grammar))
+        self.scheduler.add(Sequence(request_id, prompt, params, seed, next(self._arrivals), arrival_time_ns=arrival,
+                                    grammar=grammar, cache_salt=self._cache_salt(len(prompt))))
         self._num_admitted += 1
+
+    def _cache_salt(self, prompt_len: int) -> int:
+        """What besides its tokens shapes a sequence's K/V: under the original Qwen's dynamic NTK, the RoPE
+        base of every position depends on the prompt length through alpha (models/decoder.py
+        qwen_ntk_alpha: 1 up to seq_length, 3 up to twice it, ...), so prefixes are shared only at equal
+        alpha. 0 for every other model."""
+        m = self.model_config
+        if not m.dynamic_ntk or prompt_len <= m.seq_length:
+            return 0
+        return 2 ** math.ceil(math.log2(prompt_len / m.seq_length) + 1) - 1
 
     def abort_request(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; its final output comes
@@ -229,7 +240,9 @@ class LLMEngine:
             max_running_seen=s.max_running_seen, num_generated_tokens=self._num_generated,
             num_admitted=self._num_admitted, num_finished=self._ended["stop"] + self._ended["length"],
             num_aborted=self._ended["abort"], num_failed=self._ended["error"],
-            num_prefilling=sum(1 for seq in list(s.running) if seq.num_computed_tokens < seq.num_prompt_tokens))
+            num_prefilling=sum(1 for seq in list(s.running) if seq.num_computed_tokens < seq.num_prompt_tokens),
+            prefix_cache_queries=s.prefix_cache_queries, prefix_cache_hits=s.prefix_cache_hits,
+            num_cached_blocks=s.blocks.num_cached_blocks)
 
 
 def _load_tokenizer(model_path: str) -> Tokenizer:

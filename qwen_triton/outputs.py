@@ -125,3 +125,7 @@ class EngineStats:
     num_finished: int = 0
     num_aborted: int = 0
     num_failed: int = 0
+    # automatic prefix caching, in prompt tokens (vLLM's prefix_cache_queries / _hits): hit rate = hits / queries
+    prefix_cache_queries: int = 0  # prompt tokens of sequences admitted (a recompute after preemption too)
+    prefix_cache_hits: int = 0  # of those, tokens whose KV came from cached blocks
+    num_cached_blocks: int = 0  # free blocks still holding a reusable prefix (evicted LRU when needed)

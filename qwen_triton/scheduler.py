@@ -7,6 +7,14 @@ sequence slots and KV blocks last. When a running sequence needs a block and
 none is free, the newest running sequence is preempted: its blocks are freed
 and it waits, first in line, to be recomputed from its tokens.
 
+With prefix caching on (BlockManager.caching), a sequence joining the batch
+first takes the cached blocks that hold its leading full blocks of tokens and
+starts computing after them; the block holding its last token is always
+computed, so the step has that token's logits to sample from. Each block that
+fills with computed tokens is registered for later sequences (a finished chat
+turn leaves its history for the next turn; a preempted sequence finds its own
+blocks again unless they were evicted).
+
 `update` also hands each request what it asked for besides tokens: context
 logits (collected per sequence, delivered once with the first token),
 generation logits and RequestMetrics.
@@ -87,6 +95,8 @@ class Scheduler:
         self.requests: dict[str, Sequence] = {}
         self.num_preemptions = 0
         self.max_running_seen = 0
+        self.prefix_cache_queries = 0  # tokens of admitted sequences
+        self.prefix_cache_hits = 0  # of those, tokens found in cached blocks
 
     # -- requests in and out -------------------------------------------------
 
@@ -150,6 +160,7 @@ class Scheduler:
             if seq is None:
                 continue  # finished by an abort during the step
             seq.num_computed_tokens += s.num_tokens
+            self._register_full_blocks(seq)
             if context_logits and s.request_id in context_logits:
                 seq.add_context_logits(context_logits[s.request_id])
             tok = sampled.get(s.request_id)
@@ -184,9 +195,15 @@ class Scheduler:
     def _admit_waiting(self, budget: int, scheduled: list[ScheduledSeq]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            reused = self._reuse_prefix(seq)
             n = min(seq.num_uncomputed_tokens, budget)
             if not self._grow(seq, seq.num_computed_tokens + n):
+                self._release(seq)  # gives back the cached blocks it took
+                seq.num_computed_tokens = 0
                 break  # first come, first served: nobody overtakes the head
+            self.prefix_cache_queries += seq.num_tokens
+            self.prefix_cache_hits += reused * self.blocks.block_size
+            seq.num_reused_blocks += reused
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
@@ -202,6 +219,31 @@ class Scheduler:
         seq.record_blocks(len(seq.block_table) - held)
         return True
 
+    def _reuse_prefix(self, seq: Sequence) -> int:
+        """Start `seq` (holding no blocks) on the cached blocks of its leading full blocks, short of the
+        block holding its last token, and return how many it took. Requests for context logits compute
+        every position."""
+        if not self.blocks.caching or seq.params.return_context_logits:
+            return 0
+        size = self.blocks.block_size
+        found = self.blocks.match(seq.keys_for_blocks((seq.num_tokens - 1) // size, size))
+        self.blocks.take(found)
+        seq.block_table = found
+        seq.num_registered_blocks = len(found)
+        seq.num_computed_tokens = len(found) * size
+        return len(found)
+
+    def _register_full_blocks(self, seq: Sequence) -> None:
+        """Register the blocks of `seq` that its computed tokens have filled since the last call."""
+        size = self.blocks.block_size
+        full = seq.num_computed_tokens // size
+        if not self.blocks.caching or full <= seq.num_registered_blocks:
+            return
+        keys = seq.keys_for_blocks(full, size)
+        for i in range(seq.num_registered_blocks, full):
+            self.blocks.register(seq.block_table[i], keys[i])
+        seq.num_registered_blocks = full
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self._release(seq)
@@ -212,8 +254,9 @@ class Scheduler:
         self.num_preemptions += 1
 
     def _release(self, seq: Sequence) -> None:
-        self.blocks.free(seq.block_table)
+        self.blocks.free(seq.block_table[::-1])  # tail first: its deepest cached blocks are evicted first
         seq.block_table = []
+        seq.num_registered_blocks = 0
 
 
 def _view(seq: Sequence, n: int) -> ScheduledSeq:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .block_manager import chain_keys
 from .outputs import RequestMetrics
 from .sampling_params import SamplingParams
 
@@ -69,6 +70,13 @@ class Sequence:
     context_taken: bool = False
     grammar: GrammarState | None = None
     error: str | None = None  # why it ended with FinishReason.ERROR
+    # prefix caching (block_manager.py): what besides the tokens shapes its K/V (the original Qwen's dynamic
+    # NTK alpha, a function of the prompt length), the keys of its full blocks (computed once: tokens only
+    # grow), how many leading blocks of block_table are registered, and blocks it took from the cache
+    cache_salt: int = 0
+    block_keys: list[bytes] = field(default_factory=list)
+    num_registered_blocks: int = 0
+    num_reused_blocks: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -143,8 +151,17 @@ class Sequence:
         return RequestMetrics(
             arrival_time_ns=self.arrival_time_ns, first_scheduled_time_ns=self.first_scheduled_time_ns,
             first_token_time_ns=self.first_token_time_ns, last_token_time_ns=self.last_token_time_ns,
-            kv_new_blocks=self.num_new_blocks, kv_reused_blocks=0,  # no prefix cache yet
+            kv_new_blocks=self.num_new_blocks, kv_reused_blocks=self.num_reused_blocks,
             kv_total_blocks=self.max_blocks)
+
+    def keys_for_blocks(self, num_blocks: int, block_size: int) -> list[bytes]:
+        """The prefix-cache keys of its first `num_blocks` full blocks (extending `block_keys` as needed)."""
+        have = len(self.block_keys)
+        if num_blocks > have:
+            parent = self.block_keys[-1] if have else None
+            tokens = self.token_slice(have * block_size, num_blocks * block_size)
+            self.block_keys += chain_keys(parent, tokens, block_size, self.cache_salt)
+        return self.block_keys[:num_blocks]
 
     def context_positions(self, start: int, stop: int) -> range:
         """Prompt positions in [start, stop) whose logits the request still needs:

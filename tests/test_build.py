@@ -403,7 +403,7 @@ def test_overrides_file_and_flags(tmp_path):
                              "kv_cache_free_gpu_mem_fraction=0.5", "enable_kv_cache_reuse=true"])
     assert (s.engine, s.limits.max_num_seqs, s.trtllm.gpu_device_ids, s.trtllm.tp_size) == \
         ("tensorrtllm", 4, (2, 3), 2)
-    assert s.limits.kv_cache_memory_fraction == 0.5 and s.trtllm.enable_kv_cache_reuse is True
+    assert s.limits.kv_cache_memory_fraction == 0.5 and s.limits.enable_prefix_caching is True
     with pytest.raises(SettingsError, match="max_num_seqs must be an integer"):
         load_settings(None, ["max_num_seqs=many"])
     bad = tmp_path / "bad.json"
@@ -416,7 +416,7 @@ def test_overrides_file_and_flags(tmp_path):
 
 
 def test_ignored_settings_are_reported():
-    assert Settings.from_dict({"enable_kv_cache_reuse": True}).ignored() == ["enable_kv_cache_reuse"]
+    assert Settings.from_dict({"batch_scheduler_policy": "max_utilization"}).ignored() == ["batch_scheduler_policy"]
     assert Settings.from_dict({"engine": "tensorrtllm", "kv_cache_max_bytes": 1 << 20}).ignored() == \
         ["kv_cache_max_bytes"]
 
