@@ -20,7 +20,7 @@ from qwen_triton.serving import contract as c
 from qwen_triton.serving.contract import TensorSpec
 
 from .settings import Settings
-from .trtllm_release import TRTLLM_IMAGE, TRTLLM_VERSION, examples_check, preflight
+from .trtllm_release import TRTLLM_IMAGE, TRTLLM_REPO, TRTLLM_VERSION, examples_check, preflight
 
 BACKEND = "tensorrtllm"
 GPT_MODEL_TYPE = "inflight_fused_batching"
@@ -221,12 +221,12 @@ def build_script(settings: Settings, *, arch: str, checkpoint: Path, engine_dir:
         + "set -eo pipefail\n"
         + cd
         + 'if [ -z "$TRTLLM_EXAMPLES" ]; then\n'
-        '    echo "set TRTLLM_EXAMPLES to the examples/ folder of TensorRT-LLM (git clone -b <release> '
-        'https://github.com/NVIDIA/TensorRT-LLM)" >&2\n'
+        f'    echo "set TRTLLM_EXAMPLES to the examples/ folder of TensorRT-LLM (git clone -b v{TRTLLM_VERSION} '
+        f'{TRTLLM_REPO})" >&2\n'
         "    exit 2\n"
         "fi\n"
         + preflight()
-        f"CHECKPOINT={shlex.quote(_script_path(checkpoint, root))}\n"
+        + f"CHECKPOINT={shlex.quote(_script_path(checkpoint, root))}\n"
         f"TRTLLM_CHECKPOINT={shlex.quote(_script_path(script_dir / 'checkpoint', root))}\n"
         # absolute: the same path goes into gpt_model_path
         f"ENGINE_DIR={shlex.quote(engine_dir.as_posix())}  # = gpt_model_path of model_repo/tensorrt_llm/config.pbtxt\n"
