@@ -363,6 +363,13 @@ METRIC_KV_BLOCKS = "nv_trt_llm_kv_cache_block_metrics"  # kv_cache_block_type: m
 # ours, label counter: steps|preemptions|generated_tokens|max_batch_seen, and requests
 # admitted|finished|aborted|failed|rejected (admitted = finished + aborted + failed + in flight)
 METRIC_ENGINE = "qwen_triton_engine"
+# ours, typed for Prometheus (serving/engine_metrics.py): counters (rate() them), a gauge, latency histograms
+METRIC_GENERATION_TOKENS = "qwen_triton_generation_tokens_total"  # counter: tokens the engine generated
+METRIC_PREFIX_QUERIES = "qwen_triton_prefix_cache_queries_total"  # counter: prompt tokens looked up in the cache
+METRIC_PREFIX_HITS = "qwen_triton_prefix_cache_hits_total"  # counter: of those, tokens whose KV was reused
+METRIC_PREFIX_BLOCKS = "qwen_triton_prefix_cache_blocks"  # gauge: free KV blocks that still hold a prefix
+METRIC_TTFT = "qwen_triton_time_to_first_token_seconds"  # histogram: engine arrival -> first token
+METRIC_ITL = "qwen_triton_inter_token_latency_seconds"  # histogram: a request's mean gap between tokens
 
 # -- config.pbtxt `parameters` our Python models read (paths: absolute, or relative to the repository's root) --
 PARAM_TOKENIZER_DIR = "tokenizer_dir"  # preprocessing, engine, postprocessing, entry points

@@ -29,6 +29,7 @@ from ..config import EngineConfig
 from ..engine import LLMEngine
 from ..errors import InvalidRequestError
 from ..outputs import EngineStats, RequestOutput, TopLogprobs
+from .engine_metrics import LatencyRecorder
 from .engine_request import EngineRequest, ParseOptions, parse_engine_request
 from .engine_response import CallState, Send
 from .send_lanes import SendLanes
@@ -70,6 +71,7 @@ class EngineService:
         self._lock = threading.Lock()
         self._calls: dict[str, _Live] = {}
         self.rejected = 0  # requests refused before the engine (bad input)
+        self.latency = LatencyRecorder()  # time to first token, inter-token latency (engine_metrics.py)
         self._lanes = SendLanes(self._send_batch)
         self._stopping = threading.Event()
         self._on_poll = on_poll
@@ -112,8 +114,9 @@ class EngineService:
         try:
             for i, r in enumerate(requests):
                 engine_id = f"{key}#{i}"
+                self.latency.start(engine_id)
                 self.engine.submit(engine_id, r.prompt, r.params,
-                                   on_output=lambda out, i=i: self._lanes.put(live.caller, (live, i, out)))
+                                   on_output=lambda out, i=i, e=engine_id: self._on_output(live, i, e, out))
                 live.engine_ids.append(engine_id)
         except Exception:
             live.call.done = True  # nothing is sent for the rows already queued: the caller answers
@@ -169,6 +172,11 @@ class EngineService:
         self._poller.join(timeout=10)
 
     # -- internals -----------------------------------------------------------------------------------
+
+    def _on_output(self, live: _Live, index: int, engine_id: str, out: RequestOutput) -> None:
+        """The step thread's callback: time the tokens, then queue the output on the caller's lane."""
+        self.latency.observe(engine_id, out)
+        self._lanes.put(live.caller, (live, index, out))
 
     def _deliver(self, key: str, live: _Live, send: Send, response) -> None:
         """`send`; the final response also ends the request's cancellation checks and its entry in _calls."""

@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineDeadError, InvalidRequestError, QwenTritonError
-from ..outputs import EngineStats
-from . import contract as c
 from .contract import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -218,37 +216,6 @@ def texts(array: np.ndarray | None, field: str) -> list[str]:
 
 def bytes_array(values: list[list[bytes]] | list[bytes]) -> np.ndarray:
     return np.array(values, dtype=np.object_)
-
-
-def metric_values(stats: EngineStats, block_size: int, max_num_seqs: int, rejected: int = 0
-                  ) -> dict[tuple[str, str, str], float]:
-    """The engine's gauges as {(family, category label, its value): value}, under tensorrtllm_backend's
-    metric names and category values (contract.METRIC_*); the model adds its `model` / `version` labels.
-    `rejected`: requests refused before they reached the engine (bad input)."""
-    r, k, e = c.METRIC_REQUESTS, c.METRIC_KV_BLOCKS, c.METRIC_ENGINE
-    used = stats.num_total_blocks - stats.num_free_blocks
-    return {
-        (r, "request_type", "active"): stats.num_running + stats.num_waiting,
-        (r, "request_type", "max"): max_num_seqs,
-        (r, "request_type", "scheduled"): stats.num_running,
-        (r, "request_type", "context"): stats.num_prefilling,
-        (r, "request_type", "waiting"): stats.num_waiting,
-        (k, "kv_cache_block_type", "max"): stats.num_total_blocks,
-        (k, "kv_cache_block_type", "free"): stats.num_free_blocks,
-        (k, "kv_cache_block_type", "used"): used,
-        (k, "kv_cache_block_type", "tokens_per"): block_size,
-        (k, "kv_cache_block_type", "reused"): 0,  # no prefix cache yet
-        (k, "kv_cache_block_type", "fraction"): used / stats.num_total_blocks if stats.num_total_blocks else 0.0,
-        (e, "counter", "steps"): stats.num_steps,
-        (e, "counter", "preemptions"): stats.num_preemptions,
-        (e, "counter", "generated_tokens"): stats.num_generated_tokens,
-        (e, "counter", "max_batch_seen"): stats.max_running_seen,
-        (e, "counter", "admitted"): stats.num_admitted,
-        (e, "counter", "finished"): stats.num_finished,
-        (e, "counter", "aborted"): stats.num_aborted,
-        (e, "counter", "failed"): stats.num_failed,
-        (e, "counter", "rejected"): rejected,
-    }
 
 
 def error_code(exc: BaseException) -> str:

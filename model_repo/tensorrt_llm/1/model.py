@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 from qwen_triton.config import EngineConfig
 from qwen_triton.errors import InvalidRequestError, QwenTritonError
 from qwen_triton.serving import contract as c
+from qwen_triton.serving.engine_metrics import MetricsExporter, counter_totals, gauge_values
 from qwen_triton.serving.engine_request import is_stop_request, wants_ack
 from qwen_triton.serving.engine_service import EngineService, ServiceOptions
 from qwen_triton.serving.engine_watch import announce_process, release_pid_file, run_dir
@@ -26,7 +27,6 @@ from qwen_triton.serving.link_wire import link_path
 from qwen_triton.serving.triton_io import (
     as_bool,
     error_code,
-    metric_values,
     model_parameters,
     read_inputs,
     resolve_path,
@@ -53,8 +53,7 @@ class TritonPythonModel:
         tokenizer_dir = params.get(c.PARAM_TOKENIZER_DIR)
         self.labels = {"model": args["model_name"], "version": args["model_version"]}
         self.stopping = False
-        self.metrics = self._metric_families()
-        self.metric_cache = {}
+        self.metrics = self._metrics_exporter()
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         options = ServiceOptions(
             exclude_input_default=as_bool(params.get(c.PARAM_EXCLUDE_INPUT), False),
@@ -128,13 +127,9 @@ class TritonPythonModel:
 
     # -- metrics ---------------------------------------------------------------------------------------
 
-    def _metric_families(self):
-        kinds = {c.METRIC_REQUESTS: "TRT LLM request metrics",
-                 c.METRIC_KV_BLOCKS: "TRT LLM KV cache block metrics",
-                 c.METRIC_ENGINE: "qwen-triton engine counters"}
+    def _metrics_exporter(self):
         try:
-            return {name: pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.GAUGE)
-                    for name, text in kinds.items()}
+            return MetricsExporter(pb_utils, self.labels)
         except Exception:  # metrics disabled on this server
             log.warning("custom metrics unavailable", exc_info=True)
             return None
@@ -149,13 +144,9 @@ class TritonPythonModel:
         self._export_metrics()
 
     def _export_metrics(self):
-        if self.metrics is None or getattr(self, "service", None) is None:
+        service = getattr(self, "service", None)
+        if self.metrics is None or service is None:
             return
-        values = metric_values(self.service.stats(), self.engine_config.block_size, self.engine_config.max_num_seqs,
-                               self.service.rejected)
-        for label, number in values.items():
-            metric = self.metric_cache.get(label)
-            if metric is None:
-                family, key, value = label
-                metric = self.metric_cache[label] = self.metrics[family].Metric(labels={**self.labels, key: value})
-            metric.set(float(number))
+        stats, cfg = service.stats(), self.engine_config
+        self.metrics.export(gauge_values(stats, cfg.block_size, cfg.max_num_seqs, service.rejected),
+                            counter_totals(stats), service.latency.drain())
