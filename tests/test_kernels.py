@@ -115,6 +115,18 @@ def test_paged_decode_attention(dtype, splits, heads, kv_heads, dim, block_size,
     assert torch.count_nonzero(got[-1]) == 0
 
 
+@pytest.mark.parametrize("splits", [1, 4])
+def test_paged_decode_attention_reads_head_major_blocks(splits):
+    """The kernel follows the cache's strides: blocks stored [Hkv, block_size, D] (a permuted view) give
+    the same result as the same values stored token-major."""
+    q, cache, tables, ctx = random_paged_case(3, 4, 2, 32, 8, 45, torch.float32, seed=9)
+    head_major = cache.permute(0, 1, 3, 2, 4).contiguous().permute(0, 1, 3, 2, 4)  # same values, other strides
+    assert head_major.stride(2) == 32 and torch.equal(head_major, cache)
+    scale = 32 ** -0.5
+    got = paged_decode_attention(q, head_major, tables, ctx, scale, num_splits=splits, block_n=16)
+    assert torch.equal(got, paged_decode_attention(q, cache, tables, ctx, scale, num_splits=splits, block_n=16))
+
+
 def test_num_splits_fill_the_gpu_from_the_batch_alone():
     assert choose_num_splits(1, 32, 132) * 32 >= 4 * 132  # one long sequence still fills 132 SMs
     assert choose_num_splits(256, 32, 132) == 1

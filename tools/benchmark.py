@@ -11,6 +11,8 @@ Measures, in this order:
   batch1     engine, one request: decode ms/step, tok/s, GB/s of weights read, share of copy bandwidth
   fixed      engine at full load: 128/128, 128/2048, 2048/128 (output tok/s)
   sharegpt   engine on a seeded ShareGPT-like length mix, all requests at once (req/s, output tok/s)
+  load       with --seqs-curve / --multi-turn: throughput against max_num_seqs, and a multi-turn chat's
+             time to first token with prefix caching (tools/benchmark_load.py)
   quant      with --quant MODE,...: batch-1 decode and --quant-fixed per quantization mode
              (random weights quantized as they load; KV cache with --kv-cache-dtype), beside bf16
 Every output length is forced (min_tokens == max_tokens, the end id masked until then).
@@ -314,6 +316,10 @@ def main() -> None:
     parser.add_argument("--quant-fixed", default="128/128x1024", help="fixed runs per quantization mode")
     parser.add_argument("--kv-cache-dtype", default="auto", help="KV cache of the --quant runs: auto, int8, fp8")
     parser.add_argument("--only-quant", action="store_true", help="skip HF and the bf16 fixed/ShareGPT runs")
+    parser.add_argument("--seqs-curve", default="", help="128/128 throughput at each max_num_seqs, e.g. "
+                        "128,256,384,512 (tools/benchmark_load.py)")
+    parser.add_argument("--multi-turn", action="store_true", help="a 5-turn chat's time to first token with and "
+                        "without prefix caching against fresh prompts (T7; tools/benchmark_load.py)")
     args = parser.parse_args()
     if args.quick:
         args.fixed, args.sharegpt, args.hf_batches, args.batch1_out = "128/128x256,2048/128x32", 64, "64", 64
@@ -336,6 +342,14 @@ def main() -> None:
     path = write_random_checkpoint(tempfile.mkdtemp(prefix="qwen7b-random-"), QWEN_7B, seed=args.seed)
     res["engine"] = run_engine(path, args, res["weight_bytes"], res["copy_GBps"], rng)
     res["ratios"] = ratios(res)
+    if args.seqs_curve:
+        from tools.benchmark_load import seqs_curve
+
+        res["seqs_curve"] = seqs_curve(path, args, [int(m) for m in args.seqs_curve.split(",")], rng)
+    if args.multi_turn:
+        from tools.benchmark_load import multi_turn
+
+        res["multi_turn"] = multi_turn(path, args, rng)
     if args.quant:
         from tools.benchmark_quant import run_modes
 

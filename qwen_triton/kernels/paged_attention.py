@@ -35,7 +35,7 @@ from ..attention import KVCache, QuantKVCache
 def _paged_decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, ctx_lens_ptr,
     out_ptr, part_acc_ptr, part_ml_ptr, k_scale_ptr, v_scale_ptr,
-    q_t_stride, q_h_stride, bt_stride, slot_stride, kv_h_stride,
+    q_t_stride, q_h_stride, bt_stride, blk_stride, pos_stride, kv_h_stride, num_kv_heads,
     scale, num_splits,
     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, SINGLE: tl.constexpr, V_WITH_K: tl.constexpr, KV_QUANT: tl.constexpr,
@@ -64,13 +64,14 @@ def _paged_decode_kernel(
         valid = offs < end
         block = tl.load(block_tables_ptr + n * bt_stride + offs // BLOCK_SIZE, mask=valid, other=0)
         slot = block.to(tl.int64) * BLOCK_SIZE + offs % BLOCK_SIZE
-        addr = slot[:, None] * slot_stride + kv_head * kv_h_stride + dims[None, :]  # [BLOCK_N, D]
+        row = block.to(tl.int64) * blk_stride + (offs % BLOCK_SIZE) * pos_stride + kv_head * kv_h_stride
+        addr = row[:, None] + dims[None, :]  # [BLOCK_N, D]
         k = tl.load(k_cache_ptr + addr, mask=valid[:, None], other=0.0)
         if V_WITH_K:  # both tiles requested before any arithmetic: more bytes in flight
             v = tl.load(v_cache_ptr + addr, mask=valid[:, None], other=0.0)
         scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)  # [BLOCK_N]
         if KV_QUANT == 2:  # each token's [slot, head] scales, float32 [BLOCK_N]
-            scale_addr = slot * (slot_stride // HEAD_DIM) + kv_head
+            scale_addr = slot * num_kv_heads + kv_head
             scores = scores * tl.load(k_scale_ptr + scale_addr, mask=valid, other=0.0)
             v_scales = tl.load(v_scale_ptr + scale_addr, mask=valid, other=0.0)
         scores = tl.where(valid, scores, float("-inf"))
@@ -156,7 +157,8 @@ def choose_num_splits(num_tokens: int, num_heads: int, num_sms: int, max_splits:
 
 def paged_decode_attention(
     q: torch.Tensor,  # [N, H, D], head vectors contiguous
-    kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D], contiguous; or a QuantKVCache
+    kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D], D contiguous (any block / position / head
+    # strides: token-major or head-major blocks); or a QuantKVCache
     block_tables: torch.Tensor,  # int32 [N, max_blocks]
     ctx_lens: torch.Tensor,  # int32 [N], positions each token attends to (its own included)
     scale: float,
@@ -174,7 +176,7 @@ def paged_decode_attention(
         assert scales.is_contiguous() and scales.dtype == torch.float32
         k_scales, v_scales = scales[0], scales[1]
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
-    assert q.stride(2) == 1 and kv_cache.is_contiguous() and block_tables.stride(1) == 1
+    assert q.stride(2) == 1 and kv_cache.stride(4) == 1 and block_tables.stride(1) == 1
     out = torch.empty(num_tokens, num_heads, head_dim, dtype=q.dtype, device=q.device)
     if num_tokens == 0:
         return out
@@ -185,7 +187,8 @@ def paged_decode_attention(
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _paged_decode_kernel[(num_tokens, num_heads, num_splits)](
         q, k_cache, v_cache, block_tables, ctx_lens, out, part_acc, part_ml, k_scales, v_scales,
-        q.stride(0), q.stride(1), block_tables.stride(0), num_kv_heads * head_dim, head_dim,
+        q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        num_kv_heads,
         scale, num_splits,
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_N=block_n, SINGLE=single, V_WITH_K=v_with_k, KV_QUANT=kv_quant,
