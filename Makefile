@@ -2,7 +2,8 @@
 #   make install        virtual environment with everything (CPU torch where no GPU)
 #   make build-engine   the real default model, or MODEL=/path/to/ckpt (MODEL=random: random weights);
 #                       DECOUPLED=false: unary /infer and ModelInfer instead of streaming;
-#                       QUANT=int8_wo|int4_wo|gptq|awq|w8a8|fp8 (docs/quantization.md), KV_CACHE=int8|fp8
+#                       QUANT=int8_wo|int4_wo|gptq|awq|w8a8|fp8 (docs/quantization.md), KV_CACHE=int8|fp8;
+#                       TP=N: tensor parallel, one engine split over N GPUs (N processes on a CPU), both engines
 #   make serve          installs Triton from the pytriton wheel, builds when needed, starts, waits for ready;
 #                       with the OpenAI-compatible API on OPENAI_PORT (9000; OPENAI=0: without it)
 #   make serve-openai   the OpenAI-compatible API alone, in the foreground, for a Triton already running
@@ -42,7 +43,7 @@ $(VENV)/.installed: pyproject.toml tools/install_torch.sh
 build-engine: install
 	$(PY) -m build $(if $(MODEL),--model $(MODEL)) --engine $(ENGINE) --model-repo $(MODEL_REPO) \
 		$(if $(DECOUPLED),--set decoupled=$(DECOUPLED)) $(if $(QUANT),--set quantization=$(QUANT)) \
-		$(if $(KV_CACHE),--set kv_cache_dtype=$(KV_CACHE)) $(BUILD_ARGS)
+		$(if $(KV_CACHE),--set kv_cache_dtype=$(KV_CACHE)) $(if $(TP),--set tensor_parallel_size=$(TP)) $(BUILD_ARGS)
 
 $(MODEL_REPO)/ensemble/config.pbtxt:
 	$(MAKE) build-engine

@@ -123,7 +123,7 @@ class _Failed(Exception):
 def _checkpoint(settings: Settings, say) -> tuple[Path, dict]:
     """The checkpoint the engine will load (resolved, checked, quantized when asked) and its facts."""
     from qwen_triton.errors import QwenTritonError
-    from qwen_triton.quant.spec import QuantSpecError
+    from qwen_triton.quant.spec import QuantSpecError, read_quant_spec
 
     from .model_source import resolve_model
     from .quantize import QuantizeError, quantized_checkpoint
@@ -135,12 +135,26 @@ def _checkpoint(settings: Settings, say) -> tuple[Path, dict]:
     say(f"checkpoint: {source.checkpoint} ({source.note})")
     try:
         info = validate_checkpoint(source.checkpoint, settings)
+        _check_parallel(settings, info["config"], settings.quant_spec())
     except ValueError as exc:
         raise _Failed(str(exc)) from None
     try:
-        return quantized_checkpoint(settings, source.checkpoint, say), info
+        checkpoint = quantized_checkpoint(settings, source.checkpoint, say)
     except (QuantizeError, QuantSpecError, QwenTritonError) as exc:
         raise _Failed(f"quantization={settings.quant.quantization}: {exc}") from None
+    try:  # as stored: an imported GPTQ checkpoint says only now whether it is act-order
+        _check_parallel(settings, info["config"], read_quant_spec(checkpoint))
+    except ValueError as exc:
+        raise _Failed(str(exc)) from None
+    return checkpoint, info
+
+
+def _check_parallel(settings: Settings, config, quant) -> None:
+    """tensor_parallel_size against the model's heads and MLP, its quantization and the visible GPUs
+    (ShardingError, a ValueError, naming the numbers)."""
+    from qwen_triton.distributed import check_tensor_parallel
+
+    check_tensor_parallel(config, settings.limits.tensor_parallel_size, quant, settings.limits.device)
 
 
 def _build(settings: Settings, quiet: bool) -> int:

@@ -86,9 +86,14 @@ def _check_python_params(name: str, cfg: mc.ModelConfig, model_repo: Path, repor
             report.errors.append(f"{name}: parameter {key} must be a positive integer, got {params[key]!r}")
     if c.PARAM_ENGINE_CONFIG in params:
         try:
-            EngineConfig(**json.loads(params[c.PARAM_ENGINE_CONFIG]))
+            engine = EngineConfig(**json.loads(params[c.PARAM_ENGINE_CONFIG]))
         except (ValueError, TypeError) as exc:
             report.errors.append(f"{name}: parameter {c.PARAM_ENGINE_CONFIG} is not an EngineConfig ({exc})")
+            return
+        instances = sum(group.count for group in cfg.instance_group)
+        if engine.tensor_parallel_size > 1 and instances != 1:  # each would start its ranks on the same GPUs
+            report.errors.append(f"{name}: {instances} instances with tensor_parallel_size="
+                                 f"{engine.tensor_parallel_size}; one instance drives the ranks")
 
 
 def check_repository(model_repo: str | Path, strict: bool = True) -> CheckReport:

@@ -51,21 +51,22 @@ class Settings:
     def __post_init__(self) -> None:
         s, lim, t = self.serving, self.limits, self.trtllm
         self.quant_spec()  # impossible quantization settings raise here
+        tp = lim.tensor_parallel_size
         if s.engine == "qwen_triton":
-            if t.tp_size != 1:
-                raise SettingsError("tp_size is a TensorRT-LLM setting; our engine runs one GPU per instance "
-                                    "(set engine=tensorrtllm, or raise engine_instance_count)")
+            if tp > 1 and s.engine_instance_count != 1:
+                raise SettingsError(f"engine_instance_count must be 1 with tensor_parallel_size={tp}: one instance "
+                                    "drives the tensor_parallel_size GPUs; run more servers to scale out")
         else:
             if lim.device == "cpu":
                 raise SettingsError("device=cpu: TensorRT-LLM runs on GPUs only (use engine=qwen_triton on a CPU)")
             if s.engine_instance_count != 1:
                 raise SettingsError("engine_instance_count must be 1 for tensorrtllm: one instance drives "
-                                    "tp_size GPUs; run more servers to scale out")
+                                    "tensor_parallel_size GPUs; run more servers to scale out")
             if lim.block_size & (lim.block_size - 1) or not 8 <= lim.block_size <= 128:
                 raise SettingsError(f"block_size={lim.block_size}: TensorRT-LLM's tokens_per_block must be "
                                     "a power of two in [8, 128]")
-            if t.gpu_device_ids and len(t.gpu_device_ids) != t.tp_size:
-                raise SettingsError(f"gpu_device_ids {list(t.gpu_device_ids)} must name tp_size={t.tp_size} GPUs")
+            if t.gpu_device_ids and len(t.gpu_device_ids) != tp:
+                raise SettingsError(f"gpu_device_ids {list(t.gpu_device_ids)} must name tensor_parallel_size={tp} GPUs")
             if not t.enable_chunked_context and lim.max_num_batched_tokens < s.max_input_len:
                 raise SettingsError(
                     f"max_num_batched_tokens={lim.max_num_batched_tokens} < max_input_len={s.max_input_len}: "

@@ -128,9 +128,8 @@ class TrtllmSettings(_Group):
     batch_scheduler_policy: str = _field("guaranteed_no_evict", "inflight batch scheduler",
                                          choices=SCHEDULER_POLICIES)
     enable_chunked_context: bool = _field(True, "split long prompts over steps (needs paged context FMHA)")
-    gpu_device_ids: tuple[int, ...] = _field((), "GPUs of the engine instance, e.g. 0,1 (empty: all visible)",
-                                             ids=True)
-    tp_size: int = _field(1, "tensor-parallel GPUs (convert_checkpoint.py --tp_size; serve with mpirun)", min=1)
+    gpu_device_ids: tuple[int, ...] = _field((), "GPUs of the engine instance, e.g. 0,1 (empty: all visible; "
+                                                 "one per rank of tensor_parallel_size)", ids=True)
     max_beam_width: int = _field(1, "beams per request (trtllm-build --max_beam_width)", min=1)
     decoding_mode: str = _field("auto", "decoding_mode parameter; auto leaves it to the backend",
                                 choices=DECODING_MODES)
@@ -185,9 +184,11 @@ def _fields_by_name() -> dict[str, tuple[str, dataclasses.Field, Any]]:
 
 FIELDS: Mapping[str, tuple[str, dataclasses.Field, Any]] = MappingProxyType(_fields_by_name())
 KEYS: tuple[str, ...] = tuple(FIELDS)
-# upstream tensorrt_llm parameter names accepted for the same setting (kv_cache_free_gpu_mem_fraction)
+# upstream tensorrt_llm parameter names (kv_cache_free_gpu_mem_fraction) and other TensorRT-LLM names
+# (tp_size) accepted for the same setting
 ALIASES: Mapping[str, str] = MappingProxyType({
-    f.metadata["trtllm_param"]: name for name, (_, f, _) in FIELDS.items() if f.metadata.get("trtllm_param")})
+    f.metadata[key]: name for name, (_, f, _) in FIELDS.items() for key in ("trtllm_param", "alias")
+    if f.metadata.get(key)})
 
 
 def resolve_key(key: str, source: str) -> str:

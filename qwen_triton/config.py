@@ -72,15 +72,16 @@ KV_CACHE_SCALES = ("dynamic", "calibrated")
 
 
 def setting(default: Any, help: str, *, trtllm: str | None = None, trtllm_param: str | None = None,
-            build: str = SETTING, **rules: Any) -> Any:
+            alias: str | None = None, build: str = SETTING, **rules: Any) -> Any:
     """An EngineConfig field and its one description, read by EngineConfig's own checks and by the build.
 
     help: one line for `python -m build --list-settings`. trtllm: where the TensorRT-LLM build takes the
     same setting (None: ours only, ignored with engine=tensorrtllm); trtllm_param: its name when it is a
-    parameter of upstream's tensorrt_llm model, accepted as a build settings key too. rules: min, max, gt
+    parameter of upstream's tensorrt_llm model, accepted as a build settings key too; alias: another name
+    the build accepts for it (TensorRT-LLM's, when it is no model parameter). rules: min, max, gt
     (bounds), choices, pattern (a compiled regex, with pattern_help), checked by `check_rules`."""
     return field(default=default, metadata={"help": help, "trtllm": trtllm, "trtllm_param": trtllm_param,
-                                            "build": build, **rules})
+                                            "alias": alias, "build": build, **rules})
 
 
 def check_rules(name: str, value: Any, rules: Mapping[str, Any]) -> str | None:
@@ -125,6 +126,9 @@ class EngineConfig:
     (attention/kv_quant.py): kv_cache_scales "dynamic" computes one per token and KV
     head as it is written, "calibrated" takes one K and one V scale per layer from a
     checkpoint that carries them (the engine refuses to start without them).
+
+    tensor_parallel_size N > 1 splits the model over N processes, one per GPU (qwen_triton/distributed):
+    the engine's process is rank 0 and starts the others; the KV pool is per rank (its KV heads).
     """
 
     max_num_seqs: int = setting(64, "sequences running at once", trtllm="trtllm-build --max_batch_size", min=1)
@@ -160,6 +164,10 @@ class EngineConfig:
                          trtllm="convert_checkpoint.py --dtype", choices=("auto", "float32", "bfloat16", "float16"))
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", pattern=DEVICE_PATTERN,
                           pattern_help="auto, cpu, cuda or cuda:N")
+    tensor_parallel_size: int = setting(
+        1, "GPUs one engine is split across (heads, MLP and vocabulary sharded; one process per GPU, started "
+           "by the engine; on the CPU one process per rank over gloo); device cuda:k uses cuda:k .. k+N-1",
+        trtllm="convert_checkpoint.py --tp_size (serve with one MPI rank per GPU)", alias="tp_size", min=1)
     attention_backend: str = setting("auto", "attention kernels; auto picks triton on a CUDA device",
                                      choices=KERNEL_CHOICES)
     layer_kernels: str = setting("auto", "fused RMSNorm/rotary/SiLU kernels; auto picks triton on CUDA",

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from .block_manager import BlockManager
 from .config import EngineConfig, ModelConfig
-from .errors import DuplicateRequestError, InvalidRequestError
+from .distributed import make_runner
+from .errors import DuplicateRequestError, EngineDeadError, InvalidRequestError
 from .guided import GuidedDecoding
-from .model_runner import ModelRunner
 from .models import load_model_config
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
@@ -51,7 +51,7 @@ class LLMEngine:
         self.config = config or EngineConfig()
         self.model_config: ModelConfig = load_model_config(model_path)
         self.max_model_len = self._max_model_len()
-        self.runner = ModelRunner(model_path, self.model_config, self.config, self.max_model_len)
+        self.runner = make_runner(model_path, self.model_config, self.config, self.max_model_len)
         blocks = BlockManager(self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(blocks, self.config.max_num_seqs,
                                    self.config.max_num_batched_tokens, self.max_model_len)
@@ -152,6 +152,10 @@ class LLMEngine:
             self._pending.append(out)
         return out is not None
 
+    def close(self) -> None:
+        """Stop what the engine started besides its own thread: tensor-parallel worker processes."""
+        self.runner.close()
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished or bool(self._pending)
 
@@ -169,6 +173,8 @@ class LLMEngine:
     def _run(self, sched) -> list[RequestOutput]:
         try:
             result = self.runner.execute(sched)
+        except EngineDeadError:  # a tensor-parallel rank died: the engine cannot go on
+            raise
         except Exception as exc:  # a failed step ends its requests, never the engine
             log.exception("engine step failed; ending the %d requests in it", len(sched.scheduled))
             return self._fail(sched, exc)

@@ -10,10 +10,14 @@ Switchable steps on top of the plain model (EngineConfig):
                      bucketed batch size (GPU with a graph-capable backend)
 On a GPU the KV pool is sized after a warm-up forward pass. kv_cache_dtype int8 /
 fp8 makes each layer's cache a QuantKVCache (1-byte codes and float32 scales).
+
+Tensor parallel (qwen_triton/distributed): each rank runs a ModelRunner over its `shard` of the model
+and its own KV heads' cache. Every call that runs collectives after start-up goes through three seams,
+`run_eager`, `run_graph` and `logits`, which rank 0's runner (distributed/leader.py) first sends to the
+other ranks; start-up (weights, warm-up, KV pool, graph capture) runs alike on every rank by itself.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass
 
@@ -24,9 +28,12 @@ from .attention import AttentionMetadata, KVCache, get_attention_backend
 from .attention.kv_quant import KVCacheSpec, check_calibrated_scales, new_kv_cache, resolve_kv_spec
 from .config import EngineConfig, ModelConfig
 from .guided import fill_token_mask
+from .host_batch import HostBatch, prepare_host
+from .host_batch import dummy_prefill as _dummy_prefill
 from .models import load_model
 from .models.batch import ForwardBatch
 from .models.layers import get_layer_ops
+from .models.sharding import SINGLE, Shard
 from .outputs import SampledToken, StepOutput
 from .quant.spec import kv_cache_settings, read_quant_spec
 from .sampler import Sampler, SamplingRow
@@ -60,76 +67,12 @@ def resolve_device(config: EngineConfig) -> DeviceSettings:
     return DeviceSettings(device, dtype)
 
 
-def kv_block_bytes(model: ModelConfig, block_size: int, kv: KVCacheSpec | torch.dtype) -> int:
-    """Bytes one block takes over all layers (keys and values, and their scales when quantized);
-    `kv` a torch dtype means a plain cache of that dtype."""
+def kv_block_bytes(model: ModelConfig, block_size: int, kv: KVCacheSpec | torch.dtype,
+                   shard: Shard = SINGLE) -> int:
+    """Bytes one block takes over all layers (keys and values, and their scales when quantized) on one
+    rank (its KV heads); `kv` a torch dtype means a plain cache of that dtype."""
     spec = kv if isinstance(kv, KVCacheSpec) else KVCacheSpec(kv)
-    return model.num_layers * block_size * spec.token_bytes(model.num_kv_heads, model.head_dim)
-
-
-# -- host-side step preparation ---------------------------------------------------
-
-
-@dataclass
-class HostBatch:
-    """One step's inputs as numpy arrays (T tokens over B sequences), built with
-    vectorised numpy instead of per-token Python loops.
-
-    ids, positions, prompt_lens, slots: int64 [T]; seq_lens: int32 [B];
-    tables: int32 [B, width]; cu: int32 [B + 1] (query_start_loc).
-    """
-
-    ids: np.ndarray
-    positions: np.ndarray
-    prompt_lens: np.ndarray
-    slots: np.ndarray
-    seq_lens: np.ndarray
-    tables: np.ndarray
-    cu: np.ndarray
-    query_lens: list[int]
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.query_lens)
-
-    @property
-    def is_decode_only(self) -> bool:
-        return len(self.ids) == len(self.query_lens)
-
-    def to_device(self, device: torch.device, block_size: int) -> ForwardBatch:
-        def dev(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(device, non_blocking=True)
-
-        meta = AttentionMetadata(
-            query_start_loc=dev(self.cu), seq_lens=dev(self.seq_lens), block_tables=dev(self.tables),
-            slot_mapping=dev(self.slots), query_lens_cpu=self.query_lens,
-            seq_lens_cpu=self.seq_lens.tolist(), block_size=block_size,
-        )
-        return ForwardBatch(input_ids=dev(self.ids), positions=dev(self.positions),
-                            prompt_lens=dev(self.prompt_lens), attn=meta)
-
-
-def prepare_host(scheduled: list[ScheduledSeq], block_size: int) -> HostBatch:
-    num_seqs = len(scheduled)
-    query_lens = [s.num_tokens for s in scheduled]
-    q_lens = np.array(query_lens, dtype=np.int64)  # [B]
-    starts = np.fromiter((s.start_pos for s in scheduled), np.int64, num_seqs)  # [B]
-    prompts = np.fromiter((len(s.prompt_token_ids) for s in scheduled), np.int64, num_seqs)
-    cu = np.zeros(num_seqs + 1, dtype=np.int32)
-    np.cumsum(q_lens, out=cu[1:])
-    total = int(cu[-1])
-    ids = np.fromiter(itertools.chain.from_iterable(s.token_ids for s in scheduled), np.int64, total)
-    seq_of = np.repeat(np.arange(num_seqs), q_lens)  # [T], each token's sequence
-    positions = np.arange(total, dtype=np.int64) - cu[:-1][seq_of] + starts[seq_of]  # [T]
-    table_lens = np.fromiter((len(s.block_table) for s in scheduled), np.int64, num_seqs)  # [B]
-    width = int(table_lens.max())
-    tables = np.zeros((num_seqs, width), dtype=np.int32)
-    flat = np.fromiter(itertools.chain.from_iterable(s.block_table for s in scheduled), np.int32,
-                       int(table_lens.sum()))
-    tables[np.arange(width)[None, :] < table_lens[:, None]] = flat  # row-major fill of each prefix
-    slots = tables[seq_of, positions // block_size].astype(np.int64) * block_size + positions % block_size
-    return HostBatch(ids, positions, prompts[seq_of], slots, (starts + q_lens).astype(np.int32),
-                     tables, cu, query_lens)
+    return model.num_layers * block_size * spec.token_bytes(shard.num_kv_heads(model), model.head_dim)
 
 
 # -- CUDA graphs for decode steps ----------------------------------------------------
@@ -217,11 +160,15 @@ class DecodeGraphs:
 
 
 class ModelRunner:
-    """Holds the model weights and the KV cache; runs one scheduled step."""
+    """Holds the model weights and the KV cache; runs one scheduled step.
+
+    `shard`: this rank's part of a tensor-parallel model (models/sharding.py); the runner then holds its
+    part of the weights and the KV cache of its KV heads. model_config stays the whole model's."""
 
     def __init__(self, model_path: str, model_config: ModelConfig, config: EngineConfig,
-                 max_model_len: int):
+                 max_model_len: int, shard: Shard = SINGLE):
         self.model_config = model_config
+        self.shard = shard
         self.config = config
         self.settings = resolve_device(config)
         self.block_size = config.block_size
@@ -235,18 +182,22 @@ class ModelRunner:
                 and torch.cuda.get_device_capability(device) < (8, 9)):
             raise ValueError("kv_cache_dtype=fp8 needs compute capability 8.9+ (Ada, Hopper) for Triton's fp8; "
                              "use kv_cache_dtype=int8")
-        self.model = load_model(model_path, model_config, self.settings.dtype, device, backend, ops)
+        self.model = load_model(model_path, model_config, self.settings.dtype, device, backend, ops, shard=shard)
         if self.kv_spec.scales == "calibrated":  # the loader leaves NaN where the checkpoint has none
             check_calibrated_scales([layer.self_attn.kv_scale for layer in self.model.layers])
         self.num_blocks = self._pool_size(max_model_len)
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         self.sampler = Sampler()
         self.graphs = self._capture_graphs(backend)
-        pool_bytes = self.num_blocks * kv_block_bytes(model_config, self.block_size, self.kv_spec)
+        pool_bytes = self.num_blocks * kv_block_bytes(model_config, self.block_size, self.kv_spec, shard)
         log.info("model runner: %s %s, attention %s, kernels %s, KV cache %s: %d blocks of %d tokens "
-                 "(%.2f GiB), graphs %s", device, self.settings.dtype, backend.name, ops.name, self.kv_spec.name,
+                 "(%.2f GiB), graphs %s%s", device, self.settings.dtype, backend.name, ops.name, self.kv_spec.name,
                  self.num_blocks, self.block_size, pool_bytes / 2**30,
-                 sorted(self.graphs.graphs) if self.graphs else "off")
+                 sorted(self.graphs.graphs) if self.graphs else "off",
+                 f", tensor-parallel rank {shard.rank} of {shard.size}" if shard.parallel else "")
+
+    def close(self) -> None:
+        """Release what outlives the runner (tensor parallel: the other ranks' processes). Idempotent."""
 
     # -- setup ---------------------------------------------------------------
 
@@ -254,7 +205,7 @@ class ModelRunner:
         cfg = self.config
         if cfg.num_kv_blocks is not None:
             return cfg.num_kv_blocks
-        per_block = kv_block_bytes(self.model_config, cfg.block_size, self.kv_spec)
+        per_block = kv_block_bytes(self.model_config, cfg.block_size, self.kv_spec, self.shard)
         if self.settings.device.type == "cuda":
             budget = self._gpu_kv_budget()
         else:
@@ -263,7 +214,8 @@ class ModelRunner:
         num = budget // per_block
         if num < 1:
             raise ValueError("no room for a single KV block; lower block_size or free memory")
-        return num
+        # tensor parallel: every rank's pool holds the same blocks (each its own KV heads' share of them)
+        return self.shard.comm.min_int(num) if self.shard.parallel else num
 
     def _gpu_kv_budget(self) -> int:
         """kv_cache_memory_fraction of the device memory left once the weights are
@@ -304,7 +256,7 @@ class ModelRunner:
         dtype, or a QuantKVCache (calibrated: over the layer's kv_scale buffer)."""
         m = self.model_config
         scales = self.model.layers[layer].self_attn.kv_scale if self.kv_spec.scales == "calibrated" else None
-        return new_kv_cache(self.kv_spec, num_blocks, self.block_size, m.num_kv_heads, m.head_dim,
+        return new_kv_cache(self.kv_spec, num_blocks, self.block_size, self.shard.num_kv_heads(m), m.head_dim,
                             self.settings.device, scales)
 
     @torch.inference_mode()
@@ -348,14 +300,29 @@ class ModelRunner:
         dev = self.settings.device
         size = self.graphs.bucket(host.num_seqs) if self.graphs and host.is_decode_only else None
         if size is not None:
-            logits = self.graphs.run(host, size)  # [B, vocab]: every row of a decode step (T == B)
+            logits = self.run_graph(host, size)  # [B, vocab]: every row of a decode step (T == B)
 
             def from_graph(rows: np.ndarray) -> torch.Tensor:
                 # rows are increasing and distinct, so B of them are all of them, in order
                 return logits if len(rows) == host.num_seqs else logits[torch.from_numpy(rows).to(dev)]
             return from_graph
-        hidden = self.model(host.to_device(dev, self.block_size), self.kv_caches)  # [T, hidden]
-        return lambda rows: self.model.compute_logits(hidden[torch.from_numpy(rows).to(dev)])
+        hidden = self.run_eager(host)  # [T, hidden]
+        return lambda rows: self.logits(hidden, rows)
+
+    # The three seams that run collectives under tensor parallelism (the module docstring).
+
+    def run_eager(self, host: HostBatch) -> torch.Tensor:
+        """The model over one step's packed tokens: final hidden states [T, hidden]."""
+        return self.model(host.to_device(self.settings.device, self.block_size), self.kv_caches)
+
+    def run_graph(self, host: HostBatch, size: int) -> torch.Tensor:
+        """A decode step replayed from the graph of batch `size`: float32 logits [B, vocab]."""
+        return self.graphs.run(host, size)
+
+    def logits(self, hidden: torch.Tensor, rows: np.ndarray | slice) -> torch.Tensor:
+        """float32 logits [r, vocab] of the packed rows `rows` (int64 [r], increasing) of `hidden`."""
+        index = rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.settings.device)
+        return self.model.compute_logits(hidden[index])
 
     @torch.inference_mode()
     def score(self, token_ids: list[int], block_table: list[int], chunk_size: int) -> list[float]:
@@ -373,26 +340,10 @@ class ModelRunner:
         for start in range(0, len(token_ids), chunk_size):
             chunk = ScheduledSeq("score", token_ids[start:start + chunk_size], start, block_table, False,
                                  params, 0, token_ids, [])
-            host = prepare_host([chunk], self.block_size)
-            hidden = self.model(host.to_device(dev, self.block_size), self.kv_caches)  # [t, hidden]
+            hidden = self.run_eager(prepare_host([chunk], self.block_size))  # [t, hidden]
             num = hidden.shape[0]
             for row in range(0, num, LOGITS_ROWS):
                 want = targets[start + row:start + min(row + LOGITS_ROWS, num)]  # what these rows predict
-                logits = self.model.compute_logits(hidden[row:row + len(want)])  # float32 [r, vocab]
+                logits = self.logits(hidden, slice(row, row + len(want)))  # float32 [r, vocab]
                 out.append(torch.log_softmax(logits, dim=-1).gather(1, want[:, None])[:, 0])
         return torch.cat(out).tolist() if out else []
-
-
-def _dummy_prefill(lens: list[int], block_size: int) -> HostBatch:
-    """Fresh prompts of the given lengths (token id 0) over consecutive blocks."""
-    total = sum(lens)
-    cu = np.zeros(len(lens) + 1, dtype=np.int32)
-    np.cumsum(lens, out=cu[1:])
-    seq_of = np.repeat(np.arange(len(lens)), lens)
-    positions = np.arange(total, dtype=np.int64) - cu[:-1][seq_of]
-    width = max(-(-n // block_size) for n in lens)
-    first = np.cumsum([0] + [-(-n // block_size) for n in lens[:-1]])
-    tables = (first[:, None] + np.arange(width)[None, :]).astype(np.int32)
-    slots = tables[seq_of, positions // block_size].astype(np.int64) * block_size + positions % block_size
-    return HostBatch(np.zeros(total, np.int64), positions, np.asarray(lens, np.int64)[seq_of], slots,
-                     np.asarray(lens, np.int32), tables, cu, list(lens))

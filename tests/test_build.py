@@ -384,7 +384,7 @@ def test_unknown_override_and_group_rejected():
     ({"kv_cache_dtype": "int4"}, "kv_cache_dtype must be one of"),
     ({"engine": "tensorrtllm", "block_size": 24}, "power of two"),
     ({"engine": "tensorrtllm", "engine_instance_count": 2}, "must be 1 for tensorrtllm"),
-    ({"engine": "tensorrtllm", "tp_size": 2, "gpu_device_ids": [0]}, "must name tp_size=2 GPUs"),
+    ({"engine": "tensorrtllm", "tp_size": 2, "gpu_device_ids": [0]}, "must name tensor_parallel_size=2 GPUs"),
     ({"engine": "tensorrtllm", "enable_chunked_context": False, "max_num_batched_tokens": 512},
      "whole prompt must fit"),
     ({"limits": 3}, "'limits' must be an object"),
@@ -401,7 +401,7 @@ def test_overrides_file_and_flags(tmp_path):
     path.write_text(json.dumps({"serving": {"engine": "tensorrtllm"}, "limits.max_num_seqs": 16, "tp_size": 2}))
     s = load_settings(path, ["max_num_seqs=8", "gpu_device_ids=2,3", "num_kv_blocks=none", "max_num_seqs=4",
                              "kv_cache_free_gpu_mem_fraction=0.5", "enable_kv_cache_reuse=true"])
-    assert (s.engine, s.limits.max_num_seqs, s.trtllm.gpu_device_ids, s.trtllm.tp_size) == \
+    assert (s.engine, s.limits.max_num_seqs, s.trtllm.gpu_device_ids, s.limits.tensor_parallel_size) == \
         ("tensorrtllm", 4, (2, 3), 2)
     assert s.limits.kv_cache_memory_fraction == 0.5 and s.limits.enable_prefix_caching is True
     with pytest.raises(SettingsError, match="max_num_seqs must be an integer"):

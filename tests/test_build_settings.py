@@ -50,7 +50,7 @@ def test_engine_config_json_holds_every_field_the_settings_decide():
 
 def test_the_trtllm_parameter_name_is_an_alias():
     assert ALIASES == {"kv_cache_free_gpu_mem_fraction": "kv_cache_memory_fraction",
-                       "enable_kv_cache_reuse": "enable_prefix_caching"}
+                       "enable_kv_cache_reuse": "enable_prefix_caching", "tp_size": "tensor_parallel_size"}
     assert load_settings(None, ["enable_kv_cache_reuse=false"]).limits.enable_prefix_caching is False
     for s in (load_settings(None, ["kv_cache_free_gpu_mem_fraction=0.25"]),
               load_settings(None, ["limits.kv_cache_free_gpu_mem_fraction=0.25"]),

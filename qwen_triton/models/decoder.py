@@ -25,6 +25,7 @@ from ..quant.linear import QuantLinear, make_linear
 from ..quant.spec import QuantSpec, lm_head_spec
 from .batch import ForwardBatch
 from .layers import TORCH_OPS, LayerOps, RMSNorm, RotaryEmbedding
+from .sharding import SINGLE, Communicator, Shard
 
 # -- the original Qwen's position tricks ----------------------------------------
 
@@ -54,9 +55,10 @@ class Attention(nn.Module):
     """qkv projection, optional per-head q/k RMSNorm, rotary, paged attention, output projection."""
 
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None,
-                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
+                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None, comm: Communicator | None = None):
         super().__init__()
         self.ops = ops
+        self.comm = comm  # tensor parallel: config holds this rank's heads; o_proj's outputs are summed
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
@@ -100,21 +102,25 @@ class Attention(nn.Module):
         if q_scale is not None:
             q = q * q_scale.to(q.dtype)[:, None, None]
         out = self.attn_backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, H, D]
-        return self.o_proj(out.reshape(num_tokens, -1))
+        out = self.o_proj(out.reshape(num_tokens, -1))  # [T, hidden]: this rank's heads' share when parallel
+        return out if self.comm is None else self.comm.all_reduce(out)
 
 
 class MLP(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one projection."""
 
-    def __init__(self, config: ModelConfig, dtype=None, ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
+    def __init__(self, config: ModelConfig, dtype=None, ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None,
+                 comm: Communicator | None = None):
         super().__init__()
         self.ops = ops
+        self.comm = comm  # tensor parallel: config holds this rank's columns; down_proj's outputs are summed
         hidden, width, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gate_up_proj = make_linear(hidden, 2 * width, bias, dtype, quant)
         self.down_proj = make_linear(width, hidden, bias, dtype, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        out = self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        return out if self.comm is None else self.comm.all_reduce(out)
 
 
 class DecoderLayer(nn.Module):
@@ -125,12 +131,12 @@ class DecoderLayer(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype=None,
-                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
+                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None, comm: Communicator | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
-        self.self_attn = Attention(config, attn_backend, dtype, ops, quant)
+        self.self_attn = Attention(config, attn_backend, dtype, ops, quant, comm)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
-        self.mlp = MLP(config, dtype, ops, quant)
+        self.mlp = MLP(config, dtype, ops, quant, comm)
 
     def forward(
         self,
@@ -166,23 +172,31 @@ class DecoderForCausalLM(nn.Module):
     With `quant` (a quantized checkpoint's QuantSpec) the qkv, o, gate_up and down projections are
     qwen_triton.quant.linear layers holding their stored tensors (qweight, scales, ...) instead of .weight;
     embeddings and norms stay in `dtype`, and lm_head too unless quant.lm_head (int8, untied heads only).
+
+    With a `shard` of size N > 1 (sharding.py) the layers hold this rank's part (heads, MLP columns,
+    vocabulary rows) and call shard.comm's collectives: the sums of o_proj / down_proj and of the
+    embedding lookup, and the gather of the logits. `config` stays the whole model's.
     """
 
     def __init__(self, config: ModelConfig, attn_backend: AttentionBackend, dtype: torch.dtype | None = None,
-                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None):
+                 ops: LayerOps = TORCH_OPS, quant: QuantSpec | None = None, shard: Shard = SINGLE):
         super().__init__()
         self.config = config
         self.quant = quant
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.shard = shard
+        self.comm = shard.comm if shard.parallel else None
+        local = shard.local_config(config)
+        self.vocab_start = shard.rank * local.vocab_size  # this rank's first vocabulary row
+        self.embed_tokens = nn.Embedding(local.vocab_size, config.hidden_size, dtype=dtype)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, attn_backend, dtype, ops, quant) for _ in range(config.num_layers)
+            DecoderLayer(local, attn_backend, dtype, ops, quant, self.comm) for _ in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, ops)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope)
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = make_linear(config.hidden_size, config.vocab_size, False, dtype, lm_head_spec(quant))
+            self.lm_head = make_linear(config.hidden_size, local.vocab_size, False, dtype, lm_head_spec(quant))
 
     def forward(self, batch: ForwardBatch, kv_caches: list[torch.Tensor]) -> torch.Tensor:
         """Run the T packed tokens of one step; returns final-normed hidden states [T, hidden].
@@ -192,11 +206,21 @@ class DecoderForCausalLM(nn.Module):
         """
         cos, sin = self.rotary(batch.positions, self._rope_base_scale(batch))  # [T, D] each
         q_scale = qwen_logn_scale(batch.positions, self.config.seq_length) if self.config.logn_attn else None
-        x, residual = self.embed_tokens(batch.input_ids), None  # [T, hidden]
+        x, residual = self._embed(batch.input_ids), None  # [T, hidden]
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(x, residual, cos, sin, q_scale, kv_cache, batch.attn)
         x, _ = self.norm(x, residual)
         return x
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """int64 [T] -> [T, hidden]. Vocab-parallel: each rank looks up the ids in its rows, zero for the
+        others, and the sum over ranks (exact: one term is non-zero) gives every rank the embeddings."""
+        if self.comm is None:
+            return self.embed_tokens(ids)
+        local = ids - self.vocab_start
+        outside = (local < 0) | (local >= self.embed_tokens.num_embeddings)  # [T]
+        x = self.embed_tokens(local.masked_fill(outside, 0)).masked_fill(outside[:, None], 0)
+        return self.comm.all_reduce(x)
 
     def _rope_base_scale(self, batch: ForwardBatch) -> torch.Tensor | None:
         """Per-token RoPE base multiplier alpha ** (d / (d - 2)) under dynamic NTK, else None."""
@@ -206,8 +230,15 @@ class DecoderForCausalLM(nn.Module):
         return qwen_ntk_alpha(batch.prompt_lens, self.config.seq_length) ** (d / (d - 2))
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] -> float32 logits [N, vocab]."""
+        """[N, hidden] -> float32 logits [N, vocab]. Vocab-parallel: each rank's [N, V'/N] columns gathered
+        (exact: no sum), the padding past the vocabulary cut off."""
         if isinstance(self.lm_head, QuantLinear):
-            return self.lm_head(hidden).float()
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+            logits = self.lm_head(hidden).float()
+        else:
+            weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            logits = F.linear(hidden, weight).float()
+        if self.comm is None:
+            return logits
+        logits = self.comm.all_gather(logits)  # [N, V']
+        vocab = self.config.vocab_size
+        return logits if logits.shape[1] == vocab else logits[:, :vocab].contiguous()

@@ -16,11 +16,12 @@ from safetensors import safe_open
 from ..attention import AttentionBackend
 from ..config import ModelConfig
 from ..errors import CheckpointError
-from ..quant.linear import prepare_model, quantized_layers
+from ..quant.linear import QuantLinear, prepare_model
 from ..quant.spec import read_quant_spec
 from .archs import CONFIG_FILE, WeightMap, arch_spec, read_json
 from .decoder import DecoderForCausalLM
 from .layers import TORCH_OPS, LayerOps
+from .sharding import SINGLE, Shard
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
@@ -90,13 +91,21 @@ def _check_names(weight_map: WeightMap, files: dict[str, str], path: str) -> Non
         )
 
 
-def _fill(param: torch.Tensor, name: str, parts: list[tuple[str, torch.Tensor]], path: str) -> None:
-    """Copy the stacked checkpoint tensors into one of our parameters (casting dtype)."""
+def _fill(model: DecoderForCausalLM, name: str, parts: list[tuple[str, torch.Tensor]], path: str) -> None:
+    """Copy the stacked checkpoint tensors into our parameter `name` (casting dtype); under tensor
+    parallelism, this rank's part of them."""
+    param = model.get_parameter(name)
     shapes = [tuple(t.shape) for _, t in parts]
-    same_trailing = all(len(s) == param.dim() and s[1:] == tuple(param.shape[1:]) for s in shapes)
-    if not same_trailing or sum(s[0] for s in shapes) != param.shape[0]:
+    whole = (sum(s[0] for s in shapes), *shapes[0][1:])  # the stacked tensor's shape
+    expected = tuple(model.shard.split(name, torch.empty(whole, device="meta"), model.config).shape)
+    same_trailing = all(len(s) == len(whole) and s[1:] == whole[1:] for s in shapes)
+    if not same_trailing or expected != tuple(param.shape):
         got = ", ".join(f"{n} {list(s)}" for (n, _), s in zip(parts, shapes, strict=True))
-        raise CheckpointError(f"{path}: wrong shape for {name}: expected {list(param.shape)}; got {got}")
+        part = " (this rank's part)" if model.shard.parallel else ""
+        raise CheckpointError(f"{path}: wrong shape for {name}: expected {list(param.shape)}{part}; got {got}")
+    if model.shard.parallel:
+        param.copy_(model.shard.split(name, torch.cat([t for _, t in parts]), model.config))
+        return
     offset = 0
     for _, tensor in parts:
         param[offset:offset + tensor.shape[0]].copy_(tensor)
@@ -112,6 +121,7 @@ def load_model(
     attn_backend: AttentionBackend,
     ops: LayerOps = TORCH_OPS,
     quant_kernels: str = "auto",
+    shard: Shard = SINGLE,
 ) -> DecoderForCausalLM:
     """Build the model for `config` on `device` in `dtype` and fill it from the
     folder's safetensors (model.safetensors, or shards listed in the index), or
@@ -119,11 +129,15 @@ def load_model(
 
     A folder with a QUANT_FILE (written by the build) holds a quantized model under our own tensor
     names; its quantized layers then compute with `quant_kernels`: "torch" (the reference), "kernels"
-    (GPU kernels) or "auto" (kernels on CUDA)."""
+    (GPU kernels) or "auto" (kernels on CUDA).
+
+    `shard` (tensor parallel, sharding.py): the model holds, and this loads, only this rank's part of
+    each tensor: the whole tensor is read (or drawn, for random weights, exactly as the unsplit model
+    draws it) and split."""
     path = os.fspath(path)
     quant = read_quant_spec(path)
     with torch.device("meta"):  # no memory and no random init for weights about to be overwritten
-        model = DecoderForCausalLM(config, attn_backend, dtype, ops, quant)
+        model = DecoderForCausalLM(config, attn_backend, dtype, ops, quant, shard)
     model.to_empty(device=device)
     model.rotary.reset_parameters()
     for layer in model.layers:
@@ -161,7 +175,7 @@ def _fill_from_checkpoint(model: DecoderForCausalLM, config: ModelConfig, path: 
                 parts = [(n, handles[files[n]].get_tensor(n)) for n in names]
             except Exception as e:
                 raise CheckpointError(f"{path}: cannot read {names} ({e})") from e
-            _fill(params[ours], ours, parts, path)
+            _fill(model, ours, parts, path)
 
 
 def _fill_quantized(model: DecoderForCausalLM, path: str) -> None:
@@ -181,7 +195,7 @@ def _fill_quantized(model: DecoderForCausalLM, path: str) -> None:
     with ExitStack() as stack:
         handles = {f: stack.enter_context(open_safetensors(f)) for f in sorted(set(files.values()))}
         for name, target in state.items():
-            tensor = handles[files[name]].get_tensor(name)
+            tensor = model.shard.split(name, handles[files[name]].get_tensor(name), model.config)
             if tuple(tensor.shape) != tuple(target.shape):
                 raise CheckpointError(f"{path}: wrong shape for {name}: expected {list(target.shape)}, "
                                       f"got {list(tensor.shape)}")
@@ -200,21 +214,39 @@ def _has_safetensors(path: str) -> bool:
 @torch.no_grad()
 def _init_random(model: DecoderForCausalLM, seed: int, std: float) -> None:
     """Fill every parameter on its device: norms 1, biases and weights N(0, std); a quantized layer
-    quantizes a N(0, std) weight drawn for it (one layer at a time: a 7B model never exists in float)."""
+    quantizes a N(0, std) weight drawn for it (one layer at a time: a 7B model never exists in float).
+    A tensor-parallel rank draws each whole tensor as the unsplit model does and keeps its part, so
+    every tensor_parallel_size computes the same model."""
+    whole = _unsplit(model)
     gen = None
     for name, param in model.named_parameters():
         if gen is None or gen.device != param.device:
             gen = torch.Generator(device=param.device).manual_seed(seed)
         if name.endswith("norm.weight"):
             param.fill_(1.0)
+        elif model.shard.parallel:
+            full = torch.empty(whole.get_parameter(name).shape, dtype=param.dtype, device=param.device)
+            param.copy_(model.shard.split(name, full.normal_(0.0, std, generator=gen), model.config))
         else:
             param.normal_(0.0, std, generator=gen)
-    for layer in quantized_layers(model):
+    for name, layer in model.named_modules():
+        if not isinstance(layer, QuantLinear):
+            continue
         device = layer.scales.device
-        weight = torch.empty(layer.out_features, layer.in_features, device=device)
-        layer.quantize_from(weight.normal_(0.0, std, generator=torch.Generator(device=device).manual_seed(seed)))
+        src = whole.get_submodule(name)  # the unsplit layer (this one at tensor_parallel_size 1)
+        weight = torch.empty(src.out_features, src.in_features, device=device)
+        weight.normal_(0.0, std, generator=torch.Generator(device=device).manual_seed(seed))
+        layer.quantize_from(model.shard.split(f"{name}.weight", weight, model.config))
         if getattr(layer, "act_scale", None) is not None:
             layer.act_scale.fill_(std * 4 / 127)  # about the absmax of unit-scale activations
+
+
+def _unsplit(model: DecoderForCausalLM) -> DecoderForCausalLM:
+    """The whole model on the meta device (no memory): the shapes a tensor-parallel rank's parts come from."""
+    if not model.shard.parallel:
+        return model
+    with torch.device("meta"):
+        return DecoderForCausalLM(model.config, model.layers[0].self_attn.attn_backend, quant=model.quant)
 
 
 def write_random_checkpoint(path: str | os.PathLike, config_json: dict, seed: int = 0,

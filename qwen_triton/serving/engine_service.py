@@ -168,6 +168,7 @@ class EngineService:
     def shutdown(self) -> None:
         self._stopping.set()
         self.engine.shutdown()
+        self.engine.engine.close()  # tensor parallel: the other ranks' processes
         self._lanes.shutdown()
         self._poller.join(timeout=10)
 
