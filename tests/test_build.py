@@ -531,13 +531,6 @@ def test_cli_builds_a_repository_for_the_default_checkpoint(default_checkpoint, 
     assert (default_checkpoint.parent / "trtllm" / trtllm.SCRIPT_NAME).is_file()
 
 
-def test_dockerfile():
-    text = (ROOT / "Dockerfile.triton").read_text()
-    assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_VERSION}-trtllm-python-py3" in text
-    assert '"numpy<2"' in text and "COPY model_repo/ model_repo/" in text
-    assert "docker build -f Dockerfile.triton" in text
-
-
 # -- the built repository in a real tritonserver ---------------------------------------------------------------
 
 
