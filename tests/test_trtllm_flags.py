@@ -179,7 +179,7 @@ def test_script_runs_against_the_pinned_programs(tmp_path, arch, quant, kv, tp):
     first = "quantize.py" if quant in ("fp8", "awq", "int4_awq", "w8a8") or kv == "fp8" else \
         f"convert:{trtllm.EXAMPLE_FAMILY[arch]}"
     assert [r[0] for r in ran] == [first, "trtllm-build"]
-    assert "--tp_size" in ran[0]
+    assert ran[0][ran[0].index("--tp_size") + 1] == str(tp)  # TP=N reaches the converter
     assert f"engine written to {tmp_path / 'engine'}" in run.stdout
 
 
