@@ -6,9 +6,11 @@ One step's tokens fall in three groups, each sent to the kernel that suits it:
   - fresh prefills (the whole sequence is in this step): flash attention over
     the packed sequences (torch.nn.attention.varlen), reading q, k, v straight
     from the projections;
-  - prefill chunks after cached context (chunked prefill, recompute): SDPA per
-    sequence over the context gathered from the cache, with a causal mask
-    aligned to the sequence's end.
+  - prefill chunks after cached context (chunked prefill, a prefix-cache hit,
+    recompute): the contexts of all of them gathered from the cache into one
+    packed tensor, then flash attention over the packed sequences with query
+    and key lengths apart (causal, aligned to each sequence's end); SDPA per
+    sequence where varlen attention is not available.
 With a QuantKVCache the write kernel quantizes, the decode kernel and the
 context gather dequantize; fresh prefills attend over their unquantized k, v
 (later steps see the quantized values: TensorRT-LLM and vLLM do the same).
@@ -53,11 +55,15 @@ class _StepPlan:
     fresh_rows: Index | None  # packed rows of fresh prefills [Tf]
     fresh_cu: torch.Tensor | None  # int32 [F + 1], cumulative lengths within fresh_rows
     fresh_lens: list[int]
-    context: list[tuple[int, int, torch.Tensor]]  # (first row, query length, context slots int64 [S])
+    context: list[tuple[int, int, int]]  # (first row, query length Q, context length S) per chunk after context
+    context_rows: Index | None = None  # packed rows of those chunks' queries [Tc]
+    context_slots: torch.Tensor | None = None  # int64 [sum S]: their contexts' cache slots, packed
+    context_cu_q: torch.Tensor | None = None  # int32 [C + 1]
+    context_cu_k: torch.Tensor | None = None  # int32 [C + 1]
 
 
 def build_plan(meta: AttentionMetadata, device: torch.device) -> _StepPlan:
-    decode_seqs, decode_rows, fresh_rows, fresh_lens, context = [], [], [], [], []
+    decode_seqs, decode_rows, fresh_rows, fresh_lens, context, slots = [], [], [], [], [], []
     start = 0
     for i, (num_q, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu, strict=True)):
         if num_q == 1:
@@ -67,8 +73,8 @@ def build_plan(meta: AttentionMetadata, device: torch.device) -> _StepPlan:
             fresh_rows.extend(range(start, start + num_q))
             fresh_lens.append(num_q)
         elif num_q > 1:
-            slots = context_slots(meta.block_tables[i], seq_len, meta.block_size)
-            context.append((start, num_q, slots))
+            slots.append(context_slots(meta.block_tables[i], seq_len, meta.block_size))
+            context.append((start, num_q, seq_len))
         start += num_q
     plan = _StepPlan(None, None, None, None, None, fresh_lens, context)
     if decode_seqs:
@@ -78,11 +84,22 @@ def build_plan(meta: AttentionMetadata, device: torch.device) -> _StepPlan:
         plan.decode_ctx = meta.seq_lens[seqs]
     if fresh_lens:
         plan.fresh_rows = _as_index(fresh_rows, device)
-        cu = [0]
-        for n in fresh_lens:
-            cu.append(cu[-1] + n)
-        plan.fresh_cu = torch.tensor(cu, dtype=torch.int32, device=device)
+        plan.fresh_cu = _cumulative(fresh_lens, device)
+    if context:
+        plan.context_rows = _as_index([r for first, num_q, _ in context for r in range(first, first + num_q)],
+                                      device)
+        plan.context_slots = torch.cat(slots)
+        plan.context_cu_q = _cumulative([num_q for _, num_q, _ in context], device)
+        plan.context_cu_k = _cumulative([seq_len for _, _, seq_len in context], device)
     return plan
+
+
+def _cumulative(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """int32 [len + 1]: 0 and the running sums of `lengths`."""
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return torch.tensor(cu, dtype=torch.int32, device=device)
 
 
 class TritonAttentionBackend:
@@ -120,10 +137,9 @@ class TritonAttentionBackend:
         if plan.fresh_rows is not None:
             rows = plan.fresh_rows
             out[rows] = self._prefill(q[rows], k[rows], v[rows], plan, scale)
-        for start, num_q, slots in plan.context:
-            ctx_k, ctx_v = gather_kv(kv_cache, slots)  # [S, Hkv, D]; float32 when dequantized
-            out[start:start + num_q] = _sdpa_causal(
-                q[start:start + num_q], ctx_k.to(q.dtype), ctx_v.to(q.dtype), scale)
+        if plan.context_rows is not None:
+            rows = plan.context_rows
+            out[rows] = self._after_context(q[rows], kv_cache, plan, scale)
         return out
 
     def _decode(self, q, kv_cache, tables, ctx, scale):
@@ -148,6 +164,29 @@ class TritonAttentionBackend:
         return out
 
 
+    def _after_context(self, q, kv_cache, plan: _StepPlan, scale):
+        """Chunks after cached context: q [Tc, H, D], each chunk the last Q positions of its S -> [Tc, H, D]."""
+        ctx_k, ctx_v = gather_kv(kv_cache, plan.context_slots)  # [sum S, Hkv, D]; float32 when dequantized
+        ctx_k, ctx_v = ctx_k.to(q.dtype), ctx_v.to(q.dtype)
+        if self.use_varlen and q.dtype in (torch.float16, torch.bfloat16):
+            try:
+                max_q = max(num_q for _, num_q, _ in plan.context)
+                max_k = max(seq_len for _, _, seq_len in plan.context)
+                # flash attention's causal mask is aligned to the bottom right when Q < S: query i of a
+                # chunk sees keys up to position S - Q + i
+                return _varlen_causal(q, ctx_k, ctx_v, plan.context_cu_q, max_q, scale,
+                                      plan.context_cu_k, max_k)
+            except (RuntimeError, TypeError, NotImplementedError):
+                self.use_varlen = False
+        out = torch.empty_like(q)
+        row = key = 0
+        for _, num_q, seq_len in plan.context:
+            out[row:row + num_q] = _sdpa_causal(q[row:row + num_q], ctx_k[key:key + seq_len],
+                                                ctx_v[key:key + seq_len], scale)
+            row, key = row + num_q, key + seq_len
+        return out
+
+
 def _varlen_kwargs() -> dict | None:
     """Keyword arguments for causal varlen_attn in this torch version (None: not available)."""
     try:
@@ -162,8 +201,10 @@ def _varlen_kwargs() -> dict | None:
     return None
 
 
-def _varlen_causal(q, k, v, cu: torch.Tensor, max_len: int, scale: float) -> torch.Tensor:
-    """Flash attention over packed sequences; q [Tf, H, D], k, v [Tf, Hkv, D]."""
+def _varlen_causal(q, k, v, cu: torch.Tensor, max_len: int, scale: float, cu_k: torch.Tensor | None = None,
+                   max_k: int | None = None) -> torch.Tensor:
+    """Flash attention over packed sequences; q [Tq, H, D], k, v [Tk, Hkv, D]; keys packed by cu_k when
+    they are longer than the queries (default: cu, the same lengths)."""
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
@@ -178,7 +219,8 @@ def _varlen_causal(q, k, v, cu: torch.Tensor, max_len: int, scale: float) -> tor
         else:
             group = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+    cu_k = cu if cu_k is None else cu_k
+    return varlen_attn(q, k, v, cu, cu_k, max_len, max_len if max_k is None else max_k, **kwargs)
 
 
 def _sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
