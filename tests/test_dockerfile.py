@@ -80,7 +80,8 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 def test_the_build_context_holds_what_copy_needs():
     patterns = [line.strip() for line in IGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    sources = [src for line in re.findall(r"^COPY (.+)$", _text(), re.MULTILINE) for src in line.split()[:-1]]
+    sources = [src for line in re.findall(r"^COPY (.+)$", _text(), re.MULTILINE) for src in line.split()[:-1]
+               if not src.startswith("--")]
     assert sources
     for src in sources:
         files = [p for p in (ROOT / src).rglob("*") if p.is_file()] if (ROOT / src).is_dir() else [ROOT / src]
@@ -124,6 +125,11 @@ def test_entrypoint_tensorrtllm_runs_the_images_tritonserver(tmp_path):
     assert run.returncode == 0, run.stderr
     assert argv[0] == "tritonserver" and f"--model-repository={tmp_path / 'repo'}" in argv
     assert "--http-port=8000" in argv and any(a.startswith("--exit-timeout-secs=") for a in argv)
+
+
+def test_entrypoint_is_executable_in_the_image():
+    assert os.access(ENTRYPOINT, os.X_OK)
+    assert re.search(r"^COPY --chmod=0755 deploy/docker/entrypoint.sh ", _text(), re.MULTILINE)
 
 
 def test_entrypoint_without_a_repository_says_so(tmp_path):
