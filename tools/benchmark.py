@@ -295,7 +295,7 @@ def parse_fixed(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmark.json")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
@@ -320,7 +320,11 @@ def main() -> None:
                         "128,256,384,512 (tools/benchmark_load.py)")
     parser.add_argument("--multi-turn", action="store_true", help="a 5-turn chat's time to first token with and "
                         "without prefix caching against fresh prompts (T7; tools/benchmark_load.py)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.quick:
         args.fixed, args.sharegpt, args.hf_batches, args.batch1_out = "128/128x256,2048/128x32", 64, "64", 64
         args.hf_out = 32
