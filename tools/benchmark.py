@@ -176,12 +176,12 @@ def graph_step_ms(runner, batch: int, ctx: int, reps: int = 20) -> float | None:
     if size is None:
         return None
     width = -(-ctx // runner.block_size)
-    graphs.ids[1][:size].random_(100, 150000)
-    graphs.positions[1][:size].fill_(ctx - 1)
-    graphs.prompt_lens[1][:size].fill_(ctx)
-    graphs.slots[1][:size].fill_(-1)
-    graphs.seq_lens[1][:size].fill_(ctx)
-    graphs.tables[1][:size, :width].random_(0, runner.num_blocks)
+    graphs.static["ids"][:size].random_(100, 150000)
+    graphs.static["positions"][:size].fill_(ctx - 1)
+    graphs.static["prompt_lens"][:size].fill_(ctx)
+    graphs.static["slots"][:size].fill_(-1)
+    graphs.static["seq_lens"][:size].fill_(ctx)
+    graphs.static["tables"][:size, :width].random_(0, runner.num_blocks)
     graph, _ = graphs.graphs[size]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
@@ -191,7 +191,7 @@ def graph_step_ms(runner, batch: int, ctx: int, reps: int = 20) -> float | None:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    graphs.seq_lens[1].zero_()
+    graphs.static["seq_lens"].zero_()
     return statistics.median(times)
 
 
@@ -320,6 +320,8 @@ def parse_args() -> argparse.Namespace:
                         "128,256,384,512 (tools/benchmark_load.py)")
     parser.add_argument("--multi-turn", action="store_true", help="a 5-turn chat's time to first token with and "
                         "without prefix caching against fresh prompts (T7; tools/benchmark_load.py)")
+    parser.add_argument("--tp", type=int, default=0, help="only TP=1 against TP=N (tensor parallel over N GPUs; "
+                        "tools/benchmark_tp.py)")
     return parser.parse_args()
 
 
@@ -329,6 +331,10 @@ def main() -> None:
         args.fixed, args.sharegpt, args.hf_batches, args.batch1_out = "128/128x256,2048/128x32", 64, "64", 64
         args.hf_out = 32
     args.fixed = parse_fixed(args.fixed)
+    if args.tp:
+        from tools.benchmark_tp import main_tp
+
+        return main_tp(args)
     rng = np.random.default_rng(args.seed)
     import transformers
     import triton
