@@ -118,11 +118,12 @@ def _joined(outputs) -> tuple[list[int], np.ndarray, np.ndarray]:
     return tokens, context, generation
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(weights="int8_wo"), QuantSpec(weights="int4_wo", group_size=32)],
-                         ids=["int8_wo", "int4_wo-g32"])
+@pytest.mark.parametrize("spec", [QuantSpec(weights="int8_wo", lm_head=True),
+                                  QuantSpec(weights="int4_wo", group_size=32)], ids=["int8_wo-lm_head", "int4_wo-g32"])
 def test_quantized_layers_split_their_scales_with_their_weights(ckpts, tmp_path, spec):
-    """int8: per-output-channel scales follow qkv/gate_up's rows and stay whole for o/down; int4: the
-    group-wise scales and zero points of o_proj and down_proj split with their input columns."""
+    """int8: per-output-channel scales follow qkv/gate_up's rows and the int8 lm_head's vocabulary rows, and
+    stay whole for o/down; int4: the group-wise scales and zero points of o_proj and down_proj split with
+    their input columns."""
     path = quantize_checkpoint(ckpts["qwen2"], tmp_path / spec.weights, spec, say=lambda *a: None)
     ours, split, _, _ = run_both(path, 2, prompts(3, seed=11))
     assert split == ours
