@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..config import EngineConfig, ModelConfig
+from ..errors import QwenTritonError
 from ..host_batch import HostBatch
 from ..model_runner import ModelRunner
 from ..models.sharding import Shard
@@ -45,10 +46,11 @@ class TPModelRunner(ModelRunner):
             workers.on_death = group.abort
             super().__init__(model_path, model_config, dataclasses.replace(config, device=str(device)),
                              max_model_len, Shard(0, size, group))
-        except TensorParallelError:
-            raise
-        except BaseException as exc:  # a worker that died makes rank 0 fail too: name the worker
-            death = workers.death(grace_s=1.0)
+        except BaseException as exc:
+            # rank 0's own error (a bad checkpoint: the workers fail on it too; a worker that never started)
+            # is the one to tell; any other (a collective that broke) comes from a worker that died: name it
+            own = isinstance(exc, (QwenTritonError, ValueError))
+            death = None if own else workers.death(grace_s=1.0)
             self.close(workers)
             if death is not None:
                 raise TensorParallelError(death) from exc
