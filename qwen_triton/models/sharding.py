@@ -17,7 +17,9 @@ A row-parallel layer's bias is held by rank 0 only (zero elsewhere), so the sum 
 Quantized layers split their stored tensors the same way (quant/formats.py names them): a column-parallel
 layer's qweight, scales and zeros by output row; a row-parallel one's qweight and group-wise scales and
 zeros by input column (a per-output-channel scale is then whole on every rank); a per-tensor scale [1] is
-whole everywhere. GPTQ's act-order cannot be split: its stored input order spans all ranks.
+whole everywhere. GPTQ's act-order cannot be split: its stored input order spans all ranks. w8a8 and fp8
+with per-token (dynamic) activation scales quantize a row-parallel layer's input slice by its own absmax on
+each rank (as vLLM does), so their numbers differ slightly from one rank's; per-tensor scales give the same.
 """
 from __future__ import annotations
 
