@@ -1,0 +1,219 @@
+"""Prefill attention over the paged KV cache, flash-attention style, with a fixed launch.
+
+Sequence n of the batch brings Q_n = query_start_loc[n + 1] - query_start_loc[n] query tokens, its
+last Q_n positions (seq_lens[n] - Q_n .. seq_lens[n] - 1): a whole prompt (Q_n == seq_lens[n]) or a
+chunk after cached context (a prefix-cache hit, chunked prefill). Each attends causally to positions
+0 .. its own, reading keys and values only from the paged cache through the sequence's block table:
+the step's own K/V are written there (kernels/kv_cache.py) before attention runs.
+
+Program (n, t, h) takes query rows t * BLOCK_M .. + BLOCK_M of sequence n for query head h (GQA:
+KV head h // (H // Hkv)) and runs an online softmax over key tiles of BLOCK_N positions: first the
+tiles wholly at or before the tile's first query position (no mask), then the few tiles along the
+diagonal (causal mask). QK^T and PV are tl.dot with fp32 accumulation. The grid is
+(B, cdiv(max_query_len, BLOCK_M), H): it depends only on the bucket sizes, never on the lengths
+(read inside the kernel), so one launch serves every batch of those sizes and a CUDA graph can
+capture it. Programs with nothing to do exit at once: tiles past Q_n, decode rows (Q_n <= 1, the
+decode kernel's), padding sequences (seq_lens[n] < Q_n, e.g. 0). Their output rows are not written.
+
+A QuantKVCache is read as codes turned (exactly) into q's dtype for the dots: per layer (KV_QUANT 1)
+the K scale folds into the score scale and the V scale into the result; per token and KV head
+(KV_QUANT 2) each score column is scaled by its key's scale and each probability by its value's.
+
+Reference: paged_prefill_attention_reference (attention.torch_backend.causal_attention per sequence).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..attention import KVCache
+from .paged_attention import cache_operands
+
+LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E): the softmax runs on exp2
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b in fp32; IEEE: full fp32 products (fp32 operands), else the tensor cores' native ones."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _attend_tile(
+    acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_tables_ptr, k_scale_ptr, v_scale_ptr,
+    j0, end, bt_row, blk_stride, pos_stride, kv_head_offset, scale_row, num_kv_heads, qk_scale,
+    BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, KV_QUANT: tl.constexpr,
+    IEEE: tl.constexpr, MASKED: tl.constexpr,
+):
+    """One key tile, positions j0 .. j0 + BLOCK_N - 1, folded into the running (acc [BLOCK_M, D],
+    m_i [BLOCK_M], l_i [BLOCK_M]) of the query rows at q_pos [BLOCK_M]. MASKED: a tile on the
+    diagonal (positions past a row's own or >= end drop out); else every key precedes every row."""
+    offs = j0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] positions in the sequence
+    dims = tl.arange(0, HEAD_DIM)
+    valid = offs < end
+    block = tl.load(block_tables_ptr + bt_row + offs // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+    within = offs % BLOCK_SIZE
+    base = block * blk_stride + within * pos_stride + kv_head_offset  # [BLOCK_N] element offsets
+    if MASKED:
+        k = tl.load(k_cache_ptr + base[None, :] + dims[:, None], mask=valid[None, :], other=0.0)  # [D, BLOCK_N]
+        v = tl.load(v_cache_ptr + base[:, None] + dims[None, :], mask=valid[:, None], other=0.0)  # [BLOCK_N, D]
+    else:
+        k = tl.load(k_cache_ptr + base[None, :] + dims[:, None])
+        v = tl.load(v_cache_ptr + base[:, None] + dims[None, :])
+    scores = _dot(q, k.to(q.dtype), tl.zeros((q.shape[0], BLOCK_N), tl.float32), IEEE) * qk_scale
+    if KV_QUANT == 2:  # each key's and value's [slot, kv head] scale, float32 [BLOCK_N]
+        scale_idx = (block * BLOCK_SIZE + within) * num_kv_heads + scale_row
+        scores = scores * tl.load(k_scale_ptr + scale_idx, mask=valid, other=0.0)[None, :]
+        v_scales = tl.load(v_scale_ptr + scale_idx, mask=valid, other=0.0)
+    if MASKED:
+        keep = (offs[None, :] <= q_pos[:, None]) & valid[None, :]  # [BLOCK_M, BLOCK_N]
+        scores = tl.where(keep, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))  # finite: every row sees a key in its first tile
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(scores - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if KV_QUANT == 2:
+        p = p * v_scales[None, :]
+    acc = _dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _paged_prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_ptr, seq_lens_ptr, out_ptr,
+    k_scale_ptr, v_scale_ptr,
+    q_t_stride, q_h_stride, o_t_stride, o_h_stride, bt_stride, blk_stride, pos_stride, kv_h_stride,
+    num_kv_heads, qk_scale,
+    GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, KV_QUANT: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+):
+    # KV_QUANT 0: a float cache; 1: codes, scales k_scale_ptr[0], v_scale_ptr[0];
+    # 2: codes, scales at [slot * num_kv_heads + kv_head] of k_scale_ptr / v_scale_ptr
+    n = tl.program_id(0).to(tl.int64)
+    # the last query tiles (the most keys) first: the grid's final wave is then the lightest
+    m0 = (tl.num_programs(1) - 1 - tl.program_id(1)) * BLOCK_M
+    h = tl.program_id(2)
+    first = tl.load(query_start_ptr + n)
+    num_q = tl.load(query_start_ptr + n + 1) - first
+    seq_len = tl.load(seq_lens_ptr + n)
+    if (num_q > 1) & (m0 < num_q) & (seq_len >= num_q):
+        rows = m0 + tl.arange(0, BLOCK_M)  # [BLOCK_M] query rows of this sequence
+        row_ok = rows < num_q
+        ctx0 = seq_len - num_q  # position of query row 0
+        q_pos = ctx0 + rows
+        dims = tl.arange(0, HEAD_DIM)
+        tokens = (first + rows).to(tl.int64)  # [BLOCK_M] packed rows of q and out
+        q = tl.load(q_ptr + tokens[:, None] * q_t_stride + h * q_h_stride + dims[None, :], mask=row_ok[:, None],
+                    other=0.0)  # [BLOCK_M, D]
+        if DOT_FP32:
+            q = q.to(tl.float32)
+        kv_head = (h // GROUP).to(tl.int64)
+        if KV_QUANT == 1:
+            qk_scale = qk_scale * tl.load(k_scale_ptr)
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BLOCK_M,), tl.float32)
+        acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+        diag = (ctx0 + m0 + 1) // BLOCK_N * BLOCK_N  # key tiles before it precede every row of the tile
+        end = tl.minimum(ctx0 + m0 + BLOCK_M, seq_len)  # one past the tile's last key
+        for j0 in range(0, diag, BLOCK_N):
+            acc, m_i, l_i = _attend_tile(
+                acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_tables_ptr, k_scale_ptr, v_scale_ptr,
+                j0, end, n * bt_stride, blk_stride, pos_stride, kv_head * kv_h_stride, kv_head, num_kv_heads,
+                qk_scale, BLOCK_SIZE, HEAD_DIM, BLOCK_N, KV_QUANT, IEEE, MASKED=False)
+        for j0 in range(diag, end, BLOCK_N):
+            acc, m_i, l_i = _attend_tile(
+                acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_tables_ptr, k_scale_ptr, v_scale_ptr,
+                j0, end, n * bt_stride, blk_stride, pos_stride, kv_head * kv_h_stride, kv_head, num_kv_heads,
+                qk_scale, BLOCK_SIZE, HEAD_DIM, BLOCK_N, KV_QUANT, IEEE, MASKED=True)
+        acc = acc / l_i[:, None]
+        if KV_QUANT == 1:
+            acc = acc * tl.load(v_scale_ptr)
+        tl.store(out_ptr + tokens[:, None] * o_t_stride + h * o_h_stride + dims[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@dataclass(frozen=True)
+class PrefillLaunch:
+    """Tile sizes of the prefill kernel: chosen from the bucket's max query length and the head
+    size only, so a captured CUDA graph stays valid for every batch of the bucket."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def choose_prefill_launch(max_query_len: int, head_dim: int) -> PrefillLaunch:
+    """Query tiles no taller than the longest query (short chunks waste no rows), 64-key tiles;
+    smaller tiles for head sizes past 128 (shared memory). A starting point, not yet tuned on the
+    H200: tools/check_kernels_gpu.py's time_prefill times the alternatives."""
+    block_m = min(128, max(16, triton.next_power_of_2(max(max_query_len, 1))))
+    if head_dim > 128:
+        return PrefillLaunch(min(block_m, 64), 32, num_warps=4, num_stages=1)
+    return PrefillLaunch(block_m, 64, num_warps=8 if block_m >= 128 else 4, num_stages=2)
+
+
+def paged_prefill_attention(
+    q: torch.Tensor,  # [T, H, D], head vectors contiguous (any token / head strides)
+    kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D], D contiguous (token- or head-major blocks);
+    # or a QuantKVCache
+    block_tables: torch.Tensor,  # int32 [B, max_blocks], columns contiguous
+    query_start_loc: torch.Tensor,  # int32 [B + 1], each sequence's first packed row, then T's end
+    seq_lens: torch.Tensor,  # int32 [B], positions in each sequence's cache (this step's included)
+    scale: float,
+    *,
+    out: torch.Tensor,  # [T, H, D], D contiguous: rows of prefilling sequences are written, others kept
+    max_query_len: int,  # >= every Q_n (a bucket bound: it sets the grid, never the lengths)
+    block_m: int = 64,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+) -> torch.Tensor:  # out
+    """Causal attention of every sequence with Q_n > 1 query tokens (its last Q_n positions) over its
+    cached context; rows of sequences with Q_n <= 1 or seq_lens[n] < Q_n are left as they are in out."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    kv_quant, data, k_scales, v_scales = cache_operands(kv_cache, q)
+    _, _, block_size, num_kv_heads, _ = data.shape
+    assert q.stride(2) == 1 and out.stride(2) == 1 and data.stride(4) == 1 and block_tables.stride(1) == 1
+    assert out.shape == q.shape and num_heads % num_kv_heads == 0
+    assert head_dim >= 16 and head_dim & (head_dim - 1) == 0, "head_dim must be a power of two >= 16"
+    assert min(block_m, block_n) >= 16, "tl.dot needs tiles of 16 or more"
+    num_seqs = seq_lens.shape[0]
+    if max_query_len <= 1 or num_seqs == 0:
+        return out
+    # Triton's interpreter (no GPU) multiplies bf16 dot operands as their raw bits: fp32 dots there
+    dot_fp32 = q.dtype == torch.float32 or q.device.type != "cuda"
+    k_cache, v_cache = data[0], data[1]
+    _paged_prefill_kernel[(num_seqs, triton.cdiv(max_query_len, block_m), num_heads)](
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, k_scales, v_scales,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), num_kv_heads, scale * LOG2E,
+        GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_M=block_m,
+        BLOCK_N=block_n, KV_QUANT=kv_quant, DOT_FP32=dot_fp32, IEEE=dot_fp32,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+def paged_prefill_attention_reference(
+    q: torch.Tensor, kv_cache: KVCache, block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor, scale: float, *, out: torch.Tensor, **_unused,
+) -> torch.Tensor:
+    """The same contract in plain torch: each prefilling sequence through causal_attention over its
+    gathered (for a QuantKVCache dequantized) context."""
+    from ..attention.kv_quant import gather_kv
+    from ..attention.torch_backend import causal_attention, context_slots
+
+    data = kv_cache if isinstance(kv_cache, torch.Tensor) else kv_cache.data
+    starts = query_start_loc.tolist()
+    for n, seq_len in enumerate(seq_lens.tolist()):
+        first, num_q = starts[n], starts[n + 1] - starts[n]
+        if num_q > 1 and seq_len >= num_q:
+            k, v = gather_kv(kv_cache, context_slots(block_tables[n], seq_len, data.shape[2]))
+            out[first:first + num_q] = causal_attention(q[first:first + num_q], k, v, scale).to(out.dtype)
+    return out
