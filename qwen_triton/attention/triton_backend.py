@@ -16,7 +16,10 @@ context gather dequantize; fresh prefills attend over their unquantized k, v
 (later steps see the quantized values: TensorRT-LLM and vLLM do the same).
 A decode-only step touches only device tensors of the metadata, so it can be
 captured in a CUDA graph; padded rows (slot -1, context length 0) write and
-read nothing.
+read nothing. `forward_graphed` does the same for a whole mixed step: the KV
+write, the paged prefill kernel (kernels/paged_prefill.py) for every sequence
+with more than one query token, reading its context and its own K/V from the
+cache, and the decode kernel for the rest, with launches fixed by bucket sizes.
 
 Reference: attention.torch_backend.TorchAttentionBackend (same contract);
 tools/check_kernels_gpu.py compares the two on mixed batches.
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 
 from ..kernels import kv_cache as kv_kernels
 from ..kernels.paged_attention import choose_launch, paged_decode_attention
+from ..kernels.paged_prefill import choose_prefill_launch, paged_prefill_attention
 from . import AttentionMetadata, KVCache
 from .kv_quant import gather_kv
 from .torch_backend import context_slots
@@ -140,6 +144,42 @@ class TritonAttentionBackend:
         if plan.context_rows is not None:
             rows = plan.context_rows
             out[rows] = self._after_context(q[rows], kv_cache, plan, scale)
+        return out
+
+    def forward_graphed(
+        self,
+        q: torch.Tensor,  # [T, H, D]
+        k: torch.Tensor,  # [T, Hkv, D]
+        v: torch.Tensor,  # [T, Hkv, D]
+        kv_cache: KVCache,  # [2, num_blocks, block_size, Hkv, D] or a QuantKVCache
+        meta: AttentionMetadata,
+        scale: float,
+        max_query_len: int,  # >= every sequence's query length: the bucket's bound, not the step's
+    ) -> torch.Tensor:  # [T, H, D]
+        """A whole mixed step (prefills, chunks after cached context, decodes) with launches fixed
+        by the bucket sizes (T, B = meta.seq_lens.shape[0], the block tables' width, max_query_len):
+        reads only meta's device tensors (query_start_loc, seq_lens, block_tables, slot_mapping),
+        never its *_cpu lists, so the step can be captured in a CUDA graph and replayed for any
+        lengths that fit the bucket. KV write, then the paged prefill kernel for sequences with
+        Q > 1, then the decode kernel for sequences with Q == 1.
+
+        Padding: a sequence with seq_len 0 and one token (slot -1) gets a zero row, as in the
+        decode graphs; tokens of no sequence (past query_start_loc[B]) and padding sequences with
+        Q > seq_len get zero rows too. Unlike `forward`, a whole prompt over a QuantKVCache
+        attends over its quantized K/V (read back from the cache), as its later steps do."""
+        kv_kernels.write_kv_cache(kv_cache, k, v, meta.slot_mapping)
+        # zeros: rows no kernel writes (padding) must stay finite for the layers after attention
+        out = torch.zeros_like(q)
+        if max_query_len > 1:
+            launch = choose_prefill_launch(max_query_len, q.shape[2])
+            paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
+                                    out=out, max_query_len=max_query_len, block_m=launch.block_m,
+                                    block_n=launch.block_n, num_warps=launch.num_warps,
+                                    num_stages=launch.num_stages)
+        decode = choose_launch(meta.seq_lens.shape[0], q.shape[1], self.num_sms)
+        paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, scale, num_splits=decode.num_splits,
+                               block_n=decode.block_n, num_warps=decode.num_warps, num_stages=decode.num_stages,
+                               v_with_k=decode.v_with_k, query_start_loc=meta.query_start_loc, out=out)
         return out
 
     def _decode(self, q, kv_cache, tables, ctx, scale):
