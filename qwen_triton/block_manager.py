@@ -152,6 +152,14 @@ class BlockManager:
         self._key_of[block] = key
         self._block_of[key] = block
 
+    def forget_prefixes(self) -> None:
+        """Drop every key (a failed step may have left blocks half written): cached free blocks become
+        plain free ones; blocks in use keep their owners."""
+        self._empty.extend(self._evictable)
+        self._evictable.clear()
+        self._key_of.clear()
+        self._block_of.clear()
+
     def check(self) -> None:
         """Assert the bookkeeping is consistent (tests; O(num_blocks))."""
         free = set(self._empty) | set(self._evictable)

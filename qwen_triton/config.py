@@ -173,6 +173,11 @@ class EngineConfig:
     layer_kernels: str = setting("auto", "fused RMSNorm/rotary/SiLU kernels; auto picks triton on CUDA",
                                  choices=KERNEL_CHOICES)
     enforce_eager: bool = setting(False, "no CUDA graphs for decode steps")
+    async_scheduling: str = setting(
+        "auto", "schedule and launch the next step while the device runs the current one (one step of "
+                "lookahead): auto on a GPU (on the CPU nothing overlaps: each token would wait for the next "
+                "step), on, off; steps run one at a time while a request with penalties, bad words, a grammar "
+                "or returned logits is live, and under tensor parallelism", choices=("auto", "on", "off"))
     cuda_graph_max_batch: int = setting(256, "largest decode batch replayed as a CUDA graph", min=1)
     # 256 MiB is 441 tokens of a Qwen vocabulary (151,936)
     max_logits_bytes: int = setting(

@@ -24,11 +24,12 @@ from .guided import GuidedDecoding
 from .models import load_model_config
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Scheduler, SchedulerOutput
 from .sequence import FinishReason, Sequence
 
 if TYPE_CHECKING:
     from .chat import Tokenizer
+    from .model_runner import Inflight
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class LLMEngine:
         self._arrivals = itertools.count()
         self._seeds = random.Random()
         self._pending: list[RequestOutput] = []  # abort reports for the next step()
+        self._inflight: Inflight | None = None  # the step launched ahead (async scheduling)
+        mode = self.config.async_scheduling
+        self._async = self.config.tensor_parallel_size == 1 and (
+            mode == "on" or (mode == "auto" and self.runner.settings.device.type == "cuda"))
         self._num_steps = 0
         self._num_generated = 0
         self._num_admitted = 0
@@ -157,36 +162,62 @@ class LLMEngine:
         self.runner.close()
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished or bool(self._pending)
+        return self.scheduler.has_unfinished or bool(self._pending) or self._inflight is not None
 
     # -- stepping ------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one batch; return each touched request's new tokens."""
+        """Run one batch; return each touched request's new tokens.
+
+        With async scheduling the next batch is scheduled and launched before this
+        one's tokens are waited for, so the device never waits for the host: each
+        call returns the step launched by the call before it (or by itself when
+        nothing was in flight) and leaves the next one running."""
         outputs, self._pending = self._pending, []
-        sched = self.scheduler.schedule()
-        if not sched.is_empty:
-            outputs += self._run(sched)
+        current, self._inflight = self._inflight, None
+        if current is None:
+            current = self._launch(self.scheduler.schedule(), None, outputs)
+        if current is not None:
+            if self._async and not self.scheduler.num_needing_outputs:
+                self._inflight = self._launch(self.scheduler.schedule(), current, outputs)
+            outputs += self._finish(current)
         self._ended.update(o.finish_reason for o in outputs if o.finished)
         return outputs
 
-    def _run(self, sched) -> list[RequestOutput]:
+    def _launch(self, sched: SchedulerOutput, prev: Inflight | None, outputs: list[RequestOutput]
+                ) -> Inflight | None:
+        """Queue `sched` on the device (None if empty); a failure ends its requests into `outputs`."""
+        if sched.is_empty:
+            return None
         try:
-            result = self.runner.execute(sched)
+            return self.runner.launch(sched, prev)
         except EngineDeadError:  # a tensor-parallel rank died: the engine cannot go on
             raise
         except Exception as exc:  # a failed step ends its requests, never the engine
-            log.exception("engine step failed; ending the %d requests in it", len(sched.scheduled))
-            return self._fail(sched, exc)
+            outputs += self._fail(sched, exc)
+            return None
+
+    def _finish(self, inflight: Inflight) -> list[RequestOutput]:
+        try:
+            result = inflight.finish()
+        except EngineDeadError:
+            raise
+        except Exception as exc:
+            return self._fail(inflight.out, exc)
         self._num_steps += 1
-        new = self.scheduler.update(sched, result.sampled, result.context_logits)
+        new = self.scheduler.update(inflight.out, result.sampled, result.context_logits)
         self._num_generated += sum(len(o.new_token_ids) for o in new)
         return new
 
-    def _fail(self, sched, exc: Exception) -> list[RequestOutput]:
+    def _fail(self, sched: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        """End the requests of a failed step. The KV it was writing may be half there: no cached prefix is
+        trusted after it."""
+        log.exception("engine step failed; ending the %d requests in it", len(sched.scheduled), exc_info=exc)
+        self.scheduler.blocks.forget_prefixes()
         message = f"{type(exc).__name__}: {exc}"
-        return [self.scheduler.finish(self.scheduler.requests[s.request_id], FinishReason.ERROR, message)
-                for s in sched.scheduled if s.request_id in self.scheduler.requests]
+        live = [self.scheduler.requests.get(s.request_id) for s in sched.scheduled]
+        return [self.scheduler.finish(seq, FinishReason.ERROR, message) for seq, s in zip(live, sched.scheduled)
+                if seq is not None and seq.arrival == s.seq_number]
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
                  ) -> list[list[int]]:

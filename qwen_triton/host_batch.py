@@ -31,6 +31,9 @@ class HostBatch:
     tables: np.ndarray
     cu: np.ndarray
     query_lens: list[int]
+    # async scheduling: packed rows (int64 [P]) whose input ids are tokens the previous step samples, and
+    # those tokens (int64 [P], on the device); None when every id is known (always under tensor parallelism)
+    input_patch: tuple[np.ndarray, torch.Tensor] | None = None
 
     @property
     def num_seqs(self) -> int:
@@ -49,7 +52,11 @@ class HostBatch:
             slot_mapping=dev(self.slots), query_lens_cpu=self.query_lens,
             seq_lens_cpu=self.seq_lens.tolist(), block_size=block_size,
         )
-        return ForwardBatch(input_ids=dev(self.ids), positions=dev(self.positions),
+        ids = dev(self.ids)
+        if self.input_patch is not None:
+            rows, tokens = self.input_patch
+            ids[dev(rows)] = tokens
+        return ForwardBatch(input_ids=ids, positions=dev(self.positions),
                             prompt_lens=dev(self.prompt_lens), attn=meta)
 
 

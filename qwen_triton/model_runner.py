@@ -19,19 +19,20 @@ other ranks; start-up (weights, warm-up, KV pool, graph capture) runs alike on e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .attention import AttentionMetadata, KVCache, get_attention_backend
+from .attention import KVCache, get_attention_backend
 from .attention.kv_quant import KVCacheSpec, check_calibrated_scales, new_kv_cache, resolve_kv_spec
 from .config import EngineConfig, ModelConfig
+from .cuda_graphs import DecodeGraphs, graph_batch_sizes
 from .guided import fill_token_mask
 from .host_batch import HostBatch, prepare_host
 from .host_batch import dummy_prefill as _dummy_prefill
 from .models import load_model
-from .models.batch import ForwardBatch
 from .models.layers import get_layer_ops
 from .models.sharding import SINGLE, Shard
 from .outputs import SampledToken, StepOutput
@@ -75,88 +76,35 @@ def kv_block_bytes(model: ModelConfig, block_size: int, kv: KVCacheSpec | torch.
     return model.num_layers * block_size * spec.token_bytes(shard.num_kv_heads(model), model.head_dim)
 
 
-# -- CUDA graphs for decode steps ----------------------------------------------------
-
-
-def graph_batch_sizes(max_batch: int) -> list[int]:
-    """Bucketed batch sizes: 1, 2, 4, 8, then every multiple of 16, up to max_batch."""
-    sizes = [b for b in (1, 2, 4, 8) if b < max_batch] + list(range(16, max_batch, 16)) + [max_batch]
-    return sorted(set(sizes))
-
-
-class DecodeGraphs:
-    """One CUDA graph per bucketed batch size for a whole decode step
-    (embedding -> layers -> final norm -> float32 logits), replayed over static
-    input buffers. A batch of B sequences runs the smallest bucket >= B; the
-    padded rows have slot -1 (no KV write) and context length 0 (zero attention)."""
-
-    def __init__(self, model, kv_caches: list[KVCache], max_batch: int, max_blocks: int,
-                 block_size: int, device: torch.device):
-        self.model, self.kv_caches, self.block_size = model, kv_caches, block_size
-        self.max_batch = max_batch
-
-        def buffers(dtype, *shape):  # (pinned host, device) pair
-            return (torch.zeros(*shape, dtype=dtype).pin_memory(),
-                    torch.zeros(*shape, dtype=dtype, device=device))
-
-        self.ids = buffers(torch.int64, max_batch)
-        self.positions = buffers(torch.int64, max_batch)
-        self.prompt_lens = buffers(torch.int64, max_batch)
-        self.slots = buffers(torch.int64, max_batch)
-        self.seq_lens = buffers(torch.int32, max_batch)
-        self.tables = buffers(torch.int32, max_batch, max_blocks)
-        self.cu = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
-        self.slots[1].fill_(-1)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-
-    def _batch(self, size: int) -> ForwardBatch:
-        meta = AttentionMetadata(
-            query_start_loc=self.cu[:size + 1], seq_lens=self.seq_lens[1][:size],
-            block_tables=self.tables[1][:size], slot_mapping=self.slots[1][:size],
-            query_lens_cpu=[1] * size, seq_lens_cpu=[1] * size, block_size=self.block_size,
-        )
-        return ForwardBatch(self.ids[1][:size], self.positions[1][:size], self.prompt_lens[1][:size], meta)
-
-    def _forward(self, size: int) -> torch.Tensor:  # float32 [size, vocab]
-        return self.model.compute_logits(self.model(self._batch(size), self.kv_caches))
-
-    def capture(self, sizes: list[int]) -> None:
-        """Capture the largest first so that the smaller graphs reuse its memory pool."""
-        pool = None
-        for size in sorted(sizes, reverse=True):
-            for _ in range(2):  # compile kernels, create handles, outside the capture
-                self._forward(size)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits = self._forward(size)
-            pool = graph.pool()
-            self.graphs[size] = (graph, logits)
-        torch.cuda.synchronize()
-
-    def bucket(self, num_seqs: int) -> int | None:
-        return min((b for b in self.graphs if b >= num_seqs), default=None)
-
-    def run(self, host: HostBatch, size: int) -> torch.Tensor:
-        """Copy the step in (padding rows past B harmless) and replay: float32 logits [B, vocab]."""
-        num = host.num_seqs
-        width = host.tables.shape[1]
-        fills = ((self.ids, host.ids, 0), (self.positions, host.positions, 0),
-                 (self.prompt_lens, host.prompt_lens, 1), (self.slots, host.slots, -1),
-                 (self.seq_lens, host.seq_lens, 0))
-        for (pinned, device), values, pad in fills:
-            view = pinned.numpy()
-            view[:num] = values
-            view[num:size] = pad
-            device[:size].copy_(pinned[:size], non_blocking=True)
-        self.tables[0].numpy()[:num, :width] = host.tables
-        self.tables[1][:size, :width].copy_(self.tables[0][:size, :width], non_blocking=True)
-        graph, logits = self.graphs[size]
-        graph.replay()
-        return logits[:num]
-
-
 # -- the runner ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inflight:
+    """A step queued on the device (ModelRunner.launch). `tokens` int64 [S] on the device holds the token
+    each sampling chunk draws (row `sample_row[request_id]`), ready for the next step's inputs before the
+    host has it; `finish()` waits for the step and returns its StepOutput."""
+
+    out: SchedulerOutput
+    sample_row: dict[str, int]
+    tokens: torch.Tensor | None
+    finish: Callable[[], StepOutput]
+
+
+def _input_patch(scheduled: list[ScheduledSeq], cu: np.ndarray, prev: Inflight | None
+                 ) -> tuple[np.ndarray, torch.Tensor] | None:
+    """The packed rows whose input id is a token `prev` samples (a chunk's last row), and those tokens
+    gathered on the device; None when every id is known."""
+    pending = [i for i, s in enumerate(scheduled) if s.num_pending_inputs]
+    if not pending:
+        return None
+    if prev is None or prev.tokens is None:
+        raise RuntimeError("a step needs tokens of a step that is not in flight")
+    rows = cu[np.asarray(pending) + 1].astype(np.int64) - 1  # [P]
+    src = [prev.sample_row[scheduled[i].request_id] for i in pending]
+    if src == list(range(len(prev.sample_row))):  # every token, in order: the usual decode step
+        return rows, prev.tokens
+    return rows, prev.tokens[torch.tensor(src, device=prev.tokens.device)]
 
 
 class ModelRunner:
@@ -273,26 +221,35 @@ class ModelRunner:
 
     # -- one step ------------------------------------------------------------
 
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> StepOutput:
         """Compute every scheduled chunk; sample for chunks that reach their end;
-        bring back to the CPU the logits requests asked for."""
+        bring back to the CPU the tokens and the logits requests asked for."""
+        return self.launch(out).finish()
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, prev: Inflight | None = None) -> Inflight:
+        """Queue a step on the device and return before its tokens reach the host. Chunks whose last
+        input token is the one `prev` (the step in flight before it) samples take it on the device."""
         host = prepare_host(out.scheduled, self.block_size)
+        host.input_patch = _input_patch(out.scheduled, host.cu, prev)
         plan = LogitsPlan.build(out.scheduled, host.cu)
         logits_of = self._forward(host)
         sample_logits = logits_of(plan.sample_rows) if plan.samplers else None  # float32 [S, vocab]
         context = context_logits(plan, logits_of, sample_logits, self.model_config.vocab_size)
         if not plan.samplers:
-            return StepOutput({}, context)
-        rows = [SamplingRow(s.params, s.seed, s.prompt_token_ids, s.output_token_ids)
+            return Inflight(out, {}, None, lambda: StepOutput({}, context))
+        rows = [SamplingRow(s.params, s.seed, s.prompt_token_ids, s.output_token_ids, s.num_pending_outputs)
                 for s in plan.samplers]
         raw = generation_logits(plan, sample_logits)  # before the grammar mask writes sample_logits
         # host work: on a GPU it overlaps the forward pass queued above
         mask = fill_token_mask([s.grammar for s in plan.samplers], self.model_config.vocab_size)
-        tokens = self.sampler(sample_logits, rows, mask)
-        sampled = {s.request_id: SampledToken(t.token_id, t.logprob, r, t.top_logprobs)
-                   for s, t, r in zip(plan.samplers, tokens, raw)}
-        return StepOutput(sampled, context)
+        sample = self.sampler.launch(sample_logits, rows, mask)
+
+        def finish() -> StepOutput:
+            tokens = sample.results()
+            return StepOutput({s.request_id: SampledToken(t.token_id, t.logprob, r, t.top_logprobs)
+                               for s, t, r in zip(plan.samplers, tokens, raw)}, context)
+        return Inflight(out, {s.request_id: i for i, s in enumerate(plan.samplers)}, sample.tokens, finish)
 
     def _forward(self, host: HostBatch) -> LogitsFn:
         """Run the step (graph replay or eager); return what turns packed token

@@ -41,11 +41,13 @@ class SamplingRow:
     params: SamplingParams
     seed: int                          # resolved seed (drawn by the engine if params.seed is None)
     prompt_token_ids: Sequence[int]
-    output_token_ids: Sequence[int]    # generated so far; the step index is its length
+    output_token_ids: Sequence[int]    # generated so far and known on the host
+    num_pending: int = 0               # tokens before this one still in flight (async scheduling)
 
     @property
     def step(self) -> int:
-        return len(self.output_token_ids)
+        """This token's index in the output."""
+        return len(self.output_token_ids) + self.num_pending
 
 
 class Sampler:
@@ -71,10 +73,16 @@ class Sampler:
                  mask: TokenMask | None = None) -> list[SampledToken]:
         """`mask`: the grammar masks of the guided rows (guided.fill_token_mask), None if there are none;
         it is applied to `logits` in place."""
+        return self.launch(logits, rows, mask).results()
+
+    def launch(self, logits: torch.Tensor, rows: Sequence[SamplingRow],
+               mask: TokenMask | None = None) -> DeviceSample:
+        """Queue the sampling on the device; the tokens come to the host in the background
+        (`DeviceSample.results` waits for them)."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, vocab], got {tuple(logits.shape)}")
         if not rows:
-            return []
+            return DeviceSample([], torch.empty(0, dtype=torch.long), None, None, 0, None)
         if mask is not None:
             apply_token_mask_(logits, mask)  # in place, only the rows it lists
         logits = apply_penalties(apply_logit_bias(logits.float(), rows), rows)  # [N, V]
@@ -100,7 +108,42 @@ class Sampler:
             apply_top_p_(filtered, [r.params.top_p for r in sub_rows])
             tokens[idx] = chosen = draw(filtered, [(r.seed, r.step) for r in sub_rows])
             scores.add(sampled, idx, basis, chosen)
-        return scores.results(tokens)
+        return scores.stage(tokens)
+
+
+class DeviceSample:
+    """One step's sampled tokens: `tokens` int64 [N] on the device (what the next step's inputs can be
+    taken from), and their copy on its way to the host with the log probabilities asked for."""
+
+    def __init__(self, rows: Sequence[SamplingRow], tokens: torch.Tensor, ids_host: torch.Tensor | None,
+                 lps_host: torch.Tensor | None, kmax: int, ready: torch.cuda.Event | None,
+                 top_rows: Sequence[int] = ()):
+        self.rows, self.tokens, self.kmax, self.top_rows = rows, tokens, kmax, top_rows
+        self._ids, self._lps, self._ready = ids_host, lps_host, ready
+
+    def results(self) -> list[SampledToken]:
+        """One SampledToken per row (waits for the device copy)."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        rows, n, kmax = self.rows, len(self.rows), self.kmax
+        if not rows:
+            return []
+        ids_host = self._ids.numpy()
+        lps_host = self._lps.numpy() if self._lps is not None else None
+        tops: dict[int, TopLogprobs] = {}
+        for a, i in enumerate(self.top_rows):
+            k, at = min(rows[i].params.top_logprobs, kmax), n + a * kmax
+            tops[i] = TopLogprobs(ids_host[at:at + k].astype(np.int32)[None], lps_host[at:at + k][None])
+        return [SampledToken(int(ids_host[i]), float(lps_host[i]) if r.params.logprobs else None,
+                             top_logprobs=tops.get(i)) for i, r in enumerate(rows)]
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor` in pinned host memory, queued on the current stream (CPU tensors: a copy)."""
+    if tensor.device.type != "cuda":
+        return tensor.clone()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
 
 
 class _Scores:
@@ -125,11 +168,11 @@ class _Scores:
             self.top_parts.append(log_probs if len(ask) == len(which)
                                   else log_probs[torch.tensor(ask, device=basis.device)])
 
-    def results(self, tokens: torch.Tensor) -> list[SampledToken]:
-        """One SampledToken per row. The host copy is one transfer of ids and one of log probabilities:
-        the chosen tokens [N] followed by the top-k ids [A * k], the chosen logprobs [N] followed by the
-        top-k logprobs [A * k] (A rows asking, k the most any of them asks for)."""
-        rows, n = self.rows, len(self.rows)
+    def stage(self, tokens: torch.Tensor) -> DeviceSample:
+        """Start the host copy: one transfer of ids and one of log probabilities: the chosen tokens [N]
+        followed by the top-k ids [A * k], the chosen logprobs [N] followed by the top-k logprobs [A * k]
+        (A rows asking, k the most any of them asks for)."""
+        rows = self.rows
         ids, lps, kmax = tokens, self.logprobs, 0
         if self.top_parts:
             log_probs = torch.cat(self.top_parts) if len(self.top_parts) > 1 else self.top_parts[0]  # [A, V]
@@ -137,14 +180,13 @@ class _Scores:
             top_lps, top_ids = log_probs.topk(kmax, dim=-1)                      # [A, kmax], descending
             ids, lps = torch.cat([tokens, top_ids.flatten()]), torch.cat([lps, top_lps.flatten()])
         any_logprobs = any(r.params.logprobs for r in rows)
-        ids_host = ids.cpu().numpy()                                             # one device sync
-        lps_host = lps.cpu().numpy() if any_logprobs else None
-        tops: dict[int, TopLogprobs] = {}
-        for a, i in enumerate(self.top_rows):
-            k, at = min(rows[i].params.top_logprobs, kmax), n + a * kmax
-            tops[i] = TopLogprobs(ids_host[at:at + k].astype(np.int32)[None], lps_host[at:at + k][None])
-        return [SampledToken(int(ids_host[i]), float(lps_host[i]) if r.params.logprobs else None,
-                             top_logprobs=tops.get(i)) for i, r in enumerate(rows)]
+        ids_host = _to_host(ids)
+        lps_host = _to_host(lps) if any_logprobs else None
+        ready = None
+        if tokens.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()
+        return DeviceSample(rows, tokens, ids_host, lps_host, kmax, ready, self.top_rows)
 
 
 # --------------------------------------------------------------------- penalties

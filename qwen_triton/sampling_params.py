@@ -154,6 +154,15 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
+    @property
+    def needs_known_outputs(self) -> bool:
+        """Whether sampling the next token, or handing back logits, needs every earlier token on the host:
+        penalties over the output, bad words (multi-token ones match the output's end), a grammar, logits to
+        return. The engine's async scheduling runs steps one at a time while such a request is live."""
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or bool(self.bad_token_ids) or self.guided_decoding is not None
+                or self.return_context_logits or self.return_generation_logits)
+
     def all_token_ids(self) -> set[int]:
         """Every token id this request names, for checking against the vocabulary."""
         ids = set(self.end_ids) | {t for t, _ in self.logit_bias}

@@ -61,6 +61,9 @@ class ScheduledSeq:
     output_token_ids: list[int]
     context_positions: range = range(0)
     grammar: GrammarState | None = None
+    seq_number: int = -1  # the Sequence's admission number: a later request reusing the id is another one
+    num_pending_inputs: int = 0  # trailing token_ids (0 as placeholder) sampled by the step still in flight
+    num_pending_outputs: int = 0  # output tokens sampled before this step but not yet appended (step index)
 
     @property
     def num_tokens(self) -> int:
@@ -95,6 +98,7 @@ class Scheduler:
         self.requests: dict[str, Sequence] = {}
         self.num_preemptions = 0
         self.max_running_seen = 0
+        self.num_needing_outputs = 0  # live sequences whose params need known outputs (no lookahead)
         self.prefix_cache_queries = 0  # tokens of admitted sequences
         self.prefix_cache_hits = 0  # of those, tokens found in cached blocks
 
@@ -103,6 +107,7 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.requests[seq.request_id] = seq
         self.waiting.append(seq)
+        self.num_needing_outputs += seq.params.needs_known_outputs
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Finish a live request now, freeing its blocks; None if unknown."""
@@ -121,6 +126,7 @@ class Scheduler:
         seq.grammar = None  # the matcher goes with the request (an abort too)
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
         del self.requests[seq.request_id]
+        self.num_needing_outputs -= seq.params.needs_known_outputs
         return _output(seq, [], None, error=error)
 
     @property
@@ -136,12 +142,14 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            i += 1
+            if seq.num_pending_tokens and self._ends_with_pending(seq):
+                continue  # its token in flight is its last: nothing more to compute
             n = min(seq.num_uncomputed_tokens, budget)
             if not self._reserve_or_preempt(seq, n, preempted):
                 break  # seq itself was the newest and got preempted
-            scheduled.append(_view(seq, n))
+            scheduled.append(_schedule(seq, n))
             budget -= n
-            i += 1
         if not preempted:
             budget = self._admit_waiting(budget, scheduled)
         self.max_running_seen = max(self.max_running_seen, len(scheduled))
@@ -149,26 +157,29 @@ class Scheduler:
 
     def update(self, out: SchedulerOutput, sampled: Mapping[str, SampledToken],
                context_logits: Mapping[str, np.ndarray] | None = None) -> list[RequestOutput]:
-        """Advance each scheduled sequence past its computed chunk, collect the
-        context logits it asked for (float32 [len(context_positions), vocab] by
-        request id), append the sampled tokens, and finish what ended. Returns
-        the new tokens per request."""
+        """Take a computed step's results: collect the context logits each sequence
+        asked for (float32 [len(context_positions), vocab] by request id), append
+        the sampled tokens, register the blocks they filled, and finish what
+        ended. Returns the new tokens per request. (`schedule` already counted
+        the chunks as computed: the next step may be scheduled before this one's
+        results are in.)"""
         outputs = []
         now = time.time_ns()
         for s in out.scheduled:
             seq = self.requests.get(s.request_id)
-            if seq is None:
-                continue  # finished by an abort during the step
-            seq.num_computed_tokens += s.num_tokens
-            self._register_full_blocks(seq)
+            if seq is None or seq.arrival != s.seq_number:
+                continue  # finished (an end id, an abort) while the step ran
             if context_logits and s.request_id in context_logits:
                 seq.add_context_logits(context_logits[s.request_id])
             tok = sampled.get(s.request_id)
             if tok is None:
+                self._register_full_blocks(seq)
                 continue  # a prefill chunk that does not reach the end yet
+            seq.num_pending_tokens -= 1
             seq.record_sample(now)
             n_before = len(seq.output_token_ids)
             reason = seq.append_token(tok.token_id, tok.logprob, self.max_model_len)
+            self._register_full_blocks(seq)
             if reason is not None:
                 self.finish(seq, reason)
             new = seq.output_token_ids[n_before:]
@@ -192,9 +203,16 @@ class Scheduler:
                 return False
         return True
 
+    def _ends_with_pending(self, seq: Sequence) -> bool:
+        """Whether the tokens in flight take `seq` to max_tokens or the context (an end id cannot be known)."""
+        generated = len(seq.output_token_ids) + seq.num_pending_tokens
+        return generated >= seq.params.max_tokens or seq.num_tokens + seq.num_pending_tokens >= self.max_model_len
+
     def _admit_waiting(self, budget: int, scheduled: list[ScheduledSeq]) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.num_pending_tokens:
+                break  # preempted while its token was in flight: it rejoins once the token is in
             reused = self._reuse_prefix(seq)
             n = min(seq.num_uncomputed_tokens, budget)
             if not self._grow(seq, seq.num_computed_tokens + n):
@@ -207,7 +225,7 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            scheduled.append(_view(seq, n))
+            scheduled.append(_schedule(seq, n))
             budget -= n
         return budget
 
@@ -234,9 +252,9 @@ class Scheduler:
         return len(found)
 
     def _register_full_blocks(self, seq: Sequence) -> None:
-        """Register the blocks of `seq` that its computed tokens have filled since the last call."""
+        """Register the blocks of `seq` that its computed tokens of known id have filled since the last call."""
         size = self.blocks.block_size
-        full = seq.num_computed_tokens // size
+        full = min(seq.num_computed_tokens, seq.num_tokens) // size
         if not self.blocks.caching or full <= seq.num_registered_blocks:
             return
         keys = seq.keys_for_blocks(full, size)
@@ -259,24 +277,33 @@ class Scheduler:
         seq.num_registered_blocks = 0
 
 
-def _view(seq: Sequence, n: int) -> ScheduledSeq:
-    """The next n tokens of seq as the runner's work; stamps seq's first scheduling."""
+def _schedule(seq: Sequence, n: int) -> ScheduledSeq:
+    """The next n tokens of seq as the runner's work, counted as computed from now on (with a token
+    pending for seq when the chunk reaches its end); stamps seq's first scheduling."""
     if not seq.first_scheduled_time_ns:
         seq.first_scheduled_time_ns = time.time_ns()
-    start = seq.num_computed_tokens
-    return ScheduledSeq(
+    start, known = seq.num_computed_tokens, seq.num_tokens
+    pending_inputs = max(start + n - known, 0)  # the token in flight, when the chunk reaches it
+    samples = start + n == known + seq.num_pending_tokens
+    view = ScheduledSeq(
         request_id=seq.request_id,
-        token_ids=seq.token_slice(start, start + n),
+        token_ids=seq.token_slice(start, start + n - pending_inputs) + [0] * pending_inputs,
         start_pos=start,
         block_table=list(seq.block_table),
-        samples=start + n == seq.num_tokens,
+        samples=samples,
         params=seq.params,
         seed=seq.seed,
         prompt_token_ids=seq.prompt_token_ids,
         output_token_ids=seq.output_token_ids,
         context_positions=seq.context_positions(start, start + n),
         grammar=seq.grammar,
+        seq_number=seq.arrival,
+        num_pending_inputs=pending_inputs,
+        num_pending_outputs=seq.num_pending_tokens,
     )
+    seq.num_computed_tokens += n
+    seq.num_pending_tokens += samples
+    return view
 
 
 def _output(seq: Sequence, new: list[int], logprobs: list[float] | None,

@@ -88,11 +88,16 @@ class KVPool:
     def __init__(self, bm: BlockManager):
         self.bm, self.content = bm, {}
 
-    def run(self, sched: Scheduler, out) -> dict[str, SampledToken]:
+    def run(self, sched: Scheduler, out, prev: dict[str, SampledToken]) -> dict[str, SampledToken]:
+        """Write a scheduled step's tokens (a pending input: the token `prev`, the step before, samples)."""
         size = self.bm.block_size
         for s in out.scheduled:
             seq = sched.requests[s.request_id]
-            tokens = seq.token_slice(0, s.start_pos + s.num_tokens)
+            known = s.start_pos + s.num_tokens - s.num_pending_inputs
+            tokens = seq.token_slice(0, known)
+            if s.num_pending_inputs:
+                tokens.append(prev[s.request_id].token_id)
+            assert s.token_ids[:s.num_tokens - s.num_pending_inputs] == tokens[s.start_pos:known]
             for pos in range(s.start_pos):
                 block = s.block_table[pos // size]
                 assert self.content.get((block, pos % size)) == tokens[pos], f"{s.request_id}: stale KV at {pos}"
@@ -100,8 +105,31 @@ class KVPool:
                 block = s.block_table[pos // size]
                 assert self.bm.ref_count(block) == 1, f"{s.request_id} writes shared block {block}"
                 self.content[(block, pos % size)] = tokens[pos]
-        return {s.request_id: SampledToken(random.Random(s.start_pos).randrange(3, 40), None)
+        return {s.request_id: SampledToken(random.Random(s.start_pos).randrange(EOS, 40), None)
                 for s in out.scheduled if s.samples}
+
+
+class Driver:
+    """Steps a scheduler as the engine does, with one step of lookahead or none."""
+
+    def __init__(self, sched: Scheduler, pool: KVPool, lookahead: bool):
+        self.sched, self.pool, self.lookahead = sched, pool, lookahead
+        self.inflight = None  # (SchedulerOutput, its sampled tokens)
+
+    def _launch(self, prev: dict) -> tuple | None:
+        out = self.sched.schedule()
+        check_accounting(self.sched)
+        return None if out.is_empty else (out, self.pool.run(self.sched, out, prev))
+
+    def step(self) -> bool:
+        current, self.inflight = self.inflight or self._launch({}), None
+        if current is None:
+            return False
+        if self.lookahead:
+            self.inflight = self._launch(current[1])
+        self.sched.update(*current)
+        check_accounting(self.sched)
+        return True
 
 
 def check_accounting(sched: Scheduler) -> None:
@@ -126,11 +154,13 @@ ops = st.lists(st.one_of(
 
 
 @settings(derandomize=True, deadline=None, max_examples=150)
-@given(ops, st.integers(6, 14), st.integers(2, 12))
-def test_block_accounting_with_sharing_preemption_and_abort(script, num_blocks, budget):
+@given(ops, st.integers(6, 14), st.integers(2, 12), st.booleans())
+def test_block_accounting_with_sharing_preemption_and_abort(script, num_blocks, budget, lookahead):
+    """With and without async scheduling's lookahead (the next step scheduled before this one's tokens are
+    in: aborts and end ids land while a step is in flight)."""
     bm = BlockManager(num_blocks, 2, caching=True)
     sched = Scheduler(bm, max_num_seqs=3, max_num_batched_tokens=budget, max_model_len=24)
-    pool, added = KVPool(bm), 0
+    driver, added = Driver(sched, KVPool(bm), lookahead), 0
     for op in script + [("step", 60)]:
         if op[0] == "add" and bm.blocks_for(len(PREFIXES[op[1]]) + len(op[2]) + op[3]) <= num_blocks:
             prompt = PREFIXES[op[1]] + op[2]
@@ -141,12 +171,8 @@ def test_block_accounting_with_sharing_preemption_and_abort(script, num_blocks, 
             sched.abort(f"r{op[1]}")
         elif op[0] == "step":
             for _ in range(op[1]):
-                out = sched.schedule()
-                check_accounting(sched)
-                if out.is_empty:
+                if not driver.step():
                     break
-                sched.update(out, pool.run(sched, out))
-                check_accounting(sched)
     assert not sched.has_unfinished  # everything ran to its end
     assert bm.num_free_blocks == num_blocks
     assert sched.prefix_cache_hits <= sched.prefix_cache_queries

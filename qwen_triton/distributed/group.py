@@ -50,7 +50,7 @@ class TPGroup:
     """Rank `rank` of `size` over `device`'s backend: the Communicator of models/sharding.py.
 
     On GPUs the collectives are NCCL's, issued on the current stream, so a CUDA graph captured over a
-    decode step (model_runner.DecodeGraphs) records them and every replay runs them again: all ranks
+    decode step (cuda_graphs.DecodeGraphs) records them and every replay runs them again: all ranks
     capture the same graphs in the same order at start-up and replay them together. The communicator is
     created eagerly (the barrier below), never inside a capture."""
 
