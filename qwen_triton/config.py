@@ -179,6 +179,9 @@ class EngineConfig:
                 "step), on, off; steps run one at a time while a request with penalties, bad words, a grammar "
                 "or returned logits is live, and under tensor parallelism", choices=("auto", "on", "off"))
     cuda_graph_max_batch: int = setting(256, "largest decode batch replayed as a CUDA graph", min=1)
+    cuda_graph_max_prefill_tokens: int = setting(
+        512, "largest step with prompt tokens (of up to 8 sequences) replayed as a CUDA graph; 0: such steps run "
+             "eagerly", min=0)
     # 256 MiB is 441 tokens of a Qwen vocabulary (151,936)
     max_logits_bytes: int = setting(
         256 << 20, "bytes of context or generation logits (float32, vocab wide per token) one request may ask for",

@@ -1,8 +1,9 @@
-"""CUDA graphs for decode steps: one graph per bucketed batch size for a whole step
-(embedding -> layers -> final norm -> float32 logits), replayed over static input buffers.
+"""CUDA graphs of whole steps (embedding -> layers -> final norm -> float32 logits), replayed
+over static input buffers: `DecodeGraphs`, one per bucketed batch size of decode steps, and
+`PrefillGraphs`, one per (token bucket, sequence bucket) of short steps with prompt tokens.
 
-A batch of B sequences runs the smallest bucket >= B; the padded rows have slot -1
-(no KV write) and context length 0 (zero attention). Inputs reach the static device
+A step runs the smallest bucket that holds it; the padded rows have slot -1 (no KV
+write) and the padded sequences context length 0 (zero attention). Inputs reach the static device
 buffers through pinned host buffers, two sets used in turn: with async scheduling
 the host fills the next step's inputs while the previous step's copies may still be
 queued, so a set is only rewritten once the step that used it has finished (the
@@ -16,8 +17,9 @@ from .attention import AttentionMetadata, KVCache
 from .host_batch import HostBatch
 from .models.batch import ForwardBatch
 
+# (name, dtype, value of padded rows): four per token, then one per sequence
 _INPUTS = (("ids", torch.int64, 0), ("positions", torch.int64, 0), ("prompt_lens", torch.int64, 1),
-           ("slots", torch.int64, -1), ("seq_lens", torch.int32, 0))  # (name, dtype, value of padded rows)
+           ("slots", torch.int64, -1), ("seq_lens", torch.int32, 0))
 
 
 def graph_batch_sizes(max_batch: int) -> list[int]:
@@ -26,67 +28,140 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
     return sorted(set(sizes))
 
 
+class StaticInputs:
+    """A graph's input buffers on the device (sized for its largest bucket) and the two pinned host sets they
+    are filled through, in turn. Tokens: ids, positions, prompt_lens, slots [T]; sequences: seq_lens [B],
+    tables [B, max_blocks], cu [B + 1] (query_start_loc)."""
+
+    def __init__(self, max_tokens: int, max_seqs: int, max_blocks: int, device: torch.device):
+        st = {name: torch.zeros(max_tokens, dtype=dtype, device=device) for name, dtype, _ in _INPUTS[:4]}
+        st["seq_lens"] = torch.zeros(max_seqs, dtype=torch.int32, device=device)
+        st["tables"] = torch.zeros(max_seqs, max_blocks, dtype=torch.int32, device=device)
+        st["cu"] = torch.arange(max_seqs + 1, dtype=torch.int32, device=device)  # decode: one token each
+        st["slots"].fill_(-1)
+        self.static = st
+        pin = device.type == "cuda"  # (the CPU: plain buffers, for tests of the padding without graphs)
+        self.pinned = [{name: torch.zeros(t.shape, dtype=t.dtype, pin_memory=pin) for name, t in st.items()}
+                       for _ in range(2)]
+        self.turn = 0
+
+    def fill(self, host: HostBatch, tokens: int, seqs: int, with_cu: bool) -> None:
+        """Copy the step in, padded to `tokens` rows (slot -1: no KV write) and `seqs` sequences (context 0;
+        with_cu: no query tokens either), then take the ids the previous step samples (host.input_patch)."""
+        pinned, self.turn = self.pinned[self.turn], 1 - self.turn
+        num_t, num_s, width = len(host.ids), host.num_seqs, host.tables.shape[1]
+        for name, _, pad in _INPUTS:
+            count, total = (num_s, seqs) if name == "seq_lens" else (num_t, tokens)
+            view = pinned[name].numpy()
+            view[:count] = getattr(host, name)
+            view[count:total] = pad
+            self.static[name][:total].copy_(pinned[name][:total], non_blocking=True)
+        if with_cu:
+            cu = pinned["cu"].numpy()
+            cu[:num_s + 1] = host.cu
+            cu[num_s + 1:seqs + 1] = host.cu[-1]
+            self.static["cu"][:seqs + 1].copy_(pinned["cu"][:seqs + 1], non_blocking=True)
+        pinned["tables"].numpy()[:num_s, :width] = host.tables
+        self.static["tables"][:seqs, :width].copy_(pinned["tables"][:seqs, :width], non_blocking=True)
+        if host.input_patch is not None:
+            rows, ids = host.input_patch
+            self.static["ids"][torch.from_numpy(rows).to(ids.device, non_blocking=True)] = ids
+
+    def metadata(self, tokens: int, seqs: int, block_size: int, graph_query_len: int | None) -> AttentionMetadata:
+        st = self.static
+        return AttentionMetadata(
+            query_start_loc=st["cu"][:seqs + 1], seq_lens=st["seq_lens"][:seqs], block_tables=st["tables"][:seqs],
+            slot_mapping=st["slots"][:tokens], query_lens_cpu=[1] * seqs, seq_lens_cpu=[1] * seqs,
+            block_size=block_size, graph_query_len=graph_query_len)
+
+    def batch(self, meta: AttentionMetadata, tokens: int) -> ForwardBatch:
+        st = self.static
+        return ForwardBatch(st["ids"][:tokens], st["positions"][:tokens], st["prompt_lens"][:tokens], meta)
+
+
+def capture(forward, keys: list, pool=None) -> dict:
+    """Graphs of forward(key) for each key, the largest first so that the smaller reuse its memory pool:
+    key -> (graph, its output tensor)."""
+    graphs = {}
+    for key in keys:
+        for _ in range(2):  # compile kernels, create handles, outside the capture
+            forward(key)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = forward(key)
+        pool = graph.pool()
+        graphs[key] = (graph, out)
+    torch.cuda.synchronize()
+    return graphs
+
+
 class DecodeGraphs:
-    """The captured decode graphs of one model runner and their static buffers."""
+    """One graph per bucketed batch size of decode steps (one token per sequence)."""
 
     def __init__(self, model, kv_caches: list[KVCache], max_batch: int, max_blocks: int,
                  block_size: int, device: torch.device):
         self.model, self.kv_caches, self.block_size = model, kv_caches, block_size
         self.max_batch = max_batch
-        self.static = {name: torch.zeros(max_batch, dtype=dtype, device=device) for name, dtype, _ in _INPUTS}
-        self.static["tables"] = torch.zeros(max_batch, max_blocks, dtype=torch.int32, device=device)
-        self.static["slots"].fill_(-1)
-        self.pinned = [{name: torch.zeros(t.shape, dtype=t.dtype).pin_memory() for name, t in self.static.items()}
-                       for _ in range(2)]
-        self.turn = 0
-        self.cu = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
+        self.inputs = StaticInputs(max_batch, max_batch, max_blocks, device)
+        self.static = self.inputs.static
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
-    def _batch(self, size: int) -> ForwardBatch:
-        st = self.static
-        meta = AttentionMetadata(
-            query_start_loc=self.cu[:size + 1], seq_lens=st["seq_lens"][:size],
-            block_tables=st["tables"][:size], slot_mapping=st["slots"][:size],
-            query_lens_cpu=[1] * size, seq_lens_cpu=[1] * size, block_size=self.block_size,
-        )
-        return ForwardBatch(st["ids"][:size], st["positions"][:size], st["prompt_lens"][:size], meta)
-
     def _forward(self, size: int) -> torch.Tensor:  # float32 [size, vocab]
-        return self.model.compute_logits(self.model(self._batch(size), self.kv_caches))
+        batch = self.inputs.batch(self.inputs.metadata(size, size, self.block_size, None), size)
+        return self.model.compute_logits(self.model(batch, self.kv_caches))
 
     def capture(self, sizes: list[int]) -> None:
-        """Capture the largest first so that the smaller graphs reuse its memory pool."""
-        pool = None
-        for size in sorted(sizes, reverse=True):
-            for _ in range(2):  # compile kernels, create handles, outside the capture
-                self._forward(size)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits = self._forward(size)
-            pool = graph.pool()
-            self.graphs[size] = (graph, logits)
-        torch.cuda.synchronize()
+        self.graphs = capture(self._forward, sorted(sizes, reverse=True))
 
     def bucket(self, num_seqs: int) -> int | None:
         return min((b for b in self.graphs if b >= num_seqs), default=None)
 
     def run(self, host: HostBatch, size: int) -> torch.Tensor:
-        """Copy the step in (padding rows past B harmless), take the ids the previous step samples
-        (host.input_patch), and replay: float32 logits [B, vocab]."""
-        num = host.num_seqs
-        width = host.tables.shape[1]
-        pinned, self.turn = self.pinned[self.turn], 1 - self.turn
-        for name, _, pad in _INPUTS:
-            view = pinned[name].numpy()
-            view[:num] = getattr(host, name)
-            view[num:size] = pad
-            self.static[name][:size].copy_(pinned[name][:size], non_blocking=True)
-        pinned["tables"].numpy()[:num, :width] = host.tables
-        self.static["tables"][:size, :width].copy_(pinned["tables"][:size, :width], non_blocking=True)
-        if host.input_patch is not None:
-            rows, tokens = host.input_patch
-            self.static["ids"][torch.from_numpy(rows).to(tokens.device, non_blocking=True)] = tokens
+        """Copy the step in and replay: float32 logits [B, vocab]."""
+        self.inputs.fill(host, size, size, with_cu=False)
         graph, logits = self.graphs[size]
         graph.replay()
-        return logits[:num]
+        return logits[:host.num_seqs]
+
+
+PREFILL_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
+PREFILL_SEQ_BUCKETS = (1, 2, 4, 8)
+
+
+class PrefillGraphs:
+    """Graphs of whole steps with prompt tokens (prefills, chunks after cached context, decodes beside them) of
+    up to 512 tokens over up to 8 sequences: one per (token bucket, sequence bucket), so a short prompt costs
+    a replay instead of hundreds of eager launches. Attention takes the backend's graph-safe path
+    (AttentionMetadata.graph_query_len: the token bucket bounds every query length); the lm_head runs on each
+    sequence's last row only: float32 logits [B, vocab], row i the last token of sequence i."""
+
+    def __init__(self, model, kv_caches: list[KVCache], max_tokens: int, max_seqs: int, max_blocks: int,
+                 block_size: int, device: torch.device):
+        self.model, self.kv_caches, self.block_size = model, kv_caches, block_size
+        self.tokens = [t for t in PREFILL_TOKEN_BUCKETS if t <= max_tokens] or [PREFILL_TOKEN_BUCKETS[0]]
+        self.seqs = [b for b in PREFILL_SEQ_BUCKETS if b <= max_seqs] or [1]
+        self.inputs = StaticInputs(self.tokens[-1], self.seqs[-1], max_blocks, device)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def _forward(self, key: tuple[int, int]) -> torch.Tensor:  # float32 [seqs, vocab]
+        tokens, seqs = key
+        meta = self.inputs.metadata(tokens, seqs, self.block_size, graph_query_len=tokens)
+        hidden = self.model(self.inputs.batch(meta, tokens), self.kv_caches)  # [tokens, hidden]
+        last = (meta.query_start_loc[1:] - 1).clamp_min(0).long()  # [seqs]: each sequence's last row
+        return self.model.compute_logits(hidden[last])
+
+    def capture(self) -> None:
+        keys = sorted(((t, b) for t in self.tokens for b in self.seqs if b <= t), reverse=True)
+        self.graphs = capture(self._forward, keys)
+
+    def bucket(self, num_tokens: int, num_seqs: int) -> tuple[int, int] | None:
+        fits = [key for key in self.graphs if key[0] >= num_tokens and key[1] >= num_seqs]
+        return min(fits, default=None)
+
+    def run(self, host: HostBatch, key: tuple[int, int]) -> torch.Tensor:
+        """Copy the step in and replay: float32 logits [B, vocab] of each sequence's last token."""
+        self.inputs.fill(host, key[0], key[1], with_cu=True)
+        graph, logits = self.graphs[key]
+        graph.replay()
+        return logits[:host.num_seqs]

@@ -28,7 +28,7 @@ import torch
 from .attention import KVCache, get_attention_backend
 from .attention.kv_quant import KVCacheSpec, check_calibrated_scales, new_kv_cache, resolve_kv_spec
 from .config import EngineConfig, ModelConfig
-from .cuda_graphs import DecodeGraphs, graph_batch_sizes
+from .cuda_graphs import DecodeGraphs, PrefillGraphs, graph_batch_sizes
 from .guided import fill_token_mask
 from .host_batch import HostBatch, prepare_host
 from .host_batch import dummy_prefill as _dummy_prefill
@@ -137,11 +137,13 @@ class ModelRunner:
         self.kv_caches = self._allocate_kv_cache(self.num_blocks)
         self.sampler = Sampler()
         self.graphs = self._capture_graphs(backend)
+        self.prefill_graphs = self._capture_prefill_graphs(backend)
         pool_bytes = self.num_blocks * kv_block_bytes(model_config, self.block_size, self.kv_spec, shard)
         log.info("model runner: %s %s, attention %s, kernels %s, KV cache %s: %d blocks of %d tokens "
                  "(%.2f GiB), graphs %s%s", device, self.settings.dtype, backend.name, ops.name, self.kv_spec.name,
                  self.num_blocks, self.block_size, pool_bytes / 2**30,
-                 sorted(self.graphs.graphs) if self.graphs else "off",
+                 (sorted(self.graphs.graphs), sorted(self.prefill_graphs.graphs) if self.prefill_graphs else "off")
+                 if self.graphs else "off",
                  f", tensor-parallel rank {shard.rank} of {shard.size}" if shard.parallel else "")
 
     def close(self) -> None:
@@ -219,6 +221,19 @@ class ModelRunner:
         graphs.capture(graph_batch_sizes(max_batch))
         return graphs
 
+    @torch.inference_mode()
+    def _capture_prefill_graphs(self, backend) -> PrefillGraphs | None:
+        """Steps with prompt tokens up to cuda_graph_max_prefill_tokens, when decode steps have graphs too.
+        Not under tensor parallelism: a replay would need its own seam to the other ranks."""
+        cfg = self.config
+        limit = min(cfg.cuda_graph_max_prefill_tokens, cfg.max_num_batched_tokens)
+        if self.graphs is None or limit < 1 or self.shard.parallel or not hasattr(backend, "forward_graphed"):
+            return None
+        graphs = PrefillGraphs(self.model, self.kv_caches, limit, cfg.max_num_seqs,
+                               -(-self.max_model_len // self.block_size), self.block_size, self.settings.device)
+        graphs.capture()
+        return graphs
+
     # -- one step ------------------------------------------------------------
 
     def execute(self, out: SchedulerOutput) -> StepOutput:
@@ -233,7 +248,7 @@ class ModelRunner:
         host = prepare_host(out.scheduled, self.block_size)
         host.input_patch = _input_patch(out.scheduled, host.cu, prev)
         plan = LogitsPlan.build(out.scheduled, host.cu)
-        logits_of = self._forward(host)
+        logits_of = self._forward(host, graphs=not plan.context)
         sample_logits = logits_of(plan.sample_rows) if plan.samplers else None  # float32 [S, vocab]
         context = context_logits(plan, logits_of, sample_logits, self.model_config.vocab_size)
         if not plan.samplers:
@@ -251,20 +266,28 @@ class ModelRunner:
                                for s, t, r in zip(plan.samplers, tokens, raw)}, context)
         return Inflight(out, {s.request_id: i for i, s in enumerate(plan.samplers)}, sample.tokens, finish)
 
-    def _forward(self, host: HostBatch) -> LogitsFn:
-        """Run the step (graph replay or eager); return what turns packed token
-        rows into their float32 logits."""
+    def _forward(self, host: HostBatch, graphs: bool = True) -> LogitsFn:
+        """Run the step (a graph replay, or eager when no graph fits or `graphs` is off: a step whose
+        requests want logits of other rows than the sampling ones); return what turns packed token rows
+        into their float32 logits."""
         dev = self.settings.device
-        size = self.graphs.bucket(host.num_seqs) if self.graphs and host.is_decode_only else None
-        if size is not None:
-            logits = self.run_graph(host, size)  # [B, vocab]: every row of a decode step (T == B)
+        size = self.graphs.bucket(host.num_seqs) if graphs and self.graphs and host.is_decode_only else None
+        key = None
+        if size is None and graphs and self.prefill_graphs and not host.is_decode_only:
+            key = self.prefill_graphs.bucket(len(host.ids), host.num_seqs)
+        if size is None and key is None:
+            hidden = self.run_eager(host)  # [T, hidden]
+            return lambda rows: self.logits(hidden, rows)
+        # [B, vocab], row i the logits of sequence i's last token (a decode step's every row: T == B)
+        logits = self.run_graph(host, size) if size is not None else self.prefill_graphs.run(host, key)
+        last_rows = host.cu[1:].astype(np.int64) - 1  # [B]
 
-            def from_graph(rows: np.ndarray) -> torch.Tensor:
-                # rows are increasing and distinct, so B of them are all of them, in order
-                return logits if len(rows) == host.num_seqs else logits[torch.from_numpy(rows).to(dev)]
-            return from_graph
-        hidden = self.run_eager(host)  # [T, hidden]
-        return lambda rows: self.logits(hidden, rows)
+        def from_graph(rows: np.ndarray) -> torch.Tensor:
+            # rows are distinct last rows in increasing order, so B of them are all of them, in order
+            if len(rows) == host.num_seqs:
+                return logits
+            return logits[torch.from_numpy(np.searchsorted(last_rows, rows)).to(dev)]
+        return from_graph
 
     # The three seams that run collectives under tensor parallelism (the module docstring).
 

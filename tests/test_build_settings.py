@@ -66,7 +66,7 @@ def test_the_trtllm_parameter_name_is_an_alias():
 def test_ignored_with_tensorrtllm_are_the_fields_without_a_counterpart():
     ours = [f.name for f in dataclasses.fields(EngineConfig) if not f.metadata["trtllm"]]
     assert ours == ["kv_cache_max_bytes", "device", "attention_backend", "layer_kernels", "enforce_eager",
-                    "async_scheduling", "cuda_graph_max_batch", "max_logits_bytes"]
+                    "async_scheduling", "cuda_graph_max_batch", "cuda_graph_max_prefill_tokens", "max_logits_bytes"]
     changed = {"engine": "tensorrtllm", "enforce_eager": True, "max_logits_bytes": 1 << 20, "block_size": 32}
     assert Settings.from_dict(changed).ignored() == ["enforce_eager", "max_logits_bytes"]
 

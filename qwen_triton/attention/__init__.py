@@ -52,7 +52,8 @@ class AttentionMetadata:
     (its own keys; empty when the step starts).
 
     Slots < 0 in slot_mapping mark padding rows (CUDA graph batches): backends
-    that support graphs write nothing for them.
+    that support graphs write nothing for them. graph_query_len set: a captured
+    mixed step (see the field).
     """
 
     query_start_loc: torch.Tensor
@@ -63,6 +64,9 @@ class AttentionMetadata:
     seq_lens_cpu: list[int]
     block_size: int
     derived: dict = field(default_factory=dict)
+    # a step captured in a CUDA graph (cuda_graphs.PrefillGraphs): every query length is at most this bound and
+    # the backend must read only the device tensors (the *_cpu lists describe the capture, not the replay)
+    graph_query_len: int | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -128,6 +128,8 @@ class TritonAttentionBackend:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, H, D]
+        if meta.graph_query_len is not None:
+            return self.forward_graphed(q, k, v, kv_cache, meta, scale, meta.graph_query_len)
         kv_kernels.write_kv_cache(kv_cache, k, v, meta.slot_mapping)
         if meta.is_decode_only:
             return self._decode(q, kv_cache, meta.block_tables, meta.seq_lens, scale)
