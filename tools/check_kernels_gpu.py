@@ -2,10 +2,11 @@
 """GPU checks at full size: every Triton kernel against its plain-torch
 reference (Qwen-7B shapes, fresh random inputs, bf16 and fp16), the Triton
 attention backend against the torch backend on mixed batches, the int8 / fp8
-KV cache's kernels (tools/check_kv_quant_gpu.py), and the engine's fast path
+KV cache's kernels (tools/check_kv_quant_gpu.py), the paged prefill kernel and the
+backend's graph-safe path, captured and replayed (tools/check_prefill_gpu.py), and the engine's fast path
 (Triton kernels, CUDA graphs) against its reference path and transformers on
 tiny checkpoints. Also times the kernels once, paged decode over int8 / fp8
-caches against bf16 included.
+caches against bf16 and paged prefill against flash varlen included.
 
     python3 -m tools.check_kernels_gpu [--json OUT.json]
 
@@ -34,6 +35,8 @@ from qwen_triton.models import layers
 from tools.check_kv_quant_gpu import report
 from tools.check_kv_quant_gpu import run_checks as run_kv_quant_checks
 from tools.check_kv_quant_gpu import time_decode as time_kv_quant_decode
+from tools.check_prefill_gpu import run_checks as run_prefill_checks
+from tools.check_prefill_gpu import time_prefill
 
 DEV = torch.device("cuda")
 RESULTS: list[dict] = []
@@ -160,6 +163,18 @@ def check_backend(dtype):
         check(f"triton backend {tag} mixed H{heads}/{kv_heads} (varlen {backend.use_varlen})",
               rel_err(got, ref), tol(dtype))
         check(f"triton backend {tag} cache written", 0.0 if torch.equal(cache, ref_cache) else 1.0, 0.5)
+        check_backend_graphed(groups, meta, q, k, v, ref_cache, ref, f"{tag} mixed H{heads}/{kv_heads}")
+
+
+def check_backend_graphed(groups, meta, q, k, v, ref_cache, ref, tag):
+    """The graph-safe path (paged prefill + decode kernels, fixed launches) on the same step as check_backend,
+    max_query_len a power-of-two bucket above the step's. It starts from the reference's cache after the
+    step: writing the step's K/V again leaves it as it is, and the contexts are those the reference read."""
+    cache = ref_cache.clone()
+    bucket = 1 << (max(n for _, n in groups) - 1).bit_length()
+    got = TritonAttentionBackend(DEV).forward_graphed(q, k, v, cache, meta, 128 ** -0.5, max_query_len=bucket)
+    check(f"triton backend forward_graphed {tag} (bucket {bucket})", rel_err(got, ref), tol(q.dtype))
+    check(f"triton backend forward_graphed {tag} cache unchanged", 0.0 if torch.equal(cache, ref_cache) else 1.0, 0.5)
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -297,6 +312,7 @@ def time_kernels(num_sms):
         out[name] = {"us": graph_us(fn)}
         print(f"time {name}: {out[name]['us']:.1f} us", flush=True)
     out["kv_quant"] = time_kv_quant_decode(graph_us, copy_bw, num_sms)
+    out["prefill"] = time_prefill(graph_us)
     return out
 
 
@@ -314,6 +330,7 @@ def main() -> int:
         check_paged_attention(dtype, num_sms)
         check_backend(dtype)
     run_kv_quant_checks(check, num_sms)
+    run_prefill_checks(check)
     if not args.skip_engine:
         check_engine()
     timings = {} if args.skip_timing else time_kernels(num_sms)
