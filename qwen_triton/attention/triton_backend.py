@@ -173,7 +173,7 @@ class TritonAttentionBackend:
         # zeros: rows no kernel writes (padding) must stay finite for the layers after attention
         out = torch.zeros_like(q)
         if max_query_len > 1:
-            launch = choose_prefill_launch(max_query_len, q.shape[2])
+            launch = choose_prefill_launch(max_query_len, q.shape[2], q.dtype)
             paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
                                     out=out, max_query_len=max_query_len, block_m=launch.block_m,
                                     block_n=launch.block_n, num_warps=launch.num_warps,

@@ -148,12 +148,12 @@ class PrefillLaunch:
     num_stages: int = 2
 
 
-def choose_prefill_launch(max_query_len: int, head_dim: int) -> PrefillLaunch:
+def choose_prefill_launch(max_query_len: int, head_dim: int, dtype: torch.dtype = torch.bfloat16) -> PrefillLaunch:
     """Query tiles no taller than the longest query (short chunks waste no rows), 64-key tiles;
-    smaller tiles for head sizes past 128 (shared memory). A starting point, not yet tuned on the
-    H200: tools/check_kernels_gpu.py's time_prefill times the alternatives."""
+    smaller tiles where the operands take more shared memory (head sizes past 128, fp32). A starting
+    point, not yet tuned on the H200: tools/check_prefill_gpu.py's time_prefill times the alternatives."""
     block_m = min(128, max(16, triton.next_power_of_2(max(max_query_len, 1))))
-    if head_dim > 128:
+    if head_dim > 128 or dtype == torch.float32:
         return PrefillLaunch(min(block_m, 64), 32, num_warps=4, num_stages=1)
     return PrefillLaunch(block_m, 64, num_warps=8 if block_m >= 128 else 4, num_stages=2)
 
