@@ -16,6 +16,7 @@ import torch
 from .attention import AttentionMetadata, KVCache
 from .host_batch import HostBatch
 from .models.batch import ForwardBatch
+from .transfer import to_device
 
 # (name, dtype, value of padded rows): four per token, then one per sequence
 _INPUTS = (("ids", torch.int64, 0), ("positions", torch.int64, 0), ("prompt_lens", torch.int64, 1),
@@ -65,7 +66,10 @@ class StaticInputs:
         self.static["tables"][:seqs, :width].copy_(pinned["tables"][:seqs, :width], non_blocking=True)
         if host.input_patch is not None:
             rows, ids = host.input_patch
-            self.static["ids"][torch.from_numpy(rows).to(ids.device, non_blocking=True)] = ids
+            if len(rows) and rows[-1] == len(rows) - 1:  # rows 0 .. P - 1 (increasing): every row of a decode step
+                self.static["ids"][:len(rows)] = ids
+            else:
+                self.static["ids"][to_device(rows, ids.device)] = ids
 
     def metadata(self, tokens: int, seqs: int, block_size: int, graph_query_len: int | None) -> AttentionMetadata:
         st = self.static

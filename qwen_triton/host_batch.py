@@ -12,6 +12,7 @@ import torch
 from .attention import AttentionMetadata
 from .models.batch import ForwardBatch
 from .scheduler import ScheduledSeq
+from .transfer import to_device
 
 
 @dataclass
@@ -45,7 +46,7 @@ class HostBatch:
 
     def to_device(self, device: torch.device, block_size: int) -> ForwardBatch:
         def dev(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(device, non_blocking=True)
+            return to_device(a, device)
 
         meta = AttentionMetadata(
             query_start_loc=dev(self.cu), seq_lens=dev(self.seq_lens), block_tables=dev(self.tables),

@@ -41,6 +41,7 @@ from .sampler import Sampler, SamplingRow
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSeq, SchedulerOutput
 from .step_logits import LOGITS_ROWS, LogitsFn, LogitsPlan, context_logits, generation_logits
+from .transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _input_patch(scheduled: list[ScheduledSeq], cu: np.ndarray, prev: Inflight |
     src = [prev.sample_row[scheduled[i].request_id] for i in pending]
     if src == list(range(len(prev.sample_row))):  # every token, in order: the usual decode step
         return rows, prev.tokens
-    return rows, prev.tokens[torch.tensor(src, device=prev.tokens.device)]
+    return rows, prev.tokens[to_device(src, prev.tokens.device)]
 
 
 class ModelRunner:
@@ -286,7 +287,7 @@ class ModelRunner:
             # rows are distinct last rows in increasing order, so B of them are all of them, in order
             if len(rows) == host.num_seqs:
                 return logits
-            return logits[torch.from_numpy(np.searchsorted(last_rows, rows)).to(dev)]
+            return logits[to_device(np.searchsorted(last_rows, rows), dev)]
         return from_graph
 
     # The three seams that run collectives under tensor parallelism (the module docstring).
@@ -301,7 +302,7 @@ class ModelRunner:
 
     def logits(self, hidden: torch.Tensor, rows: np.ndarray | slice) -> torch.Tensor:
         """float32 logits [r, vocab] of the packed rows `rows` (int64 [r], increasing) of `hidden`."""
-        index = rows if isinstance(rows, slice) else torch.from_numpy(rows).to(self.settings.device)
+        index = rows if isinstance(rows, slice) else to_device(rows, self.settings.device)
         return self.model.compute_logits(hidden[index])
 
     @torch.inference_mode()

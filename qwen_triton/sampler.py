@@ -29,6 +29,7 @@ import torch
 from .guided import TokenMask, apply_token_mask_
 from .outputs import SampledToken, TopLogprobs
 from .sampling_params import SamplingParams
+from .transfer import to_device
 
 _MASK64 = (1 << 64) - 1
 _NEG_INF = float("-inf")
@@ -93,14 +94,14 @@ class Sampler:
         greedy = [i for i, r in enumerate(rows) if r.params.greedy]
         if greedy:
             # all rows greedy (the common serving case): a view, no gather of [N, V]
-            idx = slice(None) if len(greedy) == len(rows) else torch.tensor(greedy, device=device)
+            idx = slice(None) if len(greedy) == len(rows) else to_device(greedy, device)
             basis = logits[idx]                                      # [G, V]
             tokens[idx] = chosen = basis.argmax(dim=-1)              # ties -> lowest id
             scores.add(greedy, idx, basis, chosen)
 
         sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
         if sampled:
-            idx = torch.tensor(sampled, device=device)
+            idx = to_device(sampled, device)
             sub_rows = [rows[i] for i in sampled]
             basis = apply_temperature_(logits[idx], [r.params.temperature for r in sub_rows])  # [S, V]
             filtered = basis.clone() if any(r.params.logprobs for r in sub_rows) else basis
@@ -166,7 +167,7 @@ class _Scores:
         if ask:
             self.top_rows += [which[j] for j in ask]
             self.top_parts.append(log_probs if len(ask) == len(which)
-                                  else log_probs[torch.tensor(ask, device=basis.device)])
+                                  else log_probs[to_device(ask, basis.device)])
 
     def stage(self, tokens: torch.Tensor) -> DeviceSample:
         """Start the host copy: one transfer of ids and one of log probabilities: the chosen tokens [N]
@@ -206,8 +207,8 @@ def apply_logit_bias(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch
     row_of, token, bias = zip(*pairs)
     device = logits.device
     logits = logits.clone()
-    logits.index_put_((torch.tensor(row_of, device=device), torch.tensor(token, device=device)),
-                      torch.tensor(bias, dtype=logits.dtype, device=device), accumulate=True)
+    logits.index_put_((to_device(row_of, device), to_device(token, device)),
+                      to_device(bias, device, logits.dtype), accumulate=True)
     return logits
 
 
@@ -230,7 +231,7 @@ def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.
         _presence_frequency_(logits, rows, pf)
     if ban_rows:
         device = logits.device
-        logits[torch.tensor(ban_rows, device=device), torch.tensor(ban_tokens, device=device)] = _NEG_INF
+        logits[to_device(ban_rows, device), to_device(ban_tokens, device)] = _NEG_INF
     return logits
 
 
@@ -244,8 +245,8 @@ def _token_index(logits: torch.Tensor, token_lists: list[Sequence[int]]) -> tupl
     row_of = [j for j, toks in enumerate(token_lists) for _ in range(len(toks))]
     flat = [t for toks in token_lists for t in toks]
     device = logits.device
-    row_t = torch.tensor(row_of, dtype=torch.long, device=device)               # [T]
-    tok_t = torch.tensor(flat, dtype=torch.long, device=device).clamp_(max=vocab)  # [T]
+    row_t = to_device(row_of, device, torch.long)               # [T]
+    tok_t = to_device(flat, device, torch.long).clamp_(max=vocab)  # [T]
     return row_t, tok_t
 
 
@@ -255,14 +256,14 @@ def _repetition_penalty_(logits: torch.Tensor, rows: Sequence[SamplingRow], whic
     Every token seen in prompt + output (counted once) has a positive logit
     divided by the penalty and a negative one multiplied by it.
     """
-    idx = torch.tensor(which, device=logits.device)
+    idx = to_device(which, logits.device)
     sub = logits[idx]                                                            # [R, V]
     row_t, tok_t = _token_index(logits, [list(rows[i].prompt_token_ids) + list(rows[i].output_token_ids)
                                          for i in which])
     seen = torch.zeros(len(which), sub.shape[-1] + 1, dtype=torch.bool, device=sub.device)  # [R, V+1]
     seen[row_t, tok_t] = True
-    penalty = torch.tensor([rows[i].params.repetition_penalty for i in which],
-                           dtype=torch.float32, device=sub.device)[:, None]     # [R, 1]
+    penalty = to_device([rows[i].params.repetition_penalty for i in which],
+                        sub.device, torch.float32)[:, None]     # [R, 1]
     penalised = torch.where(sub < 0, sub * penalty, sub / penalty)
     logits[idx] = torch.where(seen[:, :-1], penalised, sub)
 
@@ -270,15 +271,15 @@ def _repetition_penalty_(logits: torch.Tensor, rows: Sequence[SamplingRow], whic
 def _presence_frequency_(logits: torch.Tensor, rows: Sequence[SamplingRow], which: list[int]) -> None:
     """OpenAI presence / frequency penalties over the output tokens, in place:
     logit -= presence * (count > 0) + frequency * count."""
-    idx = torch.tensor(which, device=logits.device)
+    idx = to_device(which, logits.device)
     row_t, tok_t = _token_index(logits, [rows[i].output_token_ids for i in which])
     counts = torch.zeros(len(which), logits.shape[-1] + 1, dtype=torch.float32, device=logits.device)  # [R, V+1]
     counts.index_put_((row_t, tok_t), torch.ones_like(tok_t, dtype=torch.float32), accumulate=True)
     counts = counts[:, :-1]                                                      # [R, V]
-    presence = torch.tensor([rows[i].params.presence_penalty for i in which],
-                            dtype=torch.float32, device=logits.device)[:, None]  # [R, 1]
-    frequency = torch.tensor([rows[i].params.frequency_penalty for i in which],
-                             dtype=torch.float32, device=logits.device)[:, None]
+    presence = to_device([rows[i].params.presence_penalty for i in which],
+                         logits.device, torch.float32)[:, None]  # [R, 1]
+    frequency = to_device([rows[i].params.frequency_penalty for i in which],
+                          logits.device, torch.float32)[:, None]
     logits[idx] = logits[idx] - (presence * (counts > 0) + frequency * counts)
 
 
@@ -320,7 +321,7 @@ def _ends_with(prompt: Sequence[int], output: Sequence[int], suffix: Sequence[in
 
 def apply_temperature_(logits: torch.Tensor, temperature: Sequence[float]) -> torch.Tensor:
     """logits [R, V] /= temperature[r] (all > 0), like TemperatureLogitsWarper."""
-    t = torch.tensor(temperature, dtype=torch.float32, device=logits.device)    # [R]
+    t = to_device(temperature, logits.device, torch.float32)    # [R]
     return logits.div_(t[:, None])
 
 
@@ -332,10 +333,10 @@ def apply_top_k_(logits: torch.Tensor, top_k: Sequence[int]) -> torch.Tensor:
     if not which:
         return logits
     ks = [min(top_k[i], vocab) for i in which]
-    idx = torch.tensor(which, device=logits.device)
+    idx = to_device(which, logits.device)
     sub = logits[idx]                                                            # [R', V]
     top = sub.topk(max(ks), dim=-1).values                                       # [R', kmax], descending
-    kth = top.gather(1, torch.tensor(ks, device=logits.device)[:, None] - 1)     # [R', 1]
+    kth = top.gather(1, to_device(ks, logits.device)[:, None] - 1)     # [R', 1]
     logits[idx] = sub.masked_fill(sub < kth, _NEG_INF)
     return logits
 
@@ -348,12 +349,12 @@ def apply_top_p_(logits: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
     if not which:
         return logits
     device = logits.device
-    idx = torch.tensor(which, device=device)
+    idx = to_device(which, device)
     sub = logits[idx]                                                            # [R', V]
     sorted_logits, order = sub.sort(dim=-1)                                      # ascending
     cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)                           # [R', V]
     # 1 - p is computed in double then rounded once, exactly as transformers does.
-    cutoff = torch.tensor([1.0 - top_p[i] for i in which], dtype=torch.float32, device=device)
+    cutoff = to_device([1.0 - top_p[i] for i in which], device, torch.float32)
     drop_sorted = cum <= cutoff[:, None]                                         # [R', V]
     drop_sorted[:, -1] = False                                                   # keep the most probable
     drop = drop_sorted.scatter(1, order, drop_sorted)                            # back to vocab order

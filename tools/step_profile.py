@@ -10,8 +10,8 @@ At Qwen-7B's shapes with random bf16 weights (tools/benchmark.py's checkpoint), 
   phases      the same steps with each phase timed and the device synchronised after the forward pass, so
               that host work and GPU work separate: schedule (Scheduler.schedule), prepare (prepare_host:
               numpy packing), launch (ModelRunner._forward: input copies and the graph replay or eager
-              launches, host side), gpu (waiting for the forward pass), sample (Sampler: its kernels, and
-              the sampled tokens' copy to the host), update (Scheduler.update and the outputs)
+              launches, host side), gpu (waiting for the forward pass), sample (Sampler.launch: queueing its
+              kernels and the tokens' copy to the host), update (Scheduler.update and the outputs)
 host_ms = schedule + prepare + launch + update + the sampler's host share is what async scheduling can hide;
 `graph_ms` is one replayed decode graph alone (GPU time).
 """
@@ -89,7 +89,7 @@ def profile_batch(engine: LLMEngine, batch: int, steps: int, rng) -> dict:
     timer.wrap(engine.scheduler, "schedule", "schedule")
     timer.wrap(model_runner, "prepare_host", "prepare")
     timer.wrap(engine.runner, "_forward", "launch", sync=True)
-    timer.wrap(engine.runner, "sampler", "sample")
+    timer.wrap(engine.runner.sampler, "launch", "sample")
     timer.wrap(engine.scheduler, "update", "update")
     timer.wrap(engine, "step", "step")
     try:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..kernels import kv_cache as kv_kernels
 from ..kernels.paged_attention import choose_launch, paged_decode_attention
 from ..kernels.paged_prefill import choose_prefill_launch, paged_prefill_attention
+from ..transfer import to_device
 from . import AttentionMetadata, KVCache
 from .kv_quant import gather_kv
 from .torch_backend import context_slots
@@ -46,7 +47,7 @@ def _as_index(rows: list[int], device: torch.device) -> Index:
     """A slice when `rows` is one increasing run, else an int64 index tensor."""
     if rows and rows[-1] - rows[0] + 1 == len(rows):
         return slice(rows[0], rows[-1] + 1)
-    return torch.tensor(rows, dtype=torch.int64, device=device)
+    return to_device(rows, device, torch.int64)
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _cumulative(lengths: list[int], device: torch.device) -> torch.Tensor:
     cu = [0]
     for n in lengths:
         cu.append(cu[-1] + n)
-    return torch.tensor(cu, dtype=torch.int32, device=device)
+    return to_device(cu, device, torch.int32)
 
 
 class TritonAttentionBackend:
