@@ -79,9 +79,9 @@ def steady(engine: LLMEngine, batch: int, rng) -> None:
 def profile_batch(engine: LLMEngine, batch: int, steps: int, rng) -> dict:
     steady(engine, batch, rng)
     assert engine.stats().num_running == batch, "the batch does not fit: raise max_num_seqs or the KV pool"
+    torch.cuda.synchronize()  # once: a sync per step would undo async scheduling's overlap
     plain = []
     for _ in range(steps):
-        torch.cuda.synchronize()
         start = time.perf_counter()
         engine.step()
         plain.append(time.perf_counter() - start)
