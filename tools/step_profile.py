@@ -107,12 +107,46 @@ def profile_batch(engine: LLMEngine, batch: int, steps: int, rng) -> dict:
             "host_ms_without_sample": host, "graph_ms": graph_step_ms(engine.runner, batch, ctx)}
 
 
+def find_syncs(engine: LLMEngine, batch: int, rng) -> list[dict]:
+    """The host-device synchronisations of steady steps (torch.cuda.set_sync_debug_mode), each with the
+    qwen_triton frames that made it: with async scheduling only the wait for the step in flight belongs."""
+    import traceback
+    import warnings
+
+    steady(engine, batch, rng)
+    found: dict[str, dict] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f"{f.filename.split('/src/')[-1]}:{f.lineno} {f.name}" for f in traceback.extract_stack()
+                  if "qwen_triton" in f.filename or "/tools/" in f.filename]
+        key = " <- ".join(reversed(frames[-4:]))
+        found.setdefault(key, {"message": str(message)[:160], "where": key, "count": 0})["count"] += 1
+
+    old = warnings.showwarning
+    warnings.showwarning = record
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            for _ in range(5):
+                engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = old
+    for i in range(batch):
+        engine.abort_request(f"p{batch}-{i}")
+    engine.step()
+    return list(found.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="steps.json")
     parser.add_argument("--batches", default="1,64,256")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--sync-debug", action="store_true", help="list the synchronisations of steady steps")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     batches = [int(b) for b in args.batches.split(",")]
@@ -120,13 +154,18 @@ def main() -> None:
         write_random_checkpoint(tmp, QWEN_7B)
         engine = LLMEngine(tmp, EngineConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=8192,
                                              max_model_len=4096, cuda_graph_max_batch=args.max_num_seqs))
-        rows = []
+        rows, syncs = [], {}
+        if args.sync_debug:
+            for batch in batches:
+                syncs[batch] = find_syncs(engine, batch, rng)
+                print(f"B{batch} syncs: {json.dumps(syncs[batch], indent=1)}", flush=True)
         for batch in batches:
             row = profile_batch(engine, batch, args.steps, rng)
             rows.append(row)
             print(f"B{batch}: step {row['plain_step_ms']:.2f} ms, graph {row['graph_ms']:.2f} ms, "
                   f"phases {({k: round(v, 3) for k, v in row['phases_ms'].items()})}", flush=True)
-    result = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(0), "rows": rows}
+    result = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(0), "rows": rows,
+              "syncs": syncs}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 
