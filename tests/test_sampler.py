@@ -16,11 +16,11 @@ from transformers.generation.logits_process import (
 )
 
 from qwen_triton.errors import InvalidRequestError
+from qwen_triton.penalties import _ends_with
 from qwen_triton.sampler import (
     SampledToken,
     Sampler,
     SamplingRow,
-    _ends_with,
     apply_penalties,
     apply_temperature_,
     apply_top_k_,
