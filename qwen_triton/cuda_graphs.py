@@ -129,7 +129,9 @@ class DecodeGraphs:
         return logits[:host.num_seqs]
 
 
-PREFILL_TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
+# fine steps: a padded row costs compute (on an H200 a 144-token chunk after 1,984 cached tokens, replayed in the
+# 256-token graph, took 9.9 ms against 6.2 ms for a 128-token prompt in the 128-token one)
+PREFILL_TOKEN_BUCKETS = (16, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 PREFILL_SEQ_BUCKETS = (1, 2, 4, 8)
 
 
