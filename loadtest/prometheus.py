@@ -1,9 +1,13 @@
 """Triton's metrics port (Prometheus text), read during a load test: the server's view beside the client's.
 
-A :class:`Snapshot` is one scrape.  Counters (``nv_inference_*``, and our engine's ``qwen_triton_engine``
-counters) are compared between the start and the end of a level (:func:`level_server_summary`); gauges
-(requests active / scheduled / waiting, KV-cache blocks, GPU use) are sampled every half second or so
-into a time series (:func:`timeseries_row`).
+A :class:`Snapshot` is one scrape.  Counters (``nv_inference_*``, our engine's ``qwen_triton_engine``
+counters and its prefix-cache counters) are compared between the start and the end of a level
+(:func:`level_server_summary`); gauges (requests active / scheduled / waiting, KV-cache blocks, cached
+prefix blocks, GPU use) are sampled every half second or so into a time series (:func:`timeseries_row`).
+
+The prefix cache's hit rate over a level is (hits at its end - hits at its start) / (queries at its end -
+queries at its start), both counted in prompt tokens (``qwen_triton_prefix_cache_{hits,queries}_total``):
+the share of the prompt tokens admitted during the level whose KV came from the cache.
 
 Triton's own metric names are Triton's (they are not part of our contract); the engine's families come
 from ``qwen_triton.serving.contract``; any label set is read (the engine's families carry ``model`` and
@@ -75,7 +79,7 @@ def fetch(url: str, t: float, timeout: float = 5.0) -> Snapshot:
 TIMESERIES_FIELDS = (
     "t_s", "level", "active", "scheduled", "waiting", "kv_used", "kv_free", "kv_max", "steps",
     "generated_tokens", "preemptions", "max_batch_seen", "pending_ensemble", "pending_engine",
-    "gpu_util", "gpu_mem_used_gb", "cpu_util",
+    "gpu_util", "gpu_mem_used_gb", "cpu_util", "prefix_blocks", "prefix_queries", "prefix_hits",
 )
 
 
@@ -100,6 +104,9 @@ def timeseries_row(snap: Snapshot, level: int | None) -> dict[str, Any]:
         "pending_engine": snap.total(PENDING, model=c.ENGINE),
         "gpu_util": _mean(gpu), "gpu_mem_used_gb": sum(mem) / 1e9 if mem else None,
         "cpu_util": snap.total(CPU_UTIL),
+        # the prefix cache: free blocks still holding a prefix (gauge), prompt tokens looked up and found
+        "prefix_blocks": snap.total(c.METRIC_PREFIX_BLOCKS),
+        "prefix_queries": snap.total(c.METRIC_PREFIX_QUERIES), "prefix_hits": snap.total(c.METRIC_PREFIX_HITS),
     }
 
 
@@ -108,6 +115,15 @@ def _delta(before: Snapshot, after: Snapshot, name: str, **match: str) -> float 
     if a is None:
         return None
     return a - (b or 0.0)
+
+
+def _counter_delta(before: Snapshot, after: Snapshot, name: str) -> float | None:
+    """A counter's growth over a level (None where the server does not export it); a counter that went
+    back (the engine model restarted) counts from zero, as Prometheus' increase() does."""
+    a, b = after.total(name), before.total(name)
+    if a is None:
+        return None
+    return a if b is None or a < b else a - b
 
 
 def _per(num: float | None, den: float | None, scale: float = 1.0) -> float | None:
@@ -164,7 +180,8 @@ def _model_summary(before: Snapshot, after: Snapshot, model: str) -> dict[str, A
 
 def _engine_summary(before: Snapshot, after: Snapshot, rows: Sequence[Mapping[str, Any]],
                     duration_s: float) -> dict[str, Any]:
-    """The engine's counters over a level (steps, tokens, preemptions) and its gauges' mean and peak."""
+    """The engine's counters over a level (steps, tokens, preemptions), its gauges' mean and peak, and the
+    prefix cache's hit rate and cached blocks (:func:`prefix_cache_summary`)."""
     eng_before = before.by_label(c.METRIC_ENGINE, "counter")
     eng_after = after.by_label(c.METRIC_ENGINE, "counter")
 
@@ -190,7 +207,21 @@ def _engine_summary(before: Snapshot, after: Snapshot, rows: Sequence[Mapping[st
         "waiting_mean": waiting_mean, "waiting_max": waiting_max,
         "kv_used_mean": kv_used_mean, "kv_used_max": kv_used_max, "kv_blocks": kv_max,
         "kv_used_frac_max": _per(kv_used_max, kv_max),
+        **prefix_cache_summary(before, after, rows),
     }
+
+
+def prefix_cache_summary(before: Snapshot, after: Snapshot, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The prefix cache over a level: prompt tokens looked up (``prefix_queries``) and found
+    (``prefix_hits``), their ratio (``prefix_hit_rate``, None when nothing was looked up or the server does
+    not export the counters), and the cached-block gauge at the level's end and at its peak."""
+    queries = _counter_delta(before, after, c.METRIC_PREFIX_QUERIES)
+    hits = _counter_delta(before, after, c.METRIC_PREFIX_HITS)
+    blocks = after.total(c.METRIC_PREFIX_BLOCKS)
+    sampled = [float(r["prefix_blocks"]) for r in rows if r.get("prefix_blocks") is not None]
+    sampled += [] if blocks is None else [blocks]
+    return {"prefix_queries": queries, "prefix_hits": hits, "prefix_hit_rate": _per(hits, queries),
+            "prefix_blocks": blocks, "prefix_blocks_max": max(sampled, default=None)}
 
 
 def flat_server(summary: Mapping[str, Any], prefix: str = "srv_") -> dict[str, Any]:

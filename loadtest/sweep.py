@@ -182,5 +182,8 @@ def describe_level(level: dict[str, Any]) -> str:
                  f"{ens.get('failure') or 0:.0f} failed, engine {gen_text} gen tok/s, batch mean "
                  f"{e.get('scheduled_mean') or 0:.1f} peak {e.get('scheduled_max') or 0:.0f}, waiting peak "
                  f"{e.get('waiting_max') or 0:.0f}")
+        if e.get("prefix_hit_rate") is not None:
+            line += (f", prefix cache hits {e['prefix_hit_rate']:.1%} of prompt tokens, "
+                     f"{e.get('prefix_blocks') or 0:.0f} blocks cached")
     return line
 

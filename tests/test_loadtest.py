@@ -178,6 +178,36 @@ def test_metrics_port_deltas_per_level():
         "available": False}
 
 
+def _prefix_snapshot(t: float, queries: float, hits: float, blocks: float) -> prometheus.Snapshot:
+    text = (f'{c.METRIC_PREFIX_QUERIES}{{model="tensorrt_llm",version="1"}} {queries}\n'
+            f'{c.METRIC_PREFIX_HITS}{{model="tensorrt_llm",version="1"}} {hits}\n'
+            f'{c.METRIC_PREFIX_BLOCKS}{{model="tensorrt_llm",version="1"}} {blocks}\n')
+    return prometheus.Snapshot(t, wire.parse_metrics(text))
+
+
+def test_prefix_cache_hit_rate_is_the_levels_counter_deltas():
+    before, after = _prefix_snapshot(0.0, 1000, 100, 3), _prefix_snapshot(5.0, 1800, 500, 7)
+    rows = [prometheus.timeseries_row(_prefix_snapshot(2.0, 1400, 300, 12), 2)]
+    assert (rows[0]["prefix_blocks"], rows[0]["prefix_queries"], rows[0]["prefix_hits"]) == (12, 1400, 300)
+    p = prometheus.prefix_cache_summary(before, after, rows)
+    # 400 of the level's 800 prompt tokens came from the cache; the gauge: 7 at the end, 12 at its peak
+    assert (p["prefix_queries"], p["prefix_hits"]) == (800, 400) and p["prefix_hit_rate"] == pytest.approx(0.5)
+    assert p["prefix_blocks"] == 7 and p["prefix_blocks_max"] == 12
+    summary = prometheus.level_server_summary(before, after, rows, 5.0)
+    assert summary["engine"]["prefix_hit_rate"] == pytest.approx(0.5)
+    row = prometheus.flat_server(summary)
+    assert row["srv_prefix_hit_rate"] == 0.5 and row["srv_prefix_blocks"] == 7
+    # a counter that went back (the engine model restarted) counts from zero, as Prometheus' increase()
+    restarted = prometheus.prefix_cache_summary(before, _prefix_snapshot(9.0, 200, 50, 1), [])
+    assert restarted["prefix_hit_rate"] == pytest.approx(0.25) and restarted["prefix_blocks_max"] == 1
+    # nothing looked up during the level, or a server without the counters: no rate, not zero
+    assert prometheus.prefix_cache_summary(before, before, [])["prefix_hit_rate"] is None
+    empty = prometheus.Snapshot(0.0, {})
+    assert prometheus.prefix_cache_summary(empty, empty, []) == {
+        "prefix_queries": None, "prefix_hits": None, "prefix_hit_rate": None, "prefix_blocks": None,
+        "prefix_blocks_max": None}
+
+
 def test_report_of_a_run_without_server_data(tmp_path):
     """The report copes with a run whose metrics port did not answer and with non-streaming users only."""
     from loadtest.report.cli import main as report_main

@@ -228,7 +228,11 @@ def _server_view(levels_data: list[dict], figs: Mapping[str, bytes | None]) -> s
         "busy: every streamed token passes through postprocessing once.</li>"
         "<li><i>Tokens / step</i> is the engine's mean batch while it generated; <i>KV peak</i> the "
         "largest share of KV-cache blocks in use; <i>preempt.</i> sequences evicted for lack of "
-        "blocks.</li></ul></div></div>",
+        "blocks.</li>"
+        "<li><i>Prefix hits</i>: the share of the level's prompt tokens whose KV came from the prefix "
+        f"cache (<code>{c.METRIC_PREFIX_HITS}</code> / <code>{c.METRIC_PREFIX_QUERIES}</code> over the "
+        "level); <i>cached blocks</i>: free KV blocks still holding a reusable prefix at its end.</li>"
+        "</ul></div></div>",
         server_table(levels_data)]
     return "\n".join(p for p in parts if p)
 

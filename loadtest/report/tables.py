@@ -96,10 +96,12 @@ def client_table(levels_data: list[dict], key: str = "client",
 
 
 def server_table(levels_data: list[dict]) -> str:
-    """Triton's counts, the engine's gauges and Triton's queue time per model, per level."""
+    """Triton's counts, the engine's gauges, its prefix cache (hit rate over the level in prompt tokens,
+    cached blocks at the level's end) and Triton's queue time per model, per level."""
     headers = ["concurrency", "ensemble ok", "ensemble failed", "gen tok/s", "tok / step", "batch mean",
-               "batch peak", "waiting peak", "KV peak", "preempt.", "ensemble", "pre", "engine", "post"]
-    groups = [("", 1), ("Triton", 2), ("engine (its own gauges)", 7), ("mean queue time (ms)", 4)]
+               "batch peak", "waiting peak", "KV peak", "preempt.", "prefix hits", "cached blocks",
+               "ensemble", "pre", "engine", "post"]
+    groups = [("", 1), ("Triton", 2), ("engine (its own gauges)", 9), ("mean queue time (ms)", 4)]
     rows = []
     for lv in levels_data:
         srv = lv.get("server") or {}
@@ -117,9 +119,10 @@ def server_table(levels_data: list[dict]) -> str:
             fmt(e.get("generated_token_throughput"), 1), fmt(e.get("tokens_per_step"), 2),
             fmt(e.get("scheduled_mean"), 1), fmt(e.get("scheduled_max"), 0), fmt(e.get("waiting_max"), 0),
             fmt(e.get("kv_used_frac_max"), 1, 100.0, "%"), fmt(e.get("preemptions"), 0),
+            fmt(e.get("prefix_hit_rate"), 1, 100.0, "%"), fmt(e.get("prefix_blocks"), 0),
             *[fmt(get(m, model, "avg_queue_ms"), 2) for model in QUEUE_MODELS],
         ])
-    return table(groups, headers, rows, seps=(1, 3, 10))
+    return table(groups, headers, rows, seps=(1, 3, 12))
 
 
 def badge(ok: bool) -> str:
