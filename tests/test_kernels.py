@@ -15,6 +15,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton): kernels untested here")
 
+from kernel_checks import DEVICE, randn, rel_err, tol  # noqa: E402
+
 from qwen_triton.attention.torch_backend import write_kv_cache as write_kv_reference  # noqa: E402
 from qwen_triton.kernels import activation, kv_cache, norm, rotary  # noqa: E402
 from qwen_triton.kernels.paged_attention import (  # noqa: E402
@@ -24,23 +26,7 @@ from qwen_triton.kernels.paged_attention import (  # noqa: E402
 )
 from qwen_triton.models import layers  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got, ref = got.double(), ref.double()
-    assert not torch.isnan(got).any()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def tol(dtype: torch.dtype) -> float:
-    return 1e-5 if dtype == torch.float32 else 1e-2
-
-
-def randn(*shape, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(dtype=dtype, device=DEVICE)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -12,6 +12,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated
 
+from kernel_checks import DEVICE, randn, rel_err  # noqa: E402
+
 from qwen_triton.attention import AttentionMetadata, QuantKVCache  # noqa: E402
 from qwen_triton.attention.kv_quant import (  # noqa: E402
     QMAX,
@@ -24,7 +26,6 @@ from qwen_triton.attention.kv_quant import (  # noqa: E402
 )
 from qwen_triton.attention.torch_backend import TorchAttentionBackend, write_kv_cache  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP8 = torch.float8_e4m3fn
 KINDS = [(torch.int8, "dynamic"), (torch.int8, "calibrated"), (FP8, "dynamic"), (FP8, "calibrated")]
 KIND_IDS = ["int8-dynamic", "int8-calibrated", "fp8-dynamic", "fp8-calibrated"]
@@ -41,16 +42,6 @@ if importlib.util.find_spec("triton") is not None:
         """The write kernel's fp32 -> fp8 step alone."""
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         tl.store(out_ptr + i, _round_to_e4m3(tl.load(y_ptr + i)).to(out_ptr.dtype.element_ty))
-
-
-def randn(*shape, seed, dtype=torch.float32):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype=dtype, device=DEVICE)
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got, ref = got.double(), ref.double()
-    assert not torch.isnan(got).any()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def quant_cache(dtype, scales, num_blocks, block_size, kv_heads, dim) -> QuantKVCache:

@@ -16,6 +16,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton): kernels untested here")
 
+from kernel_checks import DEVICE, randn, rel_err, tol  # noqa: E402
+
 from qwen_triton.attention import AttentionMetadata  # noqa: E402
 from qwen_triton.attention.kv_quant import QMAX, KVCacheSpec, new_kv_cache  # noqa: E402
 from qwen_triton.attention.torch_backend import TorchAttentionBackend, write_kv_cache  # noqa: E402
@@ -30,24 +32,8 @@ from qwen_triton.kernels.paged_prefill import (  # noqa: E402
     paged_prefill_attention_reference,
 )
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FP8 = torch.float8_e4m3fn
 SENTINEL = 7.0  # out's rows the kernel must leave alone start at this value
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got, ref = got.double(), ref.double()
-    assert not torch.isnan(got).any()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def tol(dtype: torch.dtype) -> float:
-    return 1e-5 if dtype == torch.float32 else 1e-2
-
-
-def randn(*shape, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(dtype=dtype, device=DEVICE)
 
 
 def random_groups(seed: int, max_len: int = 24) -> list[tuple[int, int]]:

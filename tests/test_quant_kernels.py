@@ -16,6 +16,8 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton): kernels untested here")
 
+from kernel_checks import DEVICE, randn, rel_err, tol  # noqa: E402
+
 from qwen_triton.kernels.quant_linear import (  # noqa: E402
     QuantLaunch,
     choose_launch,
@@ -26,24 +28,8 @@ from qwen_triton.kernels.quant_linear import (  # noqa: E402
 from qwen_triton.quant import formats as fm  # noqa: E402
 from qwen_triton.quant import torch_kernels as tk  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
 N, K = 40, 128  # N not a power of two; K a multiple of every group size tested
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got, ref = got.double(), ref.double()
-    assert not torch.isnan(got).any()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def tol(dtype: torch.dtype) -> float:
-    return 1e-5 if dtype == torch.float32 else 1e-2
-
-
-def randn(*shape, seed, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen).to(dtype=dtype, device=DEVICE)
 
 
 def reference(x, weight, bias):
