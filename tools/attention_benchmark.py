@@ -63,9 +63,11 @@ def measure(batch: int, ctx: int, head_major: bool, copy_gbps: float, num_sms: i
     nbytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * case[1].element_size()
     results = []
     for setting in launches(batch, num_sms):
+        call = lambda s=setting, c=case: paged_decode_attention(*c, HEAD_DIM ** -0.5, **s)  # noqa: E731
         try:
-            ms = do_bench(lambda s=setting, c=case: paged_decode_attention(*c, HEAD_DIM ** -0.5, **s),
-                          warmup=5, rep=40, return_mode="median")
+            call()  # compile first: do_bench sizes its loops from one timed call, which must not compile
+            torch.cuda.synchronize()
+            ms = do_bench(call, warmup=5, rep=40, return_mode="median")
         except Exception as exc:  # a setting Triton cannot compile (shared memory): skip it
             results.append({**setting, "error": f"{type(exc).__name__}: {str(exc)[:120]}"})
             continue
