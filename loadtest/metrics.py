@@ -12,6 +12,11 @@ the successful requests; **output tokens/s** = all output tokens of successful r
 **requests/s** = successful requests / duration, where the duration runs from the level's first request
 to its last completion; and the count of failures by kind.
 
+For chat sessions (the ``multiturn`` workload) the summary also gives **TTFT by turn**
+(:func:`ttft_by_turn`): turn 1 is a conversation's first request, turn n re-sends the n - 1 exchanges
+before it, so a later turn's TTFT near the first turn's shows that its long shared history was not
+computed again (the prefix cache).  One-shot workloads leave it empty.
+
 Output tokens are counted from the engine's outputs, never from text: the load test asks for
 ``return_log_probs``, so every response of the ensemble carries ``output_log_probs`` with one value per
 token in that response (our engine groups tokens only to keep UTF-8 characters whole), and the count is
@@ -157,6 +162,8 @@ class Summary:
     itl_s: dict[str, float | None] = field(default_factory=dict)
     latency_s: dict[str, float | None] = field(default_factory=dict)
     max_gap_s: dict[str, float | None] = field(default_factory=dict)
+    # {"1": {"requests", "mean_input_tokens", "ttft_s": distribution}, "2": ...}; {} for one-shot workloads
+    ttft_by_turn: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,16 +207,34 @@ def summarize(records: Sequence[RequestRecord], window: LevelWindow | None = Non
         itl_s=distribution(r.itl_s for r in ok),
         latency_s=distribution(r.latency_s for r in ok),
         max_gap_s=distribution(r.max_gap_s for r in ok),
+        ttft_by_turn=ttft_by_turn(records),
     )
+
+
+def ttft_by_turn(records: Sequence[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """Time to first token per turn of a chat session, over the successful requests: {"<turn>":
+    {"requests": n, "mean_input_tokens": x, "ttft_s": distribution}}, turns in order (keys are strings,
+    as JSON writes them).  Empty when no request was a session's second turn or later (one-shot
+    workloads).  A non-streaming user has no TTFT: its turns count requests, with an empty distribution."""
+    if not any(r.turn > 1 for r in records):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for turn in sorted({r.turn for r in records if r.ok}):
+        ok = [r for r in records if r.ok and r.turn == turn]
+        out[str(turn)] = {"requests": len(ok), "mean_input_tokens": sum(r.input_tokens for r in ok) / len(ok),
+                          "ttft_s": distribution(r.ttft_s for r in ok)}
+    return out
 
 
 def flat_summary(summary: Summary | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """One CSV row: nested distributions become ``ttft_ms_p50`` etc. (milliseconds), errors
-    ``errors_<kind>``."""
+    ``errors_<kind>``, TTFT by turn ``turn<n>_requests``, ``turn<n>_ttft_ms_p50`` and ``_p90``."""
     d = summary.as_dict() if isinstance(summary, Summary) else dict(summary)
     row: dict[str, Any] = {}
     for key, value in d.items():
-        if key == "errors":
+        if key == "ttft_by_turn":
+            row.update(_flat_turns(value, prefix))
+        elif key == "errors":
             for kind, n in sorted(value.items()):
                 row[f"{prefix}errors_{kind}"] = n
         elif isinstance(value, dict):
@@ -220,4 +245,15 @@ def flat_summary(summary: Summary | dict[str, Any], prefix: str = "") -> dict[st
                 row[f"{prefix}{base}_ms_{stat}"] = None if v is None else round(v * 1000.0, 3)
         else:
             row[f"{prefix}{key}"] = round(value, 4) if isinstance(value, float) else value
+    return row
+
+
+def _flat_turns(turns: dict[str, dict[str, Any]], prefix: str) -> dict[str, Any]:
+    """The CSV columns of TTFT by turn: requests and TTFT p50 / p90 (ms) per turn."""
+    row: dict[str, Any] = {}
+    for turn, entry in turns.items():
+        row[f"{prefix}turn{turn}_requests"] = entry.get("requests")
+        for stat in ("p50", "p90"):
+            v = (entry.get("ttft_s") or {}).get(stat)
+            row[f"{prefix}turn{turn}_ttft_ms_{stat}"] = None if v is None else round(v * 1000.0, 3)
     return row

@@ -27,6 +27,10 @@ DEFINITIONS = MappingProxyType({
     "request_throughput": "successful requests / level duration",
     "level_duration": "the level's start -> its last completion",
     "output_tokens": "length of output_log_probs in each response (the engine's count)",
+    "ttft_by_turn": "TTFT of the successful requests per turn of a chat session (turn n re-sends n - 1 "
+                    "exchanges); empty for one-shot workloads",
+    "prefix_hit_rate": "prompt tokens whose KV came from the prefix cache / prompt tokens looked up, "
+                       "over the level (the engine's counters)",
 })
 
 

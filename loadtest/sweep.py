@@ -159,7 +159,8 @@ def level_entry(level: int, window: LevelWindow, records: list[RequestRecord], s
 
 
 def describe_level(level: dict[str, Any]) -> str:
-    """A level's entry in two lines for the console."""
+    """A level's entry in a few lines for the console: the client's figures (TTFT by turn for chat
+    sessions), the server's."""
     s = level["client"]
     ttft, itl, lat = s["ttft_s"], s["itl_s"], s["latency_s"]
 
@@ -172,6 +173,9 @@ def describe_level(level: dict[str, Any]) -> str:
             f"({s['steady_output_token_throughput'] or 0:.1f} steady), "
             f"{s['request_throughput']:.2f} req/s | TTFT p50 {ms(ttft, 'p50')} p99 {ms(ttft, 'p99')} ms | "
             f"ITL p50 {ms(itl, 'p50')} p99 {ms(itl, 'p99')} ms | latency p50 {ms(lat, 'p50')} ms")
+    turns = [(t, d["ttft_s"].get("p50")) for t, d in (s.get("ttft_by_turn") or {}).items()]
+    if any(v is not None for _, v in turns):
+        line += "\n        TTFT p50 by turn: " + ", ".join(f"{t}: {ms({'v': v}, 'v')} ms" for t, v in turns)
     srv = level.get("server", {})
     if srv.get("available"):
         e = srv["engine"]

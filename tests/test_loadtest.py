@@ -95,6 +95,61 @@ def test_summary_throughput_percentiles_and_failures():
     assert percentile([5.0, 1.0, 3.0], 99) == pytest.approx(float(np.percentile([5.0, 1.0, 3.0], 99)))
 
 
+def _chat_records() -> list[RequestRecord]:
+    """Three sessions of 1..3 turns: turn n's TTFT is 0.1 + 0.01 n s, its prompt 40 n tokens; one failed."""
+    records = []
+    for session, turns in enumerate((1, 2, 3)):
+        for turn in range(1, turns + 1):
+            r = _record(workload="multiturn", session=session, turn=turn, input_tokens=40 * turn,
+                        start_s=float(session))
+            r.finish(1.0, 0.0, [(0.1 + 0.01 * turn + 0.001 * session, 1), (1.0, 4)], streaming=True)
+            r.ok = True
+            records.append(r)
+    records.append(_record(workload="multiturn", turn=4, error_kind="timeout"))
+    return records
+
+
+def test_ttft_by_turn_of_chat_sessions():
+    s = summarize(_chat_records())
+    turns = s.ttft_by_turn
+    assert list(turns) == ["1", "2", "3"]  # the failed turn 4 has no successful request
+    assert [turns[t]["requests"] for t in turns] == [3, 2, 1]
+    assert [turns[t]["mean_input_tokens"] for t in turns] == [40, 80, 120]
+    assert turns["1"]["ttft_s"]["p50"] == pytest.approx(0.111)  # 0.110, 0.111, 0.112
+    assert turns["2"]["ttft_s"]["p90"] == pytest.approx(0.121 + 0.9 * 0.001)
+    assert turns["3"]["ttft_s"]["count"] == 1 and turns["3"]["ttft_s"]["p50"] == pytest.approx(0.132)
+    row = flat_summary(s)
+    assert row["turn1_requests"] == 3 and row["turn2_ttft_ms_p50"] == pytest.approx(121.5)
+    assert row["turn3_ttft_ms_p90"] == pytest.approx(132.0) and "turn4_requests" not in row
+    json.dumps(s.as_dict())  # run.json can hold it
+    # one-shot workloads (every request its session's first turn): no per-turn section, no columns
+    one_shot = summarize([r for r in _chat_records() if r.turn == 1])
+    assert one_shot.ttft_by_turn == {} and not any(k.startswith("turn") for k in flat_summary(one_shot))
+    # non-streaming users have no TTFT: the turns count requests, with empty distributions
+    flat = [_record(turn=t, ok=True) for t in (1, 2)]
+    for r in flat:
+        r.finish(0.5, 0.0, [(0.5, 5)], streaming=False)
+    assert summarize(flat).ttft_by_turn["2"]["ttft_s"]["p50"] is None
+
+
+def test_report_tables_show_turns_and_the_prefix_cache():
+    from loadtest.report.findings import findings
+    from loadtest.report.tables import server_table, turn_table
+
+    client = summarize(_chat_records()).as_dict()
+    engine = {"prefix_hits": 300.0, "prefix_queries": 400.0, "prefix_hit_rate": 0.75, "prefix_blocks": 9.0}
+    levels = [{"concurrency": 2, "client": client, "server": {"available": True, "engine": engine,
+                                                                "models": {}}}]
+    turns = turn_table(levels)
+    assert turns.count("<tr>") == 1 + 3  # a header row, one row per turn
+    assert ">111.0<" in turns and ">132.0<" in turns and ">1.19x<" in turns  # turn 3's p50 / turn 1's
+    assert "75.0%" in server_table(levels) and ">9<" in server_table(levels)
+    said = " ".join(findings(levels, {}))
+    assert "<b>75.0%</b> of the 400 prompt tokens" in said and "turn 3 of a chat" in said
+    levels[0]["client"] = summarize([r for r in _chat_records() if r.turn == 1]).as_dict()
+    assert turn_table(levels) == "" and "of a chat" not in " ".join(findings(levels, {}))
+
+
 # ------------------------------------------------------------------------------------------------ workloads
 def test_workloads_are_seeded_and_shaped():
     for name in ("fixed", "sharegpt", "multiturn"):
@@ -290,3 +345,42 @@ def test_bounded_sweep_against_the_cpu_server(default_server, tmp_path):
     assert not re.search(r'(src|href)="https?://', page)  # one self-contained file
     assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
         "distributions.png", "latency.png", "queue.png", "server.png", "throughput.png"]
+
+
+@pytest.mark.server
+@needs_triton
+def test_multiturn_sweep_reports_ttft_by_turn_and_prefix_cache_hits(default_server, tmp_path):
+    """Chat sessions of 3..4 turns, each re-sending its history: the client's summary has TTFT per turn,
+    and the engine's prefix cache must have found the shared histories (hit rate > 0 over the level)."""
+    out = tmp_path / "chat"
+    # short turns keep prompts under the shared server's max_input_len (512) and the run to a few seconds
+    settings = ("min_turns=3", "max_turns=4", "first_median=40", "followup_median=8", "output_median=8",
+                "max_output=12", "sigma=0.3", "max_total=400")
+    cmd = [sys.executable, "-m", "loadtest.run", "--http-port", str(default_server.http_port),
+           "--grpc-port", str(default_server.grpc_port), "--metrics-port", str(default_server.metrics_port),
+           "--concurrency", "2", "--requests", "12", "--warmup", "0", "--drain-timeout", "30",
+           "--timeout", "60", "--workload", "multiturn", "--protocol", "http_stream", "--out", str(out),
+           *[a for kv in settings for a in ("--wl", kv)]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "TTFT p50 by turn: 1: " in proc.stdout and "prefix cache hits" in proc.stdout
+
+    (level,) = json.loads((out / "run.json").read_text())["levels"]
+    s = level["client"]
+    assert s["failed"] == 0 and s["ok"] == 12, level["error_samples"]
+    turns = s["ttft_by_turn"]
+    assert {"1", "2", "3"} <= set(turns) and sum(t["requests"] for t in turns.values()) == 12
+    assert all(t["ttft_s"]["p50"] > 0 and t["ttft_s"]["p90"] >= t["ttft_s"]["p50"] for t in turns.values())
+    assert turns["3"]["mean_input_tokens"] > turns["1"]["mean_input_tokens"]  # the history grows
+    e = level["server"]["engine"]
+    assert e["prefix_queries"] > 0 and 0 < e["prefix_hits"] <= e["prefix_queries"]
+    assert e["prefix_hit_rate"] == pytest.approx(e["prefix_hits"] / e["prefix_queries"])
+    assert e["prefix_hit_rate"] > 0 and e["prefix_blocks"] is not None
+
+    with open(out / "summary.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["turn1_ttft_ms_p50"]) > 0 and float(row["turn3_ttft_ms_p90"]) > 0
+    assert float(row["srv_prefix_hit_rate"]) > 0
+    page = (out / "report.html").read_text()
+    assert "Time to first token by turn" in page and "prefix hits" in page

@@ -19,6 +19,7 @@ def findings(levels_data: list[dict], run: dict) -> list[str]:
         out.append(f"The engine preempted {pre:.0f} sequences for lack of KV-cache blocks.")
     out.append(_token_agreement(levels_data))
     out.append(_prefix_cache(levels_data))
+    out.append(_later_turns(levels_data[0]))
     failed = sum(lv["client"]["failed"] for lv in levels_data)
     if failed:
         out.append(f'<span class="badge bad">{failed} requests failed</span> (see Errors).')
@@ -94,3 +95,18 @@ def _prefix_cache(levels_data: list[dict]) -> str | None:
     if len(pairs) > 1:
         text += " (" + ", ".join(f"{c} users {h / q:.0%}" for c, h, q in pairs) + ")"
     return text + ": their KV was reused, not computed again."
+
+
+def _later_turns(low: dict) -> str | None:
+    """At the lowest level (least queueing): the last turn's TTFT p50 against the first turn's, with their
+    prompt lengths (chat sessions only)."""
+    turns = {int(k): v for k, v in (get(low, "client", "ttft_by_turn") or {}).items()
+             if get(v, "ttft_s", "p50")}
+    if 1 not in turns or len(turns) < 2:
+        return None
+    last = max(turns)
+    t1, tn = turns[1]["ttft_s"]["p50"], turns[last]["ttft_s"]["p50"]
+    return (f"At {low['concurrency']} users, turn {last} of a chat (prompts of "
+            f"{fmt(turns[last].get('mean_input_tokens'), 0)} tokens on average, {turns[last].get('requests')} "
+            f"requests) starts in {ms(tn)} ms (p50) against {ms(t1)} ms for turn 1 (prompts of "
+            f"{fmt(turns[1].get('mean_input_tokens'), 0)} tokens): {tn / t1:.2f}x.")

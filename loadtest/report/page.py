@@ -14,7 +14,17 @@ from qwen_triton.serving import contract as c
 
 from .findings import findings
 from .rundir import RunFiles, get
-from .tables import PROTO_NAMES, card, client_table, fmt, meta_list, ms, server_table, targets_section
+from .tables import (
+    PROTO_NAMES,
+    card,
+    client_table,
+    fmt,
+    meta_list,
+    ms,
+    server_table,
+    targets_section,
+    turn_table,
+)
 
 CSS = """
 :root { --ink:#1f2933; --muted:#616e7c; --line:#e4e7eb; --bg:#f7f8fa; --accent:#2563eb; --ok:#059669;
@@ -95,6 +105,12 @@ CAPTIONS = MappingProxyType({
         "generated_tokens counter between scrapes."),
     "queue": "Triton's mean queue time per request of each model over each level.",
 })
+
+TURNS_NOTE = (
+    "Chat sessions: turn n sends the whole conversation so far (n &minus; 1 exchanges) plus a new user "
+    "message, so its prompt grows with n. With prefix caching the shared history's KV is reused and only "
+    "the new tokens are computed: a later turn's TTFT near turn 1's is what the cache buys; TTFT growing "
+    "with the prompt means the history is computed again (see <i>prefix hits</i> in the server view).")
 
 
 def img_tag(data: bytes, alt: str) -> str:
@@ -201,6 +217,9 @@ def _client_view(levels_data: list[dict], figs: Mapping[str, bytes | None]) -> s
              figure(figs.get("latency"), "latency percentiles against concurrency", CAPTIONS["latency"]),
              figure(figs.get("distributions"), "latency distributions", CAPTIONS["distributions"]),
              "<h3>Client view, per level</h3>", client_table(levels_data)]
+    turns = turn_table(levels_data)
+    if turns:
+        parts += ["<h3>Time to first token by turn</h3>", f'<p class="note">{TURNS_NOTE}</p>', turns]
     multi = [lv for lv in levels_data if len(lv.get("by_protocol", {})) > 1]
     if multi:
         rows = [{"concurrency": lv["concurrency"], "_s": s,

@@ -95,6 +95,25 @@ def client_table(levels_data: list[dict], key: str = "client",
     return table(groups, headers, rows, seps=(7, 10, 13))
 
 
+def turn_table(levels_data: list[dict]) -> str:
+    """Time to first token by turn of a chat session, per level: requests, mean prompt tokens, TTFT
+    p50 / p90 / p99 and p50 against turn 1's; empty when no level has turns (one-shot workloads)."""
+    headers = ["concurrency", "turn", "requests", "prompt tokens", "p50", "p90", "p99", "p50 / turn 1"]
+    rows = []
+    for lv in levels_data:
+        turns = get(lv, "client", "ttft_by_turn") or {}
+        first = get(turns, "1", "ttft_s", "p50")
+        for turn, entry in sorted(turns.items(), key=lambda kv: int(kv[0])):
+            ttft = entry.get("ttft_s") or {}
+            ratio = ttft.get("p50") / first if first and ttft.get("p50") is not None else None
+            rows.append([str(lv["concurrency"]), html.escape(turn), fmt(entry.get("requests"), 0),
+                         fmt(entry.get("mean_input_tokens"), 0),
+                         *[ms(ttft.get(q)) for q in ("p50", "p90", "p99")], fmt(ratio, 2, unit="x")])
+    if not rows:
+        return ""
+    return table([("", 4), ("TTFT (ms)", 3), ("", 1)], headers, rows, seps=(4, 7))
+
+
 def server_table(levels_data: list[dict]) -> str:
     """Triton's counts, the engine's gauges, its prefix cache (hit rate over the level in prompt tokens,
     cached blocks at the level's end) and Triton's queue time per model, per level."""
