@@ -174,11 +174,14 @@ class TritonAttentionBackend:
         # zeros: rows no kernel writes (padding) must stay finite for the layers after attention
         out = torch.zeros_like(q)
         if max_query_len > 1:
-            launch = choose_prefill_launch(max_query_len, q.shape[2], q.dtype)
+            # bucket sizes only: the heads, the SMs and the block tables' width (in positions) bound the splits
+            launch = choose_prefill_launch(max_query_len, q.shape[2], q.dtype, num_heads=q.shape[1],
+                                           num_sms=self.num_sms,
+                                           max_context=meta.block_tables.shape[1] * meta.block_size)
             paged_prefill_attention(q, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, scale,
                                     out=out, max_query_len=max_query_len, block_m=launch.block_m,
                                     block_n=launch.block_n, num_warps=launch.num_warps,
-                                    num_stages=launch.num_stages)
+                                    num_stages=launch.num_stages, num_splits=launch.num_splits)
         decode = choose_launch(meta.seq_lens.shape[0], q.shape[1], self.num_sms)
         paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, scale, num_splits=decode.num_splits,
                                block_n=decode.block_n, num_warps=decode.num_warps, num_stages=decode.num_stages,

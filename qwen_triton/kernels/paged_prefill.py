@@ -255,25 +255,48 @@ def _merge_prefill_splits_kernel(
 
 @dataclass(frozen=True)
 class PrefillLaunch:
-    """Tile sizes of the prefill kernel: chosen from the bucket's max query length and the head
-    size only, so a captured CUDA graph stays valid for every batch of the bucket."""
+    """How the prefill kernel is launched: chosen from bucket sizes only (the step's max query length, the
+    heads, the block tables' width), never the lengths, so a captured CUDA graph stays valid for every
+    batch of the bucket."""
 
     block_m: int
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    num_splits: int = 1
 
 
-def choose_prefill_launch(max_query_len: int, head_dim: int, dtype: torch.dtype = torch.bfloat16) -> PrefillLaunch:
-    """Query tiles no taller than the longest query (short chunks waste no rows) and at most 64 rows,
-    64-key tiles, 4 warps; smaller tiles where the operands take more shared memory (head sizes past 128,
-    fp32). Measured on an H200 at 32 heads of 128 (tools/check_prefill_gpu.py, 2026-12-02): 64 x 64 with
-    4 warps and 2 stages was the fastest or within 10% of it for 1 x 128 to 1 x 2048-token prompts and
-    144-token chunks after 2,000 tokens of context (128-row tiles: up to 45% slower on the chunks)."""
+def choose_prefill_launch(max_query_len: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, *,
+                          num_heads: int = 0, num_sms: int = 0, max_context: int = 0, programs_per_sm: int = 2,
+                          max_splits: int = 16) -> PrefillLaunch:
+    """Tiles: query tiles no taller than the longest query (short chunks waste no rows) and at most 64
+    rows, 64-key tiles, 4 warps; smaller where the operands take more shared memory (head sizes past
+    128, fp32). Measured on an H200 at 32 heads of 128 (tools/check_prefill_gpu.py, 2026-12-02): 64 x 64
+    with 4 warps and 2 stages was the fastest or within 10% of it for 1 x 128 to 1 x 2048-token prompts
+    and 144-token chunks after 2,000 tokens of context (128-row tiles: up to 45% slower on the chunks).
+
+    Splits (only given num_heads and num_sms; else 1): the fewest powers of two for which
+    cdiv(max_query_len, block_m) * num_heads * splits reaches programs_per_sm programs per multiprocessor,
+    so that a short chunk after a long context is streamed by the whole GPU, not by a few programs; 1 when
+    the query tiles alone get there. Bucket sizes only: in a CUDA graph max_query_len is the token bucket,
+    which a step's rows nearly fill (a step takes the smallest bucket that holds it), so that count is
+    about the step's query tiles however its rows fall among the sequences (B adds none). The context
+    lengths are unknown: splits past a short context are empty and exit at once, unread, and a tile
+    within split 0 is written directly, without partials; a fresh prompt in a bucket that splits pays
+    partials and the merge for its later tiles only. max_context (the block tables' width in positions;
+    0: unknown) caps the splits at one key tile each. To be confirmed on the GPU: tools/check_prefill_gpu.py
+    times 1-16 splits for each case and marks this choice."""
     block_m = min(64, max(16, triton.next_power_of_2(max(max_query_len, 1))))
     if head_dim > 128 or dtype == torch.float32:
-        return PrefillLaunch(block_m, 32, num_warps=4, num_stages=1)
-    return PrefillLaunch(block_m, 64, num_warps=4, num_stages=2)
+        block_n, warps, stages = 32, 4, 1
+    else:
+        block_n, warps, stages = 64, 4, 2
+    work = triton.cdiv(max(max_query_len, 1), block_m) * num_heads
+    cap = min(max_splits, triton.cdiv(max_context, block_n)) if max_context > 0 else max_splits
+    splits = 1
+    while work and splits * 2 <= cap and work * splits < programs_per_sm * num_sms:
+        splits *= 2
+    return PrefillLaunch(block_m, block_n, num_warps=warps, num_stages=stages, num_splits=splits)
 
 
 def paged_prefill_attention(
