@@ -1,6 +1,7 @@
 """The paged prefill kernel (kernels/paged_prefill.py), the decode kernel's mixed-step mode
 (query_start_loc) and the Triton backend's graph-safe path (forward_graphed) against their plain-torch
-references, on random mixed batches: fresh prompts, chunks after cached context, decodes and padding.
+references, on random mixed batches: fresh prompts, chunks after cached context, decodes and padding;
+the prefill kernel also split along the keys (split-K, num_splits 2 and 4, and its launch choice).
 Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1) at small sizes;
 tools/check_kernels_gpu.py runs the same comparisons at Qwen-7B's sizes on a GPU.
 """
@@ -95,11 +96,11 @@ def quant_cache(dtype, scales, num_blocks, block_size, kv_heads, dim, seed):
     return cache
 
 
-def run_prefill(q, cache, meta, tiles=(16, 16)):
+def run_prefill(q, cache, meta, tiles=(16, 16), splits=1):
     """Kernel and reference on one batch, both into outs that start at SENTINEL."""
     args = (q, cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, q.shape[-1] ** -0.5)
     got = paged_prefill_attention(*args, out=torch.full_like(q, SENTINEL), max_query_len=meta.max_query_len,
-                                  block_m=tiles[0], block_n=tiles[1])
+                                  block_m=tiles[0], block_n=tiles[1], num_splits=splits)
     ref = paged_prefill_attention_reference(*args, out=torch.full_like(q, SENTINEL))
     return got, ref
 
@@ -170,6 +171,58 @@ def test_prefill_launch_depends_on_the_bucket_only():
     assert choose_prefill_launch(3, 128).block_m == 16  # short chunks: no wasted rows past 16
     assert choose_prefill_launch(2048, 128) == choose_prefill_launch(4096, 128)
     assert choose_prefill_launch(2048, 256).block_m <= 64
+
+
+# split-K: (cached, new) with a chunk after a long context (several live splits per tile), a fresh
+# prompt whose first rows precede split 1's first key (rows with no key in a split), short contexts
+# with fewer key tiles than splits (empty splits), decodes and padding (-1: seq_len 0; (-1, 0): no rows)
+SPLIT_GROUPS = [(150, 20), (0, 30), (1, 2), (-1, 1), (5, 1), (40, 3), (-1, 0), (2, 17)]
+
+
+@pytest.mark.parametrize("splits,dtype", [(1, torch.float32), (2, torch.float32), (4, torch.float32),
+                                          (4, torch.bfloat16)], ids=["s1", "s2", "s4", "s4-bf16"])
+def test_split_prefill_matches_reference(splits, dtype):
+    """Split-K over key ranges and the merge give the reference; rows of decodes, padding sequences
+    and padding rows past the last sequence keep their values."""
+    meta = mixed_meta(SPLIT_GROUPS, 8, 40, extra_tokens=2, seed=5)
+    cache = randn(2, 40, 8, 1, 16, dtype=dtype, seed=6)
+    q = randn(len(meta.slot_mapping), 2, 16, dtype=dtype, seed=7)
+    got, ref = run_prefill(q, cache, meta, tiles=(32, 16), splits=splits)
+    rows = prefill_rows(meta)
+    assert torch.all(got[~rows] == SENTINEL)
+    assert rel_err(got[rows], ref[rows]) < tol(dtype)
+
+
+@pytest.mark.parametrize("code,scales,splits", [(torch.int8, "dynamic", 4), (torch.int8, "calibrated", 2),
+                                                (FP8, "dynamic", 2), (FP8, "calibrated", 4)],
+                         ids=["int8-dyn", "int8-cal", "fp8-dyn", "fp8-cal"])
+def test_split_prefill_over_quantized_cache(code, scales, splits):
+    """The scales survive the merge exactly: fp32 queries meet the reference within fp32 rounding."""
+    meta = mixed_meta(SPLIT_GROUPS, 8, 40, seed=8)
+    cache = quant_cache(code, scales, 40, 8, 1, 16, seed=9)
+    q = randn(len(meta.slot_mapping), 2, 16, dtype=torch.float32, seed=10)
+    got, ref = run_prefill(q, cache, meta, tiles=(16, 16), splits=splits)
+    rows = prefill_rows(meta)
+    assert torch.all(got[~rows] == SENTINEL)
+    assert rel_err(got[rows], ref[rows]) < 1e-5
+
+
+def test_prefill_splits_fill_the_gpu_from_the_bucket():
+    """Few query tiles: splits (powers of two) until tiles x heads x splits reach 2 programs per SM, and
+    no further; tiles that fill the GPU, an unknown GPU or a context of one key tile: no split."""
+    def launch(max_q, **kw):
+        return choose_prefill_launch(max_q, 128, num_heads=32, num_sms=132, **kw)
+
+    for max_q in (16, 64, 144, 160, 256, 512):
+        got = launch(max_q)
+        programs = -(-max_q // got.block_m) * 32 * got.num_splits
+        assert got.num_splits & (got.num_splits - 1) == 0 and got.num_splits <= 16
+        assert programs >= 2 * 132 and (got.num_splits == 1 or programs // 2 < 2 * 132), (max_q, got)
+    assert launch(144).num_splits == 4 and launch(16).num_splits == 16
+    assert launch(2048).num_splits == 1 and choose_prefill_launch(144, 128).num_splits == 1
+    assert launch(144, max_context=64).num_splits == 1 and launch(144, max_context=128).num_splits == 2
+    # the CPU backend's forward_graphed cases below (4 SMs there) take the split path
+    assert choose_prefill_launch(32, 16, torch.float32, num_heads=4, num_sms=4, max_context=100).num_splits > 1
 
 
 def graphed_case(dtype, heads, kv_heads, seed, extra_tokens=2):
