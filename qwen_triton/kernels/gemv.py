@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import next_power_of_2
-from .quant_linear import _reduce_kernel
+from .quant_linear import reduce_split_k_kernel
 
 _MAX_BLOCK_M = 8  # rows a broadcast-product program holds; more rows take more programs (M > 8 is not our case)
 
@@ -167,7 +167,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     )
     if splits > 1:
         block = min(1024, next_power_of_2(n))
-        _reduce_kernel[(m, triton.cdiv(n, block))](target, bias if bias is not None else target, out, m, n,
+        reduce_split_k_kernel[(m, triton.cdiv(n, block))](target, bias if bias is not None else target, out, m, n,
                                                    out.stride(0), splits, HAS_BIAS=bias is not None,
                                                    BLOCK=block)
     return out

@@ -11,7 +11,7 @@ One kernel per weight format serves every M. Program (m, n, s) computes the outp
 broadcast multiply and row sum (`use_dot` False: the GEMV shape for M of 1-4, no tensor cores) or tl.dot
 with the weight tile dequantized in registers (`use_dot`). With split_k 1 the program writes y directly;
 otherwise the partial sums go to a float32 workspace and are combined by a second kernel ("pass": partials
-[split_k, M, N], summed, biased and rounded by _reduce_kernel) or by atomic adds ("atomic": a zeroed
+[split_k, M, N], summed, biased and rounded by reduce_split_k_kernel) or by atomic adds ("atomic": a zeroed
 [M, N] sum, then cast). `choose_launch` picks the tile and split from (M, N, K) alone: the GEMV shape
 (split-K, for M <= 16) or a tiled GEMM (M > 16, still split along K while the tiles do not fill the GPU).
 
@@ -194,7 +194,7 @@ def _int4_kernel(
 
 
 @triton.jit
-def _reduce_kernel(part_ptr, b_ptr, out_ptr, M, N, out_stride, splits,
+def reduce_split_k_kernel(part_ptr, b_ptr, out_ptr, M, N, out_stride, splits,
                    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     """out[m, n] = sum_s part[s, m, n] (+ bias[n]), rounded to out's dtype."""
     m = tl.program_id(0).to(tl.int64)
@@ -310,7 +310,7 @@ def _launch(kernel, x2: torch.Tensor, n: int, k: int, weight_args: tuple, weight
     )
     if mode == _OUT_PARTIAL:
         block = min(1024, next_power_of_2(n))
-        _reduce_kernel[(m, triton.cdiv(n, block))](target, bias if bias is not None else target, out, m, n,
+        reduce_split_k_kernel[(m, triton.cdiv(n, block))](target, bias if bias is not None else target, out, m, n,
                                                    out.stride(0), splits, HAS_BIAS=bias is not None,
                                                    BLOCK=block)
     elif mode == _OUT_ATOMIC:
