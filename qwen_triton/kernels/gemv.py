@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import next_power_of_2
-from .quant_linear import reduce_split_k_kernel
+from .split_k import reduce_split_k_kernel, store_tile, tile_product
 
 _MAX_BLOCK_M = 8  # rows a broadcast-product program holds; more rows take more programs (M > 8 is not our case)
 
@@ -72,7 +72,7 @@ def gemv_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split, x_stride, w_stride, out_stride,
-    HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr,
     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n, pid_s, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -97,25 +97,14 @@ def _gemv_kernel(
                         eviction_policy="evict_first")  # [BN, BK]
             x = tl.load(x_rows + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0,
                         eviction_policy="evict_last")  # [BM, BK]
-        if USE_DOT:
-            if DOT_FP32:  # float32 x, or the interpreter (whose bf16 tl.dot is wrong)
-                acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, tl.trans(w), acc)
-        elif BLOCK_M == 1:
+        if BLOCK_M == 1 and not USE_DOT:
             acc_1 += w.to(tl.float32) * x.to(tl.float32)
         else:
-            acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+            acc = tile_product(acc, x, w, USE_DOT, DOT_FP32)
     if BLOCK_M == 1 and not USE_DOT:
         acc += tl.sum(acc_1, axis=1)[None, :]
-    mask = m_ok[:, None] & n_ok[None, :]
-    if PARTIAL:  # partials [split_k, M, N] float32; the reduce kernel adds the bias
-        tl.store(out_ptr + (pid_s.to(tl.int64) * M + rm[:, None]) * N + rn[None, :], acc, mask=mask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        ptrs = out_ptr + rm[:, None].to(tl.int64) * out_stride + rn[None, :]
-        tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    # OUT_MODE 1: partials [split_k, M, N] float32, the reduce pass adds the bias; 0: y (one split)
+    store_tile(acc, b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s, HAS_BIAS, OUT_MODE)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int,
@@ -161,13 +150,13 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     _gemv_kernel[grid](
         x, weight, bias if bias is not None else x, target, m, n, k, k_per_split, x.stride(0),
         weight.stride(0), target.stride(0) if splits == 1 else n, HAS_BIAS=bias is not None,
-        PARTIAL=splits > 1, USE_DOT=use_dot, DOT_FP32=x.dtype == torch.float32 or interpreted,
+        OUT_MODE=1 if splits > 1 else 0, USE_DOT=use_dot, DOT_FP32=x.dtype == torch.float32 or interpreted,
         EVEN_K=k % block_k == 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=num_warps, num_stages=num_stages,
     )
     if splits > 1:
         block = min(1024, next_power_of_2(n))
-        reduce_split_k_kernel[(m, triton.cdiv(n, block))](target, bias if bias is not None else target, out, m, n,
-                                                   out.stride(0), splits, HAS_BIAS=bias is not None,
-                                                   BLOCK=block)
+        reduce_split_k_kernel[(m, triton.cdiv(n, block))](
+            target, bias if bias is not None else target, out, m, n, out.stride(0), splits,
+            HAS_BIAS=bias is not None, BLOCK=block)
     return out

@@ -11,7 +11,7 @@ One kernel per weight format serves every M. Program (m, n, s) computes the outp
 broadcast multiply and row sum (`use_dot` False: the GEMV shape for M of 1-4, no tensor cores) or tl.dot
 with the weight tile dequantized in registers (`use_dot`). With split_k 1 the program writes y directly;
 otherwise the partial sums go to a float32 workspace and are combined by a second kernel ("pass": partials
-[split_k, M, N], summed, biased and rounded by reduce_split_k_kernel) or by atomic adds ("atomic": a zeroed
+[split_k, M, N], summed, biased and rounded by split_k.reduce_split_k_kernel) or by atomic adds ("atomic": a zeroed
 [M, N] sum, then cast). `choose_launch` picks the tile and split from (M, N, K) alone: the GEMV shape
 (split-K, for M <= 16) or a tiled GEMM (M > 16, still split along K while the tiles do not fill the GPU).
 
@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from . import next_power_of_2
+from .split_k import load_tile, reduce_split_k_kernel, store_tile, tile_product
 
 _OUT_FINAL, _OUT_PARTIAL, _OUT_ATOMIC = 0, 1, 2
 _ROUND_MAGIC = 12582912.0  # 1.5 * 2^23: (y + M) - M rounds a float32 |y| < 2^22 to the nearest even integer
@@ -80,49 +81,6 @@ def choose_launch(m: int, n: int, k: int, bits: int, num_sms: int = 132, group_s
 
 
 @triton.jit
-def _tile_product(acc, x, w, USE_DOT: tl.constexpr, DOT_FP32: tl.constexpr):
-    """acc [BM, BN] += x [BM, BK] @ w [BN, BK]^T for integer or float w. DOT_FP32: the dot in float32 (x
-    float32; also under the interpreter, whose bf16 tl.dot is wrong)."""
-    if USE_DOT:
-        if DOT_FP32:
-            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
-    elif x.shape[0] == 1:  # one row: a plain 2-D multiply and row sum
-        acc += tl.sum(w.to(tl.float32) * x.to(tl.float32), axis=1)[None, :]
-    else:
-        acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    return acc
-
-
-@triton.jit
-def _load_tile(ptrs, row_ok, col_ok, EVEN_K: tl.constexpr):
-    """A [rows, cols] tile; with EVEN_K the columns need no mask, so the loads stay vectorized."""
-    if EVEN_K:
-        return tl.load(ptrs, mask=row_ok[:, None], other=0)
-    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0)
-
-
-@triton.jit
-def _store_tile(acc, b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s,
-                HAS_BIAS: tl.constexpr, OUT_MODE: tl.constexpr):
-    """The tile's float32 sums: y (+ bias, x's dtype), a partial of split pid_s, or an atomic add."""
-    mask = m_ok[:, None] & n_ok[None, :]
-    if OUT_MODE == 1:  # partials [split_k, M, N] float32
-        ptrs = out_ptr + (pid_s.to(tl.int64) * M + rm[:, None]) * N + rn[None, :]
-        tl.store(ptrs, acc, mask=mask)
-    else:
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-            acc += tl.where(pid_s == 0, 1.0, 0.0) * bias[None, :]
-        ptrs = out_ptr + rm[:, None].to(tl.int64) * out_stride + rn[None, :]
-        if OUT_MODE == 2:
-            tl.atomic_add(ptrs, acc, mask=mask)
-        else:
-            tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
 def _int8_kernel(
     x_ptr, w_ptr, s_ptr, b_ptr, out_ptr,
     M, N, K, k_per_split, x_stride, w_stride, s_stride, out_stride,
@@ -142,11 +100,11 @@ def _int8_kernel(
         k0 = tl.multiple_of(k0, 16)  # k_per_split and BLOCK_K are multiples of 16
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < k_end  # EVEN_K: K tiles never cross a split's end
-        x = _load_tile(x_rows + rk[None, :], m_ok, k_ok, EVEN_K)  # [BM, BK]
-        w = _load_tile(w_rows + rk[None, :], n_ok, k_ok, EVEN_K)  # [BN, BK] int8
-        acc = _tile_product(acc, x, w, USE_DOT, DOT_FP32)
+        x = load_tile(x_rows + rk[None, :], m_ok, k_ok, EVEN_K)  # [BM, BK]
+        w = load_tile(w_rows + rk[None, :], n_ok, k_ok, EVEN_K)  # [BN, BK] int8
+        acc = tile_product(acc, x, w, USE_DOT, DOT_FP32)
     scale = tl.load(s_ptr + rn * s_stride, mask=n_ok, other=0.0)  # [BN]; s_stride 0: one scale
-    _store_tile(acc * scale[None, :], b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s,
+    store_tile(acc * scale[None, :], b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s,
                 HAS_BIAS, OUT_MODE)
 
 
@@ -172,40 +130,25 @@ def _int4_kernel(
         k0 = tl.multiple_of(k0, 16)  # k_per_split and BLOCK_K are multiples of 16
         rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # [BKH] packed columns: inputs 2 rb and 2 rb + 1
         k_ok = rb < k_end // 2
-        packed = _load_tile(w_rows + rb[None, :], n_ok, k_ok, EVEN_K)  # [BN, BKH] uint8
+        packed = load_tile(w_rows + rb[None, :], n_ok, k_ok, EVEN_K)  # [BN, BKH] uint8
         low, high = packed & 0xF, packed >> 4
-        x_even = _load_tile(x_rows + 2 * rb[None, :], m_ok, k_ok, EVEN_K)  # [BM, BKH]
-        x_odd = _load_tile(x_rows + 2 * rb[None, :] + 1, m_ok, k_ok, EVEN_K)
+        x_even = load_tile(x_rows + 2 * rb[None, :], m_ok, k_ok, EVEN_K)  # [BM, BKH]
+        x_odd = load_tile(x_rows + 2 * rb[None, :] + 1, m_ok, k_ok, EVEN_K)
         if BLOCK_K <= GROUP:  # one group a tile (GROUP % BLOCK_K == 0): s (sum q x - z sum x)
             g = k0 // GROUP
             s = tl.load(s_ptr + sz_off + g, mask=n_ok, other=0.0)  # [BN]
             z = tl.load(z_ptr + sz_off + g, mask=n_ok, other=0).to(tl.float32)
-            qx = _tile_product(tl.zeros((BLOCK_M, BLOCK_N), tl.float32), x_even, low, USE_DOT, DOT_FP32)
-            qx = _tile_product(qx, x_odd, high, USE_DOT, DOT_FP32)
+            qx = tile_product(tl.zeros((BLOCK_M, BLOCK_N), tl.float32), x_even, low, USE_DOT, DOT_FP32)
+            qx = tile_product(qx, x_odd, high, USE_DOT, DOT_FP32)
             x_sum = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=1)  # [BM]
             acc += (qx - x_sum[:, None] * z[None, :]) * s[None, :]
         else:  # several groups a tile: dequantize each column
             sz = sz_off[:, None] + (2 * rb[None, :]) // GROUP  # [BN, BKH]
             s = tl.load(s_ptr + sz, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             z = tl.load(z_ptr + sz, mask=n_ok[:, None] & k_ok[None, :], other=0).to(tl.float32)
-            acc = _tile_product(acc, x_even, (low.to(tl.float32) - z) * s, USE_DOT, DOT_FP32)
-            acc = _tile_product(acc, x_odd, (high.to(tl.float32) - z) * s, USE_DOT, DOT_FP32)
-    _store_tile(acc, b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s, HAS_BIAS, OUT_MODE)
-
-
-@triton.jit
-def reduce_split_k_kernel(part_ptr, b_ptr, out_ptr, M, N, out_stride, splits,
-                   HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    """out[m, n] = sum_s part[s, m, n] (+ bias[n]), rounded to out's dtype."""
-    m = tl.program_id(0).to(tl.int64)
-    rn = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = rn < N
-    acc = tl.zeros((BLOCK,), tl.float32)
-    for s in range(splits):
-        acc += tl.load(part_ptr + (s * M + m) * N + rn, mask=ok, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + m * out_stride + rn, acc.to(out_ptr.dtype.element_ty), mask=ok)
+            acc = tile_product(acc, x_even, (low.to(tl.float32) - z) * s, USE_DOT, DOT_FP32)
+            acc = tile_product(acc, x_odd, (high.to(tl.float32) - z) * s, USE_DOT, DOT_FP32)
+    store_tile(acc, b_ptr, out_ptr, rm, rn, m_ok, n_ok, M, N, out_stride, pid_s, HAS_BIAS, OUT_MODE)
 
 
 @triton.jit
@@ -310,9 +253,9 @@ def _launch(kernel, x2: torch.Tensor, n: int, k: int, weight_args: tuple, weight
     )
     if mode == _OUT_PARTIAL:
         block = min(1024, next_power_of_2(n))
-        reduce_split_k_kernel[(m, triton.cdiv(n, block))](target, bias if bias is not None else target, out, m, n,
-                                                   out.stride(0), splits, HAS_BIAS=bias is not None,
-                                                   BLOCK=block)
+        reduce_split_k_kernel[(m, triton.cdiv(n, block))](
+            target, bias if bias is not None else target, out, m, n, out.stride(0), splits,
+            HAS_BIAS=bias is not None, BLOCK=block)
     elif mode == _OUT_ATOMIC:
         out.copy_(target)
     return out
