@@ -9,12 +9,13 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import math
 import operator
 import random
 import time
 from collections.abc import Sequence as Seq
 from typing import TYPE_CHECKING
+
+import torch
 
 from .block_manager import BlockManager
 from .config import EngineConfig, ModelConfig
@@ -22,6 +23,7 @@ from .distributed import make_runner
 from .errors import DuplicateRequestError, EngineDeadError, InvalidRequestError
 from .guided import GuidedDecoding
 from .models import load_model_config
+from .models.decoder import qwen_ntk_alpha
 from .outputs import EngineStats, RequestOutput
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerOutput
@@ -147,7 +149,8 @@ class LLMEngine:
         m = self.model_config
         if not m.dynamic_ntk or prompt_len <= m.seq_length:
             return 0
-        return 2 ** math.ceil(math.log2(prompt_len / m.seq_length) + 1) - 1
+        # the model's own function, on the host: the salt is the alpha the forward pass will use
+        return int(qwen_ntk_alpha(torch.tensor([prompt_len]), m.seq_length).item())
 
     def abort_request(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; its final output comes
