@@ -267,7 +267,7 @@ class PrefillLaunch:
 
 
 def choose_prefill_launch(max_query_len: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, *,
-                          num_heads: int = 0, num_sms: int = 0, max_context: int = 0, programs_per_sm: int = 2,
+                          num_heads: int = 0, num_sms: int = 0, max_context: int = 0, programs_per_sm: int = 1,
                           max_splits: int = 16) -> PrefillLaunch:
     """Tiles: query tiles no taller than the longest query (short chunks waste no rows) and at most 64
     rows, 64-key tiles, 4 warps; smaller where the operands take more shared memory (head sizes past
@@ -275,26 +275,26 @@ def choose_prefill_launch(max_query_len: int, head_dim: int, dtype: torch.dtype 
     with 4 warps and 2 stages was the fastest or within 10% of it for 1 x 128 to 1 x 2048-token prompts
     and 144-token chunks after 2,000 tokens of context (128-row tiles: up to 45% slower on the chunks).
 
-    Splits (only given num_heads and num_sms; else 1): the fewest powers of two for which
-    cdiv(max_query_len, block_m) * num_heads * splits reaches programs_per_sm programs per multiprocessor,
-    so that a short chunk after a long context is streamed by the whole GPU, not by a few programs; 1 when
-    the query tiles alone get there. Bucket sizes only: in a CUDA graph max_query_len is the token bucket,
-    which a step's rows nearly fill (a step takes the smallest bucket that holds it), so that count is
-    about the step's query tiles however its rows fall among the sequences (B adds none). The context
-    lengths are unknown: splits past a short context are empty and exit at once, unread, and a tile
-    within split 0 is written directly, without partials; a fresh prompt in a bucket that splits pays
-    partials and the merge for its later tiles only. max_context (the block tables' width in positions;
-    0: unknown) caps the splits at one key tile each. To be confirmed on the GPU: tools/check_prefill_gpu.py
-    times 1-16 splits for each case and marks this choice."""
+    Splits (only given num_heads and num_sms; else 1), from bucket sizes only (in a CUDA graph
+    max_query_len is the token bucket; the context lengths are unknown): a bucket of one query tile
+    splits in powers of two until tiles x heads x splits reach programs_per_sm programs per
+    multiprocessor, so that a short chunk after a long context is streamed by the whole GPU; a bucket of
+    more tiles does not split. Measured on the H200 (32 heads, 132 SMs, 2026-12-02, second session):
+    16- and 64-token chunks after 2,000 tokens ran 2.5x and 1.7x faster at 8 splits than at one; but
+    every bucket of 2 or more tiles was as fast or faster at one split (a 144-token chunk after 2,000
+    tokens: 46 us at one split, 44 at two, 52 at four; a fresh 128-token prompt: 7.2 us at one, 11.2
+    at two; 8 x 144-token chunks: 185 us at one, 258 at two), as the partials and the merge cost more
+    than the idle SMs. max_context (the block tables' width in positions; 0: unknown) caps the splits at
+    one key tile each."""
     block_m = min(64, max(16, triton.next_power_of_2(max(max_query_len, 1))))
     if head_dim > 128 or dtype == torch.float32:
         block_n, warps, stages = 32, 4, 1
     else:
         block_n, warps, stages = 64, 4, 2
-    work = triton.cdiv(max(max_query_len, 1), block_m) * num_heads
+    tiles = triton.cdiv(max(max_query_len, 1), block_m)
     cap = min(max_splits, triton.cdiv(max_context, block_n)) if max_context > 0 else max_splits
     splits = 1
-    while work and splits * 2 <= cap and work * splits < programs_per_sm * num_sms:
+    while tiles == 1 and num_heads and splits * 2 <= cap and num_heads * splits < programs_per_sm * num_sms:
         splits *= 2
     return PrefillLaunch(block_m, block_n, num_warps=warps, num_stages=stages, num_splits=splits)
 
