@@ -15,7 +15,6 @@ greedy tokens of random weights may part late in a sequence; the report gives ea
 from __future__ import annotations
 
 import gc
-import statistics
 import tempfile
 import time
 
@@ -24,7 +23,7 @@ import torch
 
 from qwen_triton import LLMEngine
 from qwen_triton.models.loader import write_random_checkpoint
-from tools.benchmark import QWEN_7B, engine_config, forced, random_prompts
+from tools.benchmark import QWEN_7B, engine_batch1, engine_config, forced, linear_weight_bytes, random_prompts
 
 TINY = {**QWEN_7B, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
         "num_key_value_heads": 8, "vocab_size": 151936, "max_position_embeddings": 1024}
@@ -36,18 +35,6 @@ GREEDY_PROMPTS, GREEDY_TOKENS = 8, 64
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def batch1(engine: LLMEngine, out_len: int, rng) -> dict:
-    engine.add_request("tp-b1", random_prompts(1, 128, rng)[0], forced(out_len))
-    times = []
-    while engine.has_unfinished_requests():
-        _sync()
-        start = time.perf_counter()
-        engine.step()  # ends with the sampled token on the host: a whole step, collectives included
-        times.append(time.perf_counter() - start)
-    ms = 1e3 * statistics.median(times[1:])  # the first step is the prefill
-    return {"in": 128, "out": out_len, "ms_per_step": ms, "tok_s": 1e3 / ms, "first_step_ms": 1e3 * times[0]}
 
 
 def fixed(engine: LLMEngine, requests: int, rng) -> dict:
@@ -64,7 +51,7 @@ def fixed(engine: LLMEngine, requests: int, rng) -> dict:
             "steps": steps}
 
 
-def run_size(path: str, tp: int, args, limits: dict, requests: int) -> dict:
+def run_size(path: str, tp: int, args, model: dict, limits: dict, requests: int) -> dict:
     """One engine of `tp` ranks: its setup, batch-1, 128/128 and greedy tokens (the same rng seed for every
     size, so both see the same prompts)."""
     rng = np.random.default_rng(args.seed)
@@ -73,7 +60,8 @@ def run_size(path: str, tp: int, args, limits: dict, requests: int) -> dict:
     out = {"tp": tp, "setup_s": time.perf_counter() - start, "kv_blocks": engine.runner.num_blocks}
     try:
         engine.generate(random_prompts(4, 32, rng), forced(8))  # warm-up: prefill shapes, sampler
-        out["batch1"] = batch1(engine, args.batch1_out, rng)
+        # no sync per step: TP=1 on a GPU schedules asynchronously, and a sync would hide its step time
+        out["batch1"] = engine_batch1(engine, 128, args.batch1_out, linear_weight_bytes(model), None, rng)
         out["fixed"] = fixed(engine, requests, rng)
         out["greedy"] = engine.generate(random_prompts(GREEDY_PROMPTS, 32, rng), forced(GREEDY_TOKENS))
     finally:
@@ -101,7 +89,7 @@ def run_tp(args) -> dict:
         args.batch1_out, requests = min(args.batch1_out, 32), 16
     path = write_random_checkpoint(tempfile.mkdtemp(prefix="tp-random-"), model, seed=args.seed)
     sizes = [1] if args.tp == 1 else [1, args.tp]
-    runs = {tp: run_size(path, tp, args, limits, requests) for tp in sizes}
+    runs = {tp: run_size(path, tp, args, model, limits, requests) for tp in sizes}
     res = {"device": torch.cuda.get_device_name() if gpu else "cpu", "gpus": torch.cuda.device_count(),
            "model": model, "runs": {str(tp): {k: v for k, v in r.items() if k != "greedy"} for tp, r in runs.items()}}
     if args.tp > 1:
