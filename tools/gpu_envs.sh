@@ -7,6 +7,8 @@
 # --system-site-packages, hence the .pth files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the wheels may come packed (tools/wheel_pack.py: xz of their contents, to fit the carry limit)
+if [[ -f .carry/wheels.tar.xz ]]; then python3 -m tools.wheel_pack unpack .carry/wheels.tar.xz .carry; fi
 python3 - <<'PY'
 import sys
 sys.path.insert(0, "tools")
