@@ -5,6 +5,9 @@ streaming requests through the ensemble. Results go to $OUT (or --out).
 Carry these into the repository (a gitignored folder) and run from its root:
     .carry/triton-py312.tar.xz   `make triton-tarball`, recompressed with xz (27 MB)
     .carry/numpy-1.26.4-cp312-*.whl   the Python backend stub needs numpy 1.x (the image has 2.x)
+    .carry/frontwheels/          starlette, uvicorn, httpx and their dependencies: tools/triton_server.py
+                                 starts the supervised server, whose HTTP front needs them (pip download
+                                 --only-binary=:all: --python-version 3.12 starlette uvicorn httpx)
     .carry/qwen.tiktoken         the real Qwen vocabulary (dashscope's copy) for the default checkpoint
     .carry/gpu_repo/             the model repository, rendered on the CPU machine (the GPU image has no
                                  tritonclient for the build's protobuf check) with
@@ -50,12 +53,14 @@ def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def stub_env(carry: Path) -> str:
-    """A venv whose own site-packages holds numpy 1.x, with the image's packages and the repo after it."""
+    """A venv whose own site-packages holds numpy 1.x (and the wheels in carry/frontwheels where there are
+    any: starlette, uvicorn, httpx for the supervised server's front), with the image's packages and the
+    repo after it."""
     env = Path("/tmp/stubenv")
     sh([sys.executable, "-m", "venv", "--without-pip", str(env)])
     site = next(env.glob("lib/python3*/site-packages"))
-    wheel = glob.glob(str(carry / "numpy-1.*.whl"))[0]
-    sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site), wheel])
+    wheels = glob.glob(str(carry / "numpy-1.*.whl"))[:1] + sorted(glob.glob(str(carry / "frontwheels" / "*.whl")))
+    sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site), *wheels])
     import torch  # the image's site-packages: the folder above torch's package
 
     image_site = Path(torch.__file__).resolve().parents[1]

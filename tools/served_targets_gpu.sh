@@ -4,7 +4,8 @@
 # offline figures of the same call, so the report's T3 ratio and T5 ITL line compare like with like.
 #
 #   OUT=/path PYTHONPATH=. tools/served_targets_gpu.sh
-# Carry (.carry, see tools/soak_gpu_carry.sh and tools/gpu_envs.sh): triton-py312.tar.xz, the numpy 1.x wheel,
+# Carry (.carry, see tools/soak_gpu_carry.sh, tools/gpu_envs.sh, tools/gpu_serve_check.py): triton-py312.tar.xz,
+# the numpy 1.x wheel (or wheels.tar.xz: tools/wheel_pack.py), frontwheels/,
 # wheels/ (make loadtest-wheels LOADTEST_WHEELS=.carry/wheels), qwen7b-random/, gpu_repo7b/ (max_num_seqs 256).
 # Settings (environment): LOADTEST_CONCURRENCY (1,256) LOADTEST_DURATION (30 s per level)
 set -euo pipefail
