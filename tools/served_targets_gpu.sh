@@ -17,8 +17,8 @@ python3 -m tools.benchmark --no-hf --fixed 128/128x1024 --sharegpt 0 --batch1-ou
   --out "$OUT/offline.json" > "$OUT/offline.log" 2>&1 || { tail -20 "$OUT/offline.log"; exit 2; }
 tail -8 "$OUT/offline.log"
 STEP=$(python3 -c "import json; print(round(json.load(open('$OUT/offline.json'))['engine']['batch1']['ms_per_step'], 3))")
-RATE=$(python3 -c "import json; d = json.load(open('$OUT/offline.json')); \
-print(json.dumps({'256': d['engine']['fixed'][0]['output_tok_s']}))")
+python3 -c "import json; d = json.load(open('$OUT/offline.json')); \
+print(json.dumps({'256': d['engine']['fixed'][0]['output_tok_s']}))" > "$OUT/offline_rate.json"
 OUT=$OUT/loadtest MODEL_REPO=.carry/gpu_repo7b TRITON_PY=/tmp/stubenv/bin/python LOADTEST_PY=/tmp/ltenv/bin/python \
   LOADTEST_CONCURRENCY=${LOADTEST_CONCURRENCY:-1,256} LOADTEST_DURATION=${LOADTEST_DURATION:-30} \
-  BATCH1_STEP_MS=$STEP OFFLINE_JSON=$RATE tools/loadtest_gpu.sh
+  BATCH1_STEP_MS=$STEP OFFLINE_JSON="$(cd "$OUT" && pwd)/offline_rate.json" tools/loadtest_gpu.sh

@@ -187,8 +187,17 @@ class _DeathWatch:
     def __init__(self, config: FrontConfig, model: str | None):
         self.config, self.model = config, model
         self.seen = config.deaths(model) if model else 0
+        self.died = False
+
+    def _moved(self) -> bool:
+        return self.config.deaths(self.model) != self.seen
+
+    def message(self) -> str:
+        return (f"unavailable: the {self.model} model's process died while serving this request; it is being "
+                "restarted, try again shortly")
 
     async def run(self, awaitable):
+        """Once a request (the upstream's response head, its first event): a task and a polling wait."""
         if not self.model:
             return await awaitable
         task = asyncio.ensure_future(awaitable)
@@ -197,28 +206,43 @@ class _DeathWatch:
                 done, _ = await asyncio.wait({task}, timeout=self.config.death_poll_s)
                 if done:
                     return task.result()
-                if self.config.deaths(self.model) != self.seen:
-                    raise _ModelDied(f"unavailable: the {self.model} model's process died while serving this "
-                                     "request; it is being restarted, try again shortly")
+                if self._moved():
+                    raise _ModelDied(self.message())
         finally:
             if not task.done():
                 task.cancel()
+
+    async def cancel_on_death(self, task: asyncio.Task) -> None:
+        """For a whole stream, one poller: cancels `task` (the relay) when the model's process dies, with
+        self.died set so the relay tells a death from its client leaving. Per chunk, the relay then pays
+        nothing (a task and a timed wait per event held the front to ~3,600 events/s on an H200's load)."""
+        while not self._moved():
+            await asyncio.sleep(self.config.death_poll_s)
+        self.died = True
+        task.cancel()
 
 
 async def _relay(first: bytes, chunks, response: httpx.Response, watch: _DeathWatch):
     """Triton's SSE bytes as they come; closing early (the client left) closes Triton's stream too. When
     Triton goes away mid-stream (it is stopping), or the model's process dies, the stream ends with an
     error event."""
+    relay = asyncio.current_task()
+    poller = asyncio.ensure_future(watch.cancel_on_death(relay)) if watch.model else None
     try:
         if first:
             yield first
-        while (chunk := await watch.run(anext(chunks, None))) is not None:
+        async for chunk in chunks:
             yield chunk
-    except _ModelDied as exc:
-        yield f"data: {json.dumps({'error': str(exc)})}\n\n".encode()
+    except asyncio.CancelledError:
+        if not watch.died:
+            raise  # the client left
+        relay.uncancel()
+        yield f"data: {json.dumps({'error': watch.message()})}\n\n".encode()
     except httpx.HTTPError as exc:
         yield f'data: {{"error": "unavailable: the server closed the stream ({type(exc).__name__})"}}\n\n'.encode()
     finally:
+        if poller is not None:
+            poller.cancel()
         await response.aclose()
 
 
