@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attention import AttentionBackend, AttentionMetadata, KVCache
@@ -49,6 +48,14 @@ def qwen_logn_scale(positions: torch.Tensor, seq_length: int) -> torch.Tensor:
 
 
 # -- layers --------------------------------------------------------------------
+
+
+def project(ops: LayerOps, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) for a projection: an nn.Linear through ops.linear (GEMV kernels for a few rows on the GPU),
+    a quantized layer through its own forward. x [T, K] -> [T, N]."""
+    if isinstance(layer, QuantLinear):
+        return layer(x)
+    return ops.linear(x, layer.weight, layer.bias)
 
 
 class Attention(nn.Module):
@@ -92,7 +99,7 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split_sizes, dim=-1)
+        q, k, v = project(self.ops, self.qkv_proj, x).split(self.split_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
@@ -102,7 +109,8 @@ class Attention(nn.Module):
         if q_scale is not None:
             q = q * q_scale.to(q.dtype)[:, None, None]
         out = self.attn_backend.forward(q, k, v, kv_cache, meta, self.scale)  # [T, H, D]
-        out = self.o_proj(out.reshape(num_tokens, -1))  # [T, hidden]: this rank's heads' share when parallel
+        # [T, hidden]: this rank's heads' share when parallel
+        out = project(self.ops, self.o_proj, out.reshape(num_tokens, -1))
         return out if self.comm is None else self.comm.all_reduce(out)
 
 
@@ -119,7 +127,7 @@ class MLP(nn.Module):
         self.down_proj = make_linear(width, hidden, bias, dtype, quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
-        out = self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
+        out = project(self.ops, self.down_proj, self.ops.silu_and_mul(project(self.ops, self.gate_up_proj, x)))
         return out if self.comm is None else self.comm.all_reduce(out)
 
 
@@ -184,6 +192,7 @@ class DecoderForCausalLM(nn.Module):
         self.config = config
         self.quant = quant
         self.shard = shard
+        self.ops = ops
         self.comm = shard.comm if shard.parallel else None
         local = shard.local_config(config)
         self.vocab_start = shard.rank * local.vocab_size  # this rank's first vocabulary row
@@ -236,7 +245,7 @@ class DecoderForCausalLM(nn.Module):
             logits = self.lm_head(hidden).float()
         else:
             weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-            logits = F.linear(hidden, weight).float()
+            logits = self.ops.linear(hidden, weight, None).float()
         if self.comm is None:
             return logits
         logits = self.comm.all_gather(logits)  # [N, V']

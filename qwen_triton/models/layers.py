@@ -174,7 +174,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LayerOps:
-    """The elementwise steps of a decoder layer, behind one interface.
+    """The elementwise steps of a decoder layer and its unquantized projections, behind one interface.
 
     TORCH_OPS (the functions above) is the reference and the CPU path;
     qwen_triton.kernels supplies Triton versions with the same signatures,
@@ -186,6 +186,8 @@ class LayerOps:
     add_rms_norm: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
     rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    # the unquantized projections: x [T, K], weight [N, K], bias [N] or None -> [T, N]
+    linear: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = F.linear
 
 
 TORCH_OPS = LayerOps("torch", rms_norm, add_rms_norm, apply_rotary_qk, silu_and_mul)
@@ -193,9 +195,10 @@ TORCH_OPS = LayerOps("torch", rms_norm, add_rms_norm, apply_rotary_qk, silu_and_
 
 def triton_layer_ops() -> LayerOps:
     """The fused Triton kernels (imports triton)."""
-    from ..kernels import activation, norm, rotary
+    from ..kernels import activation, gemv, norm, rotary
 
-    return LayerOps("triton", norm.rms_norm, norm.add_rms_norm, rotary.apply_rotary_, activation.silu_and_mul)
+    return LayerOps("triton", norm.rms_norm, norm.add_rms_norm, rotary.apply_rotary_, activation.silu_and_mul,
+                    gemv.linear)
 
 
 def get_layer_ops(name: str, device: torch.device) -> LayerOps:
