@@ -53,7 +53,8 @@ def qwen_logn_scale(positions: torch.Tensor, seq_length: int) -> torch.Tensor:
 def project(ops: LayerOps, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """layer(x) for a projection: an nn.Linear through ops.linear (GEMV kernels for a few rows on the GPU),
     a quantized layer through its own forward. x [T, K] -> [T, N]."""
-    if isinstance(layer, QuantLinear):
+    # the module's own call where it has hooks (calibration observes its inputs through them)
+    if isinstance(layer, QuantLinear) or layer._forward_hooks or layer._forward_pre_hooks:
         return layer(x)
     return ops.linear(x, layer.weight, layer.bias)
 
