@@ -21,14 +21,10 @@ import socket
 import statistics
 import time
 
+from qwen_triton.runtime.process import free_port
+
 HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
         b"connection: keep-alive\r\n\r\n")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _read_request(reader: asyncio.StreamReader) -> str:
@@ -135,7 +131,7 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
 
 def measure(args, through_front: bool) -> dict:
     ctx = mp.get_context("spawn")
-    up_port, front_port = _free_port(), _free_port()
+    up_port, front_port = free_port(), free_port()
     procs = [ctx.Process(target=upstream, args=(up_port, args.events, args.tick_ms / 1e3), daemon=True)]
     if through_front:
         procs.append(ctx.Process(target=front, args=(front_port, up_port), daemon=True))
